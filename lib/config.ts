@@ -1,0 +1,178 @@
+// The allowUpload schema, its defaults and accept parsing. Pure: no I/O, no Fastify.
+import { Type } from 'typebox'
+import { Value } from 'typebox/value'
+import type { UploadConfig, UploadEntry, WriterFactory, ChunkedUploadOptions } from '../types/index.js'
+import { InvalidConfigError } from './errors.js'
+
+const Fn = Type.Function([], Type.Any())
+const PositiveInt = Type.Integer({ minimum: 1 })
+// `.ext`, `type/subtype` or `type/*`, all without parameters
+const AcceptItem = Type.String({ pattern: '^(\\.[A-Za-z0-9][A-Za-z0-9._+-]*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/(\\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*))$' })
+
+const Opt = Type.Optional
+const configProperties = {
+  accept: Type.Union([Type.Literal('any'), Type.Array(AcceptItem, { minItems: 1 })]),
+  maxEntries: Opt(PositiveInt),
+  maxFileSize: Opt(Type.Integer({ minimum: 0 })),
+  chunkSize: Opt(PositiveInt),
+  chunkTimeout: Opt(PositiveInt),
+  writerTimeout: Opt(PositiveInt),
+  writer: Opt(Fn),
+  validate: Opt(Fn),
+  progress: Opt(Fn),
+  onEntryError: Opt(Type.Union([Type.Literal('fail'), Type.Literal('continue')]))
+}
+
+export const UploadConfigSchema = Type.Object(configProperties, { additionalProperties: false })
+export const PartialUploadConfigSchema = Type.Partial(UploadConfigSchema)
+
+export const PluginOptionsSchema = Type.Partial(Type.Object({
+  tmpDir: Type.String({ minLength: 1 }),
+  defaults: PartialUploadConfigSchema,
+  maxFields: Type.Integer({ minimum: 0 }),
+  maxFieldSize: PositiveInt
+}, { additionalProperties: false }))
+
+/** LiveView's defaults, camelCased, plus ours. */
+export const DEFAULTS = {
+  maxEntries: 1,
+  maxFileSize: 8_000_000,
+  chunkSize: 64_000,
+  chunkTimeout: 10_000,
+  writerTimeout: 60_000,
+  onEntryError: 'fail' as const
+}
+
+export const PLUGIN_DEFAULTS = { maxFields: 1000, maxFieldSize: 1_048_576 }
+
+/** An upload config with every default filled in and `accept` parsed. */
+export interface ResolvedConfig {
+  uploadName: string
+  accept: Accept
+  maxEntries: number
+  maxFileSize: number
+  chunkSize: number
+  chunkTimeout: number
+  writerTimeout: number
+  writer: WriterFactory
+  validate: UploadConfig['validate']
+  progress: UploadConfig['progress']
+  onEntryError: 'fail' | 'continue'
+}
+
+export interface Accept { any: boolean, extensions: string[], types: Set<string>, wildcards: string[] }
+
+export function parseAccept (accept: UploadConfig['accept']): Accept {
+  if (accept === 'any') return { any: true, extensions: [], types: new Set(), wildcards: [] }
+  const parsed: Accept = { any: false, extensions: [], types: new Set(), wildcards: [] }
+  for (const raw of accept) {
+    const item = raw.toLowerCase()
+    if (item.startsWith('.')) parsed.extensions.push(item)
+    else if (item.endsWith('/*')) parsed.wildcards.push(item.slice(0, -1))
+    else parsed.types.add(item)
+  }
+  return parsed
+}
+
+/** An entry matches if its declared type or its filename extension matches. */
+export function isAccepted (accept: Accept, clientName: string, clientType: string): boolean {
+  if (accept.any) return true
+  if (clientType !== '' && (accept.types.has(clientType) || accept.wildcards.some((prefix) => clientType.startsWith(prefix)))) return true
+  const name = clientName.toLowerCase()
+  return accept.extensions.some((ext) => name.endsWith(ext) && name.length > ext.length)
+}
+
+/** The first schema error, phrased with the offending key. */
+function describe (schema: typeof UploadConfigSchema | typeof PartialUploadConfigSchema | typeof PluginOptionsSchema, value: unknown): string | undefined {
+  if (Value.Check(schema, value)) return undefined
+  const errors = [...Value.Errors(schema, value)]
+  const extra = errors.find((e) => e.keyword === 'additionalProperties')
+  if (extra !== undefined) {
+    const keys = (extra.params as { additionalProperties: string[] }).additionalProperties
+    return `unknown option "${keys.join('", "')}"`
+  }
+  const required = errors.find((e) => e.keyword === 'required')
+  if (required !== undefined) {
+    return `missing option "${(required.params as { requiredProperties: string[] }).requiredProperties.join('", "')}"`
+  }
+  // Prefer the most specific message: the deepest path, skipping anyOf summaries.
+  const specific = errors.filter((e) => e.keyword !== 'anyOf').sort((a, b) => b.instancePath.length - a.instancePath.length)[0] ?? errors[0]!
+  const key = specific.instancePath.replace(/^\//, '').replace(/\//g, '.')
+  return `"${key}" ${specific.message}`
+}
+
+export interface PluginSettings { tmpDir: string | undefined, defaults: Partial<UploadConfig>, maxFields: number, maxFieldSize: number }
+
+export function validatePluginOptions (options: unknown): PluginSettings {
+  if (options === null || typeof options !== 'object') throw new InvalidConfigError('fastify-chunked-upload options must be an object')
+  const problem = describe(PluginOptionsSchema, options)
+  if (problem !== undefined) throw new InvalidConfigError(`fastify-chunked-upload options: ${problem}`)
+  const opts = options as ChunkedUploadOptions
+  return {
+    tmpDir: opts.tmpDir,
+    defaults: opts.defaults ?? {},
+    maxFields: opts.maxFields ?? PLUGIN_DEFAULTS.maxFields,
+    maxFieldSize: opts.maxFieldSize ?? PLUGIN_DEFAULTS.maxFieldSize
+  }
+}
+
+/**
+ * Validates one route's allowUpload against the schema and resolves every default.
+ * `where` names the route (`POST /profile`) in the error message.
+ */
+export function resolveAllowUpload (
+  allowUpload: unknown,
+  defaults: Partial<UploadConfig>,
+  defaultWriter: WriterFactory,
+  where: string
+): Map<string, ResolvedConfig> {
+  if (allowUpload === null || typeof allowUpload !== 'object' || Array.isArray(allowUpload)) {
+    throw new InvalidConfigError(`allowUpload of ${where} must be an object of upload names`)
+  }
+  const names = Object.keys(allowUpload)
+  if (names.length === 0) throw new InvalidConfigError(`allowUpload of ${where} declares no upload name`)
+  const resolved = new Map<string, ResolvedConfig>()
+  for (const uploadName of names) {
+    if (uploadName in Object.prototype || uploadName === '__proto__') {
+      throw new InvalidConfigError(`allowUpload of ${where}: "${uploadName}" cannot be an upload name`)
+    }
+    const own = (allowUpload as Record<string, unknown>)[uploadName]
+    if (own === null || typeof own !== 'object') {
+      throw new InvalidConfigError(`allowUpload.${uploadName} of ${where} must be an object`)
+    }
+    const merged = { ...defaults, ...own } as UploadConfig
+    const problem = describe(UploadConfigSchema, merged)
+    if (problem !== undefined) throw new InvalidConfigError(`allowUpload.${uploadName} of ${where}: ${problem}`)
+    resolved.set(uploadName, {
+      uploadName,
+      accept: parseAccept(merged.accept),
+      maxEntries: merged.maxEntries ?? DEFAULTS.maxEntries,
+      maxFileSize: merged.maxFileSize ?? DEFAULTS.maxFileSize,
+      chunkSize: merged.chunkSize ?? DEFAULTS.chunkSize,
+      chunkTimeout: merged.chunkTimeout ?? DEFAULTS.chunkTimeout,
+      writerTimeout: merged.writerTimeout ?? DEFAULTS.writerTimeout,
+      writer: merged.writer ?? defaultWriter,
+      validate: merged.validate,
+      progress: merged.progress,
+      onEntryError: merged.onEntryError ?? DEFAULTS.onEntryError
+    })
+  }
+  return resolved
+}
+
+/** Keeps only a safe basename: no directories, no control characters, at most 255 characters. */
+export function safeBasename (name: string | undefined): string {
+  if (name === undefined) return ''
+  // eslint-disable-next-line no-control-regex
+  const base = name.replace(/[\u0000-\u001f\u007f]/g, '').split(/[/\\]/).pop()!.trim()
+  if (base === '.' || base === '..') return ''
+  return base.slice(0, 255)
+}
+
+/** `type/subtype` of a Content-Type header, lowercased, without parameters. */
+export function mediaType (header: string | undefined): string {
+  if (header === undefined) return ''
+  return header.split(';', 1)[0]!.trim().toLowerCase()
+}
+
+export type { UploadEntry }

@@ -1,0 +1,33 @@
+// Every error the plugin raises, with its code and HTTP status. Entry-level failures
+// also carry `uploadCode`, the short code `request.uploads.errors()` reports.
+import createError from '@fastify/error'
+
+export const TooLargeError = createError('FST_CHUNKED_UPLOAD_TOO_LARGE', 'File "%s" for "%s" exceeds the size limit of %s bytes', 413)
+export const TooManyFilesError = createError('FST_CHUNKED_UPLOAD_TOO_MANY_FILES', 'Too many files for "%s": at most %s allowed', 413)
+export const NotAcceptedError = createError('FST_CHUNKED_UPLOAD_NOT_ACCEPTED', 'File "%s" of type "%s" is not accepted for "%s"', 415)
+export const InvalidEntryError = createError('FST_CHUNKED_UPLOAD_INVALID', 'File "%s" for "%s" was refused: %s', 422)
+export const UnexpectedFieldError = createError('FST_CHUNKED_UPLOAD_UNEXPECTED_FILE', 'Unexpected file field "%s": this route accepts uploads for %s', 400)
+export const NoUploadNameError = createError('FST_CHUNKED_UPLOAD_NO_UPLOAD_NAME', 'This route accepts several uploads (%s): name one with the "upload" query parameter', 400)
+export const ForbiddenFieldNameError = createError('FST_CHUNKED_UPLOAD_FORBIDDEN_FIELD_NAME', 'Field name "%s" is not allowed', 400)
+export const FieldsLimitError = createError('FST_CHUNKED_UPLOAD_FIELDS_LIMIT', 'Too many form fields: at most %s allowed', 413)
+export const FieldTooLargeError = createError('FST_CHUNKED_UPLOAD_FIELD_TOO_LARGE', 'Form field "%s" exceeds %s bytes', 413)
+export const MalformedError = createError('FST_CHUNKED_UPLOAD_MALFORMED', 'Malformed multipart body: %s', 400)
+export const PrematureCloseError = createError('FST_CHUNKED_UPLOAD_PREMATURE_CLOSE', 'The request closed before its body ended', 400)
+export const ChunkTimeoutError = createError('FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT', 'No bytes arrived for %s ms', 408)
+export const WriterFailureError = createError('FST_CHUNKED_UPLOAD_WRITER_FAILURE', 'The upload of "%s" could not be stored', 500)
+export const CancelledError = createError('FST_CHUNKED_UPLOAD_CANCELLED', 'The upload of "%s" was cancelled', 400)
+export const ShuttingDownError = createError('FST_CHUNKED_UPLOAD_SHUTTING_DOWN', 'The server is shutting down', 503)
+export const WriterTimeoutError = createError('FST_CHUNKED_UPLOAD_WRITER_TIMEOUT', 'Writer call %s took longer than %s ms', 500)
+export const NoUploadConfigError = createError('FST_CHUNKED_UPLOAD_NO_UPLOAD_CONFIG', 'Route %s %s does not accept uploads: give it allowUpload, and register fastify-chunked-upload before the route', 415)
+export const UnknownEntryError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_ENTRY', 'No completed entry "%s" to consume', 404)
+export const InProgressError = createError('FST_CHUNKED_UPLOAD_IN_PROGRESS', 'Cannot consume "%s" while entries are still uploading', 409)
+export const InvalidConfigError = createError('FST_CHUNKED_UPLOAD_INVALID_CONFIG', '%s', 500, TypeError)
+export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
+
+/** An error plus the short entry-level code it maps to. */
+export type EntryFailure = Error & { statusCode: number, code: string, uploadCode: string }
+
+/** Tags an error with the short code users see in `request.uploads.errors()`. */
+export function withUploadCode<E extends Error> (error: E, uploadCode: string): E & { uploadCode: string } {
+  return Object.assign(error, { uploadCode })
+}

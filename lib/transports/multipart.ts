@@ -1,0 +1,91 @@
+// multipart/form-data: every file part whose field name is an upload name becomes an
+// entry, streamed to its writer as it arrives; text fields become the request body.
+import type { Readable } from 'node:stream'
+import { Busboy, type BusboyConfig, type BusboyFileStream, type BusboyInstance } from '@fastify/busboy'
+import type { FastifyRequest } from 'fastify'
+import { mediaType, safeBasename } from '../config.js'
+import {
+  FieldsLimitError, FieldTooLargeError, ForbiddenFieldNameError, MalformedError, TooManyFilesError, UnexpectedFieldError,
+  withUploadCode, type EntryFailure
+} from '../errors.js'
+import type { Uploads } from '../uploads.js'
+import { HttpBody, feedEntry } from './http-body.js'
+
+export interface FieldLimits { maxFields: number, maxFieldSize: number }
+
+/** Names that would reach Object.prototype if a consumer merged the body into an object. */
+function isForbidden (name: string): boolean {
+  return name === '__proto__' || name in Object.prototype
+}
+
+export async function receiveMultipart (
+  uploads: Uploads, request: FastifyRequest, payload: Readable, limits: FieldLimits
+): Promise<Record<string, unknown>> {
+  let totalEntries = 0
+  for (const config of uploads.configs.values()) totalEntries += config.maxEntries
+  let parser: BusboyInstance
+  try {
+    parser = Busboy({
+      headers: request.headers as BusboyConfig['headers'],
+      defCharset: 'utf8',
+      // Parts beyond every name's maxEntries are refused one by one as too_many_files;
+      // this bounds how many a hostile client can make us look at.
+      limits: { fields: limits.maxFields, fieldSize: limits.maxFieldSize, files: totalEntries + 100 }
+    })
+  } catch (error) {
+    throw withUploadCode(new MalformedError((error as Error).message), 'cancelled')
+  }
+
+  const body = new HttpBody(uploads, payload)
+  const fields: Record<string, unknown> = {}
+  const onField = (name: string, value: string, _nameTruncated: boolean, valueTruncated: boolean): void => {
+    if (isForbidden(name)) return body.fail(new ForbiddenFieldNameError(name) as EntryFailure)
+    if (valueTruncated) return body.fail(new FieldTooLargeError(name, limits.maxFieldSize) as EntryFailure)
+    const previous = fields[name]
+    if (previous === undefined) fields[name] = value
+    else if (Array.isArray(previous)) previous.push(value)
+    else fields[name] = [previous, value]
+  }
+
+  async function receiveFile (fieldName: string, file: BusboyFileStream, filename: string, mimeType: string): Promise<void> {
+    const config = uploads.configs.get(fieldName)
+    if (config === undefined) {
+      file.resume()
+      throw new UnexpectedFieldError(fieldName, [...uploads.configs.keys()].join(', '))
+    }
+    const entry = await uploads.announce(config, {
+      clientName: safeBasename(filename), clientType: mediaType(mimeType), clientSize: undefined
+    })
+    try {
+      if (entry.failure !== undefined) throw entry.failure
+      await feedEntry(entry, file, body)
+    } catch (error) {
+      // With onEntryError 'continue', an entry's own failure skips the rest of its part.
+      if (error !== entry.failure || config.onEntryError === 'fail' || uploads.aborted !== undefined) throw error
+      file.resume()
+    }
+  }
+
+  const parsed = new Promise<void>((resolve, reject) => {
+    // Parts are received one after another, in the order they arrived.
+    let queue = Promise.resolve()
+    parser.on('file', (fieldName, file, filename, _encoding, mimeType) => {
+      queue = queue.then(() => receiveFile(fieldName, file, filename, mimeType))
+      queue.catch(reject)
+    })
+    parser.on('field', onField)
+    parser.on('fieldsLimit', () => reject(new FieldsLimitError(limits.maxFields)))
+    parser.on('filesLimit', () => reject(withUploadCode(new TooManyFilesError('this request', totalEntries), 'too_many_files')))
+    parser.on('error', reject)
+    parser.on('finish', () => { queue.then(resolve, reject) })
+  })
+  payload.on('data', () => body.silence.heard())
+  payload.pipe(parser)
+  try {
+    await body.read(parsed)
+  } catch (error) {
+    payload.unpipe(parser)
+    throw error
+  }
+  return fields
+}

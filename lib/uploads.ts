@@ -1,0 +1,146 @@
+// request.uploads: the entries of one request (or socket), their validation on
+// arrival, consumption, cancellation, and their discard when the request ends.
+import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
+import type { ConsumeFn, RequestUploads, UploadEntry, UploadError } from '../types/index.js'
+import { isAccepted, type ResolvedConfig } from './config.js'
+import { Entry, type ClientInfo } from './entry.js'
+import {
+  InProgressError, InvalidEntryError, NotAcceptedError, TooLargeError, TooManyFilesError, UnknownEntryError,
+  withUploadCode, type EntryFailure
+} from './errors.js'
+
+function isPostpone (value: unknown): value is { postpone: unknown } {
+  return value !== null && typeof value === 'object' && Object.hasOwn(value, 'postpone')
+}
+
+export class Uploads implements RequestUploads {
+  readonly configs: ReadonlyMap<string, ResolvedConfig>
+  /** Set by a transport that reads the wire: told when the uploads must stop. */
+  onAbort: ((error: EntryFailure) => void) | undefined
+  /** The transport stopped before reading the whole body: the connection cannot be reused. */
+  bodyUnread = false
+
+  readonly #entries: Entry[] = []
+  readonly #request: FastifyRequest
+  readonly #log: FastifyBaseLogger
+  readonly #consuming = new Set<Entry>()
+  #aborted: EntryFailure | undefined
+  #ended = false
+
+  constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest) {
+    this.configs = configs
+    this.#request = request
+    this.#log = request.log
+  }
+
+  get aborted (): EntryFailure | undefined { return this.#aborted }
+
+  /**
+   * A transport announces a file. The entry is validated against its upload name's
+   * config (count, type, declared size, `validate`) and returned, refused or pending.
+   */
+  async announce (config: ResolvedConfig, info: ClientInfo): Promise<Entry> {
+    const entry = new Entry(config, info, this.#request, this.#log)
+    const { uploadName } = config
+    const accepted = this.#entries.filter((e) => e.uploadName === uploadName && !e.errors.includes('too_many_files')).length
+    this.#entries.push(entry)
+    const refusal = this.#aborted ??
+      (accepted >= config.maxEntries
+        ? withUploadCode(new TooManyFilesError(uploadName, config.maxEntries), 'too_many_files')
+        : !isAccepted(config.accept, info.clientName, info.clientType)
+            ? withUploadCode(new NotAcceptedError(info.clientName, info.clientType, uploadName), 'not_accepted')
+            : info.clientSize !== undefined && info.clientSize > config.maxFileSize
+              ? withUploadCode(new TooLargeError(info.clientName, uploadName, config.maxFileSize), 'too_large')
+              : await this.#validate(config, entry))
+    if (refusal !== undefined) entry.refuse(refusal as EntryFailure)
+    return entry
+  }
+
+  async #validate (config: ResolvedConfig, entry: Entry): Promise<EntryFailure | undefined> {
+    if (config.validate === undefined) return undefined
+    const code = await config.validate(entry)
+    if (typeof code !== 'string' || code === '') return undefined
+    return withUploadCode(new InvalidEntryError(entry.clientName, entry.uploadName, code), code) as EntryFailure
+  }
+
+  /**
+   * Stops every unfinished entry with `'cancel'` and tells the transport. Idempotent:
+   * the first reason wins.
+   */
+  async abort (error: EntryFailure): Promise<void> {
+    if (this.#aborted !== undefined) return
+    this.#aborted = error
+    this.onAbort?.(error)
+    await Promise.all(this.#entries.map((entry) => entry.cancel(error)))
+  }
+
+  /** The request or socket is over: cancel what is unfinished, discard what nobody consumed. */
+  async end (reason: EntryFailure): Promise<void> {
+    if (this.#ended) return
+    this.#ended = true
+    await this.abort(reason)
+    await Promise.all(this.#entries.filter((e) => !this.#consuming.has(e)).map((e) => e.discard()))
+  }
+
+  entries (uploadName: string): { completed: UploadEntry[], inProgress: UploadEntry[] } {
+    const completed: UploadEntry[] = []
+    const inProgress: UploadEntry[] = []
+    for (const entry of this.#entries) {
+      if (entry.uploadName !== uploadName || entry.released) continue
+      if (entry.status === 'done') completed.push(entry)
+      else if (!entry.ended) inProgress.push(entry)
+    }
+    return { completed, inProgress }
+  }
+
+  async consume<Meta = any, T = unknown> (uploadName: string, fn: ConsumeFn<Meta, T>): Promise<T[]> {
+    const { completed, inProgress } = this.entries(uploadName)
+    if (inProgress.length > 0) throw new InProgressError(uploadName)
+    const results: T[] = []
+    for (const entry of completed) results.push(await this.#consumeOne(entry as Entry, fn))
+    return results
+  }
+
+  async consumeEntry<Meta = any, T = unknown> (ref: string, fn: ConsumeFn<Meta, T>): Promise<T> {
+    const entry = this.#entries.find((e) => e.ref === ref && e.status === 'done' && !e.released)
+    if (entry === undefined) throw new UnknownEntryError(ref)
+    return await this.#consumeOne(entry, fn)
+  }
+
+  async #consumeOne<Meta, T> (entry: Entry, fn: ConsumeFn<Meta, T>): Promise<T> {
+    this.#consuming.add(entry)
+    let result: T | { postpone: T }
+    try {
+      result = await fn(entry.meta() as Meta, entry)
+    } catch (error) {
+      // A consumer that throws still took the entry (as LiveView does).
+      await entry.discard()
+      throw error
+    } finally {
+      this.#consuming.delete(entry)
+    }
+    if (isPostpone(result)) {
+      // Kept for a later consume; if the request already ended meanwhile, nobody can.
+      if (this.#ended) await entry.discard()
+      return result.postpone as T
+    }
+    await entry.discard()
+    return result as T
+  }
+
+  errors (uploadName?: string): UploadError[] {
+    const errors: UploadError[] = []
+    for (const entry of this.#entries) {
+      if (uploadName !== undefined && entry.uploadName !== uploadName) continue
+      for (const code of entry.errors) errors.push({ uploadName: entry.uploadName, ref: entry.ref, clientName: entry.clientName, code })
+    }
+    return errors
+  }
+
+  async cancel (ref: string): Promise<void> {
+    const entry = this.#entries.find((e) => e.ref === ref)
+    if (entry === undefined) return
+    if (entry.status === 'done') await entry.discard()
+    else await entry.cancel()
+  }
+}

@@ -1,0 +1,146 @@
+// The public contract of fastify-chunked-upload: what writer authors, route authors
+// and handlers rely on. Types only: nothing here runs.
+import type { FastifyRequest } from 'fastify'
+
+/** Why a writer is closed. `{ error }` exactly when `writeChunk` threw (or timed out). */
+export type CloseReason = 'done' | 'cancel' | { error: unknown }
+
+/**
+ * An upload writer: where the bytes of one entry go. The plugin calls `init` once,
+ * `writeChunk` once per chunk in order, and `close` exactly once if `init` succeeded.
+ * Calls on one writer never overlap.
+ */
+export interface UploadWriter<Options = any, State = any, Meta = any> {
+  init (options: Options): State | Promise<State>
+  meta (state: State): Meta
+  writeChunk (data: Buffer, state: State): State | Promise<State>
+  close (state: State, reason: CloseReason): State | Promise<State>
+  /**
+   * Optional. Called once, after `close(state, 'done')`, when the plugin lets go of a
+   * finished entry: after it was consumed, or when it is discarded unconsumed. A
+   * writer that leaves something behind (a temp file) removes it here.
+   */
+  discard? (state: State): void | Promise<void>
+}
+
+/** What a writer factory returns: a writer (initialised with `undefined`) or `[writer, options]`. */
+export type WriterSpec = UploadWriter<any, any, any> | readonly [UploadWriter<any, any, any>, unknown]
+
+/** Called once per valid entry to choose its writer. */
+export type WriterFactory = (
+  uploadName: string,
+  entry: UploadEntry,
+  request: FastifyRequest
+) => WriterSpec | Promise<WriterSpec>
+
+export type EntryStatus = 'pending' | 'uploading' | 'done' | 'cancelled' | 'failed'
+
+/** Error codes an entry (or an upload name) can carry. `validate` may add its own. */
+export type UploadErrorCode =
+  | 'too_large'
+  | 'too_many_files'
+  | 'not_accepted'
+  | 'writer_failure'
+  | 'chunk_timeout'
+  | 'cancelled'
+  | 'invalid'
+  | (string & {})
+
+/** One uploaded file, read-only to users. */
+export interface UploadEntry {
+  /** Unguessable identifier of this entry. */
+  readonly ref: string
+  /** The upload name (the key in `allowUpload`). */
+  readonly uploadName: string
+  /** The file name the client gave, reduced to a safe basename. */
+  readonly clientName: string
+  /** The media type the client declared (lowercased, without parameters); '' if none. */
+  readonly clientType: string
+  /** The size the client declared, when it declared one. */
+  readonly clientSize: number | undefined
+  readonly clientLastModified?: number | undefined
+  /** Bytes accepted by the writer so far. */
+  readonly bytesReceived: number
+  /** 0–100, from accepted bytes; 100 only when the entry is done. */
+  readonly progress: number
+  readonly status: EntryStatus
+  readonly errors: readonly UploadErrorCode[]
+}
+
+/** One `allowUpload` entry. Every key but `accept` has a default. */
+export interface UploadConfig {
+  /** `.ext`, `type/subtype`, `type/*`, or `'any'`. */
+  accept: 'any' | readonly string[]
+  /** Most entries one request may carry for this name. Default 1. */
+  maxEntries?: number
+  /** Largest file in bytes. Default 8_000_000. */
+  maxFileSize?: number
+  /** Largest chunk handed to `writeChunk`, in bytes. Default 64_000. */
+  chunkSize?: number
+  /** Client silence (no bytes arriving) that cancels the upload, in ms. Default 10_000. */
+  chunkTimeout?: number
+  /** Longest a single writer call may take before it counts as a writer failure, in ms. Default 60_000. */
+  writerTimeout?: number
+  /** Chooses the writer of each entry. Default: the temp-file writer. */
+  writer?: WriterFactory
+  /** Extra check on each announced entry: return an error code to refuse it. */
+  validate?: (entry: UploadEntry) => UploadErrorCode | undefined | void | Promise<UploadErrorCode | undefined | void>
+  /** Called when an entry's progress changes, and when it ends. */
+  progress?: (uploadName: string, entry: UploadEntry, request: FastifyRequest) => void | Promise<void>
+  /** `'fail'` (default): a failing entry fails the request. `'continue'`: the handler runs and reads `request.uploads.errors()`. */
+  onEntryError?: 'fail' | 'continue'
+}
+
+/** The route option: upload names to their configs. */
+export type AllowUpload = Record<string, UploadConfig>
+
+/** Plugin options. */
+export interface ChunkedUploadOptions {
+  /** Where the temp-file writer creates its files. Default: the OS temp directory. */
+  tmpDir?: string
+  /** Defaults for every `allowUpload` config of the routes in this scope. */
+  defaults?: Partial<UploadConfig>
+  /** Most text fields in one multipart request. Default 1000. */
+  maxFields?: number
+  /** Largest text field in bytes. Default 1_048_576. */
+  maxFieldSize?: number
+}
+
+/** An error recorded against an upload name or an entry. */
+export interface UploadError {
+  readonly uploadName: string
+  /** The entry's ref, absent for errors of the whole upload name (`too_many_files`). */
+  readonly ref?: string | undefined
+  readonly clientName?: string | undefined
+  readonly code: UploadErrorCode
+}
+
+/** What a consume callback may return to keep the entry for later. */
+export interface Postpone<T> { postpone: T }
+
+export type ConsumeFn<Meta, T> = (meta: Meta, entry: UploadEntry) => T | Postpone<T> | Promise<T | Postpone<T>>
+
+/** `request.uploads`: the entries of one request (or socket). */
+export interface RequestUploads {
+  /** The entries of one upload name, split by whether they are done. */
+  entries (uploadName: string): { completed: UploadEntry[], inProgress: UploadEntry[] }
+  /** Runs `fn` on every completed entry of `uploadName`, in arrival order, and returns the values. */
+  consume<Meta = any, T = unknown> (uploadName: string, fn: ConsumeFn<Meta, T>): Promise<T[]>
+  /** Runs `fn` on one completed entry. */
+  consumeEntry<Meta = any, T = unknown> (ref: string, fn: ConsumeFn<Meta, T>): Promise<T>
+  /** Errors of one upload name, or of all. */
+  errors (uploadName?: string): UploadError[]
+  /** Cancels an entry still uploading, or discards a finished one. */
+  cancel (ref: string): Promise<void>
+}
+
+declare module 'fastify' {
+  interface RouteShorthandOptions {
+    /** Upload names this route accepts, with their limits and writers. */
+    allowUpload?: AllowUpload
+  }
+  interface FastifyRequest {
+    /** The uploads of this request; `null` on routes without `allowUpload`. */
+    uploads: RequestUploads
+  }
+}
