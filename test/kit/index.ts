@@ -1,0 +1,245 @@
+// The shared test kit: a recording writer that checks the guarantees as it goes,
+// temp directories that must end empty, real servers on 127.0.0.1, multipart bodies
+// built by hand, and raw sockets for the faults a polite client never makes.
+import { createHash } from 'node:crypto'
+import { mkdtemp, readdir, rm } from 'node:fs/promises'
+import { connect, type Socket } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { Test } from 'tap'
+import chunkedUpload, { MemoryWriter, TmpFileWriter, type ChunkedUploadOptions, type CloseReason, type UploadWriter, type WriterFactory } from '../../lib/index.js'
+
+/** Everything one writer instance saw. */
+export interface WriterRecord {
+  id: number
+  initOptions: unknown
+  chunks: number[]
+  hash: ReturnType<typeof createHash>
+  closes: CloseReason[]
+  bytes: number
+  overlapped: boolean
+  outOfOrder: boolean
+}
+
+export interface Faults {
+  /** `init` throws. */
+  initThrows?: boolean
+  /** `writeChunk` throws on this call (1-based). */
+  throwOnChunk?: number
+  /** `close(…, 'done')` throws. */
+  closeDoneThrows?: boolean
+  /** `close` for 'cancel' or an error throws. */
+  closeCancelThrows?: boolean
+  /** Each `writeChunk` waits this long (ms). */
+  chunkDelay?: number
+  /** `writeChunk` on this call (1-based) never settles. */
+  hangOnChunk?: number
+  /** `init` never settles (until `release`). */
+  hangInit?: boolean
+}
+
+/**
+ * A writer factory whose writers record every call and keep their bytes in memory.
+ * It tracks overlap (a call while another is in flight) and the order of calls.
+ */
+export class Recorder {
+  readonly records: WriterRecord[] = []
+  faults: Faults
+  #next = 0
+  /** Settles every hung call, so a test can finish cleanly. */
+  readonly #hung: Array<() => void> = []
+
+  constructor (faults: Faults = {}) {
+    this.faults = faults
+  }
+
+  readonly factory: WriterFactory = () => [this.writer, { level: 'test' }]
+
+  release (): void {
+    for (const settle of this.#hung.splice(0)) settle()
+  }
+
+  readonly writer: UploadWriter<unknown, { record: WriterRecord, busy: boolean, buffers: Buffer[] }, { bytes: number, sha256: string, buffer: Buffer }> = {
+    init: async (options) => {
+      if (this.faults.hangInit === true) await new Promise<void>((resolve) => this.#hung.push(resolve))
+      if (this.faults.initThrows === true) throw new Error('init failed on purpose')
+      const record: WriterRecord = {
+        id: this.#next++, initOptions: options, chunks: [], hash: createHash('sha256'), closes: [], bytes: 0, overlapped: false, outOfOrder: false
+      }
+      this.records.push(record)
+      return { record, busy: false, buffers: [] }
+    },
+    meta: (state) => ({
+      bytes: state.record.bytes,
+      sha256: state.record.hash.copy().digest('hex'),
+      buffer: Buffer.concat(state.buffers)
+    }),
+    writeChunk: async (data, state) => {
+      const { record } = state
+      if (state.busy) record.overlapped = true
+      if (record.closes.length > 0) record.outOfOrder = true
+      state.busy = true
+      try {
+        const call = record.chunks.length + 1
+        if (this.faults.hangOnChunk === call) await new Promise<void>((resolve) => this.#hung.push(resolve))
+        if (this.faults.chunkDelay !== undefined) await sleep(this.faults.chunkDelay)
+        if (this.faults.throwOnChunk === call) throw new Error(`chunk ${call} failed on purpose`)
+        record.chunks.push(data.length)
+        record.bytes += data.length
+        record.hash.update(data)
+        state.buffers.push(Buffer.from(data))
+        return state
+      } finally {
+        state.busy = false
+      }
+    },
+    close: async (state, reason) => {
+      const { record } = state
+      if (state.busy) record.overlapped = true
+      record.closes.push(reason)
+      if (reason === 'done' && this.faults.closeDoneThrows === true) throw new Error('close failed on purpose')
+      if (reason !== 'done' && this.faults.closeCancelThrows === true) throw new Error('close(cancel) failed on purpose')
+      return state
+    }
+  }
+
+  /** Guarantees 1 and 2 on every writer seen so far. */
+  check (t: Test): void {
+    for (const record of this.records) {
+      t.equal(record.closes.length, 1, `writer ${record.id} closed exactly once (saw ${JSON.stringify(record.closes)})`)
+      t.notOk(record.overlapped, `writer ${record.id}: calls never overlapped`)
+      t.notOk(record.outOfOrder, `writer ${record.id}: no chunk after close`)
+    }
+  }
+
+  reasons (): string[] {
+    return this.records.map((r) => {
+      const reason = r.closes[0]
+      return typeof reason === 'object' ? 'error' : String(reason)
+    })
+  }
+}
+
+export function sha256 (data: Buffer): string {
+  return createHash('sha256').update(data).digest('hex')
+}
+
+/** Deterministic bytes of any size. */
+export function bytes (size: number, seed = 1): Buffer {
+  const out = Buffer.allocUnsafe(size)
+  let x = seed * 2654435761 >>> 0
+  for (let i = 0; i < size; i++) {
+    x = (x * 1103515245 + 12345) >>> 0
+    out[i] = x >>> 24
+  }
+  return out
+}
+
+/** A temp directory that the test asserts is empty at the end. */
+export async function tmpDirFor (t: Test): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'fcu-test-'))
+  t.teardown(() => rm(dir, { recursive: true, force: true }))
+  return dir
+}
+
+export async function strayFiles (dir: string): Promise<string[]> {
+  return await readdir(dir)
+}
+
+/** Polls until `fn` holds or `ms` passed; returns whether it held. */
+export async function eventually (fn: () => boolean | Promise<boolean>, ms = 3000): Promise<boolean> {
+  const until = Date.now() + ms
+  while (Date.now() < until) {
+    if (await fn()) return true
+    await sleep(10)
+  }
+  return await fn()
+}
+
+export interface App {
+  app: FastifyInstance
+  url: string
+  port: number
+}
+
+/**
+ * A Fastify app with the plugin, given routes, listening on 127.0.0.1. Closed at
+ * teardown, after checking it still answers.
+ */
+export async function startApp (
+  t: Test,
+  routes: (app: FastifyInstance) => void,
+  options: ChunkedUploadOptions = {},
+  serverOptions: FastifyServerOptions = {}
+): Promise<App> {
+  const app = Fastify(serverOptions)
+  await app.register(chunkedUpload, options)
+  app.get('/health', async () => ({ ok: true }))
+  routes(app)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : 0
+  t.teardown(() => app.close())
+  return { app, url: `http://127.0.0.1:${port}`, port }
+}
+
+export async function stillServes (t: Test, url: string): Promise<void> {
+  const response = await fetch(`${url}/health`)
+  t.equal(response.status, 200, 'the server still answers')
+}
+
+export interface Part {
+  name: string
+  filename?: string
+  type?: string
+  data: Buffer | string
+}
+
+/** A multipart/form-data body, built by hand so tests control every byte. */
+export function multipart (parts: Part[], boundary = 'testboundary1234'): { body: Buffer, contentType: string } {
+  const chunks: Buffer[] = []
+  for (const part of parts) {
+    let head = `--${boundary}\r\nContent-Disposition: form-data; name="${part.name}"`
+    if (part.filename !== undefined) head += `; filename="${part.filename}"`
+    head += '\r\n'
+    if (part.type !== undefined) head += `Content-Type: ${part.type}\r\n`
+    chunks.push(Buffer.from(head + '\r\n'), Buffer.from(part.data), Buffer.from('\r\n'))
+  }
+  chunks.push(Buffer.from(`--${boundary}--\r\n`))
+  return { body: Buffer.concat(chunks), contentType: `multipart/form-data; boundary=${boundary}` }
+}
+
+export interface RawResponse { status: number, headers: string, body: string }
+
+/** Parses the first HTTP response out of what a raw socket received. */
+export function parseResponse (text: string): RawResponse | undefined {
+  const end = text.indexOf('\r\n\r\n')
+  if (end === -1) return undefined
+  const head = text.slice(0, end)
+  const status = Number(head.split(' ')[1])
+  return { status, headers: head, body: text.slice(end + 4) }
+}
+
+/** Opens a raw socket to the app and sends a request head. */
+export async function rawSocket (port: number): Promise<Socket & { received: () => string }> {
+  const socket = connect(port, '127.0.0.1')
+  let data = ''
+  socket.on('data', (chunk) => { data += chunk.toString('latin1') })
+  socket.on('error', () => {})
+  await new Promise<void>((resolve) => socket.once('connect', resolve))
+  return Object.assign(socket, { received: () => data })
+}
+
+/** Sends a whole request on a raw socket and waits for the server to answer or close. */
+export async function rawRequest (port: number, head: string, body: Buffer | string = '', waitMs = 5000): Promise<RawResponse | undefined> {
+  const socket = await rawSocket(port)
+  socket.write(head)
+  socket.write(body)
+  await Promise.race([new Promise((resolve) => socket.once('close', resolve)), eventually(() => parseResponse(socket.received())?.body !== undefined && socket.received().includes('\r\n\r\n{') && socket.received().trimEnd().endsWith('}'), waitMs)])
+  socket.destroy()
+  return parseResponse(socket.received())
+}
+
+export { MemoryWriter, TmpFileWriter, sleep }
