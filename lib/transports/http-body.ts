@@ -30,9 +30,14 @@ export class HttpBody {
 
   /** Runs the transport's reading until it ends or the body fails, whichever is first. */
   async read<T> (work: Promise<T>): Promise<T> {
-    work.catch((error: unknown) => this.fail(error))
+    // If the body fails first, `work` still settles later: that is expected, not unhandled.
+    work.catch(() => {})
     try {
       return await Promise.race([work, this.#failed])
+    } catch (error) {
+      this.fail(error)
+      // The first failure wins: it is what cancelled the entries.
+      throw this.#uploads.aborted
     } finally {
       this.silence.stop()
       this.#payload.off('close', this.#onClose)

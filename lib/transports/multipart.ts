@@ -70,6 +70,9 @@ export async function receiveMultipart (
     // Parts are received one after another, in the order they arrived.
     let queue = Promise.resolve()
     parser.on('file', (fieldName, file, filename, _encoding, mimeType) => {
+      // A truncated body errors the part's stream; the parser reports it too, so
+      // the stream's own error must not go unhandled while the part waits its turn.
+      file.on('error', () => {})
       queue = queue.then(() => receiveFile(fieldName, file, filename, mimeType))
       queue.catch(reject)
     })

@@ -1,0 +1,325 @@
+// Bad input and faults over real sockets: after each, every initialised writer was
+// closed exactly once, no temp file is left, and the server still answers.
+import t, { type Test } from 'tap'
+import type { FastifyInstance } from 'fastify'
+import {
+  Recorder, bytes, eventually, multipart, rawRequest, rawSocket, sha256, startApp, stillServes, strayFiles, tmpDirFor,
+  type Faults
+} from './kit/index.js'
+
+interface Setup { recorder: Recorder, url: string, port: number, dir: string, app: FastifyInstance }
+
+/** One upload route `/up` with a recording writer (or the temp-file writer with `tmp: true`). */
+async function setup (
+  t: Test, config: Record<string, unknown> = {}, faults: Faults = {}, tmp = false, more?: (app: FastifyInstance, recorder: Recorder) => void
+): Promise<Setup> {
+  const recorder = new Recorder(faults)
+  const dir = await tmpDirFor(t)
+  const { url, port, app } = await startApp(t, (app) => {
+    app.post('/up', {
+      allowUpload: { file: { accept: 'any', maxEntries: 3, ...(tmp ? {} : { writer: recorder.factory }), ...config } }
+    }, async (request) => {
+      const files = await request.uploads.consume('file', (meta: { bytes?: number, sha256?: string, size?: number }) => meta.sha256 ?? meta.size)
+      return { files, errors: request.uploads.errors() }
+    })
+    more?.(app, recorder)
+  }, { tmpDir: dir })
+  t.teardown(async () => {
+    recorder.release()
+  })
+  return { recorder, url, port, dir, app }
+}
+
+async function afterEach (t: Test, s: Setup): Promise<void> {
+  t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
+  s.recorder.check(t)
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'no stray temp file')
+  await stillServes(t, s.url)
+}
+
+function head (port: number, contentType: string, length: number | undefined, path = '/up', extra = ''): string {
+  return `POST ${path} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nContent-Type: ${contentType}\r\n` +
+    (length === undefined ? 'Transfer-Encoding: chunked\r\n' : `Content-Length: ${length}\r\n`) + extra + '\r\n'
+}
+
+async function postForm (url: string, parts: Parameters<typeof multipart>[0], path = '/up'): Promise<{ status: number, json: any }> {
+  const { body, contentType } = multipart(parts)
+  const response = await fetch(url + path, { method: 'POST', body, headers: { 'content-type': contentType } })
+  return { status: response.status, json: await response.json() }
+}
+
+for (const tmp of [false, true]) {
+  t.test(`client abort mid-file: the writer gets 'cancel' promptly (${tmp ? 'temp-file writer' : 'recording writer'})`, async (t) => {
+    const s = await setup(t, {}, {}, tmp)
+    const { body, contentType } = multipart([{ name: 'file', filename: 'a.bin', data: bytes(2_000_000) }])
+    const socket = await rawSocket(s.port)
+    socket.write(head(s.port, contentType, body.length))
+    socket.write(body.subarray(0, 300_000))
+    if (!tmp) t.ok(await eventually(() => s.recorder.records[0]?.bytes !== undefined && s.recorder.records[0].bytes > 0), 'bytes reached the writer')
+    else t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 1), 'the temp file exists mid-upload')
+    const abortedAt = Date.now()
+    socket.destroy()
+    if (!tmp) {
+      t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1, 1000), 'closed within a second')
+      t.same(s.recorder.reasons(), ['cancel'])
+      t.ok(Date.now() - abortedAt < 1000)
+    }
+    await afterEach(t, s)
+  })
+}
+
+t.test('writer throws on the 3rd chunk: close with { error }, a 500 that does not leak internals', async (t) => {
+  const s = await setup(t, { chunkSize: 1000 }, { throwOnChunk: 3 })
+  const { status, json } = await postForm(s.url, [{ name: 'file', filename: 'a.bin', data: bytes(10_000) }])
+  t.equal(status, 500)
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_WRITER_FAILURE')
+  t.notMatch(json.message, /on purpose/, 'the writer error stays on the server')
+  t.same(s.recorder.reasons(), ['error'])
+  const reason = s.recorder.records[0]!.closes[0] as { error: Error }
+  t.match(reason.error.message, /chunk 3 failed/)
+  t.equal(s.recorder.records[0]!.bytes, 2000, 'close got the last good state: two chunks')
+  await afterEach(t, s)
+})
+
+t.test('init throws: writer_failure, no close (no state exists)', async (t) => {
+  const s = await setup(t, {}, { initThrows: true })
+  const { status, json } = await postForm(s.url, [{ name: 'file', filename: 'a.bin', data: 'abc' }])
+  t.equal(status, 500)
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_WRITER_FAILURE')
+  t.equal(s.recorder.records.length, 0)
+  await afterEach(t, s)
+})
+
+t.test("close('done') throws: the entry fails, close is not called again", async (t) => {
+  const s = await setup(t, {}, { closeDoneThrows: true })
+  const { status, json } = await postForm(s.url, [{ name: 'file', filename: 'a.bin', data: 'abc' }])
+  t.equal(status, 500)
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_WRITER_FAILURE')
+  t.same(s.recorder.reasons(), ['done'])
+  await afterEach(t, s)
+})
+
+t.test("close('cancel') throws: logged, never re-thrown into the request", async (t) => {
+  const s = await setup(t, { maxFileSize: 10 }, { closeCancelThrows: true })
+  const { status, json } = await postForm(s.url, [{ name: 'file', filename: 'a.bin', data: bytes(100) }])
+  t.equal(status, 413)
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_TOO_LARGE')
+  t.same(s.recorder.reasons(), ['cancel'])
+  await afterEach(t, s)
+})
+
+t.test('oversize by declared length (raw body) is refused before any byte is read', async (t) => {
+  const s = await setup(t, { maxFileSize: 1000 })
+  const response = await rawRequest(s.port, head(s.port, 'application/octet-stream', 5000), '')
+  t.equal(response?.status, 413)
+  t.match(response?.body, /FST_CHUNKED_UPLOAD_TOO_LARGE/)
+  t.match(response?.headers, /connection: close/i)
+  t.equal(s.recorder.records.length, 0, 'no writer was started')
+  await afterEach(t, s)
+})
+
+t.test('oversize by streamed bytes: multipart and chunked raw bodies', async (t) => {
+  const s = await setup(t, { maxFileSize: 100_000 }, {}, true)
+  const form = await postForm(s.url, [{ name: 'file', filename: 'big.bin', data: bytes(300_000) }])
+  t.equal(form.status, 413)
+  t.equal(form.json.code, 'FST_CHUNKED_UPLOAD_TOO_LARGE')
+  const data = bytes(250_000)
+  const chunked = `${data.length.toString(16)}\r\n${data.toString('latin1')}\r\n0\r\n\r\n`
+  const response = await rawRequest(s.port, head(s.port, 'application/octet-stream', undefined), Buffer.from(chunked, 'latin1'))
+  t.equal(response?.status, 413)
+  await afterEach(t, s)
+})
+
+t.test('too many files: 413, and every writer already opened is closed', async (t) => {
+  const s = await setup(t, { maxEntries: 2 })
+  const { status, json } = await postForm(s.url, [1, 2, 3].map((i) => ({ name: 'file', filename: `${i}.bin`, data: bytes(1000, i) })))
+  t.equal(status, 413)
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_TOO_MANY_FILES')
+  t.same(s.recorder.reasons(), ['done', 'done'], 'the finished siblings were done, then discarded')
+  await afterEach(t, s)
+})
+
+t.test('not accepted: 415 by type or extension', async (t) => {
+  const s = await setup(t, { accept: ['.png', 'image/webp'] })
+  const bad = await postForm(s.url, [{ name: 'file', filename: 'a.exe', type: 'application/x-msdownload', data: 'MZ' }])
+  t.equal(bad.status, 415)
+  t.equal(bad.json.code, 'FST_CHUNKED_UPLOAD_NOT_ACCEPTED')
+  const byExt = await postForm(s.url, [{ name: 'file', filename: 'A.PNG', type: 'application/octet-stream', data: 'png' }])
+  t.equal(byExt.status, 200, 'extension matches case-insensitively')
+  const byType = await postForm(s.url, [{ name: 'file', filename: 'noext', type: 'image/webp', data: 'webp' }])
+  t.equal(byType.status, 200, 'declared type matches')
+  await afterEach(t, s)
+})
+
+t.test('empty (0-byte) file: init, no chunks, done', async (t) => {
+  const s = await setup(t)
+  const { status, json } = await postForm(s.url, [{ name: 'file', filename: 'empty.bin', data: '' }])
+  t.equal(status, 200)
+  t.same(json.files, [sha256(Buffer.alloc(0))])
+  t.same(s.recorder.records[0]!.chunks, [])
+  t.same(s.recorder.reasons(), ['done'])
+  const raw = await fetch(`${s.url}/up`, { method: 'POST', body: Buffer.alloc(0), headers: { 'content-type': 'application/octet-stream' } })
+  t.equal(raw.status, 200, 'an empty raw body is an empty file too')
+  t.same(s.recorder.reasons(), ['done', 'done'])
+  await afterEach(t, s)
+})
+
+t.test('missing or empty boundary: 400 malformed', async (t) => {
+  const s = await setup(t)
+  for (const contentType of ['multipart/form-data', 'multipart/form-data; boundary=']) {
+    const response = await fetch(`${s.url}/up`, { method: 'POST', body: 'x', headers: { 'content-type': contentType } })
+    t.equal(response.status, 400, contentType)
+    t.equal((await response.json() as { code: string }).code, 'FST_CHUNKED_UPLOAD_MALFORMED')
+  }
+  await afterEach(t, s)
+})
+
+t.test('truncated body (no closing boundary): 400, the open writer is cancelled', async (t) => {
+  const s = await setup(t)
+  const { body, contentType } = multipart([{ name: 'file', filename: 'a.bin', data: bytes(5000) }])
+  const cut = body.subarray(0, body.length - 30)
+  const response = await fetch(`${s.url}/up`, { method: 'POST', body: cut, headers: { 'content-type': contentType } })
+  t.equal(response.status, 400)
+  t.equal((await response.json() as { code: string }).code, 'FST_CHUNKED_UPLOAD_MALFORMED')
+  t.same(s.recorder.reasons(), ['cancel'])
+  await afterEach(t, s)
+})
+
+t.test('prototype-named fields are refused', async (t) => {
+  const s = await setup(t)
+  for (const name of ['__proto__', 'constructor', 'toString']) {
+    const field = await postForm(s.url, [{ name, data: '{"polluted":true}' }])
+    t.equal(field.status, 400, `text field ${name}`)
+    t.equal(field.json.code, 'FST_CHUNKED_UPLOAD_FORBIDDEN_FIELD_NAME')
+    const file = await postForm(s.url, [{ name, filename: 'a.bin', data: 'x' }])
+    t.equal(file.status, 400, `file field ${name}`)
+    t.equal(file.json.code, 'FST_CHUNKED_UPLOAD_UNEXPECTED_FILE')
+  }
+  t.equal(({} as Record<string, unknown>).polluted, undefined, 'Object.prototype untouched')
+  await afterEach(t, s)
+})
+
+t.test('path-traversal and NUL filenames keep only a safe basename', async (t) => {
+  const names: string[] = []
+  const s = await setup(t, {}, {}, true, (app) => {
+    app.addHook('preHandler', async (request) => {
+      if (request.uploads !== null) for (const e of request.uploads.entries('file').completed) names.push(e.clientName)
+    })
+  })
+  const { body, contentType } = multipart([
+    { name: 'file', filename: '../../etc/passwd', data: 'a' },
+    { name: 'file', filename: 'C:\\Windows\\evil.exe', data: 'b' },
+    { name: 'file', filename: 'nul\u0000byte.txt', data: 'c' }
+  ])
+  const response = await fetch(`${s.url}/up`, { method: 'POST', body, headers: { 'content-type': contentType } })
+  t.equal(response.status, 200)
+  t.same(names, ['passwd', 'evil.exe', 'nulbyte.txt'])
+  await afterEach(t, s)
+})
+
+t.test('a slow client that stops sending: 408 chunk timeout, the writer is cancelled', async (t) => {
+  const s = await setup(t, { chunkTimeout: 300 })
+  const { body, contentType } = multipart([{ name: 'file', filename: 'a.bin', data: bytes(100_000) }])
+  const socket = await rawSocket(s.port)
+  socket.write(head(s.port, contentType, body.length))
+  socket.write(body.subarray(0, 50_000))
+  const started = Date.now()
+  t.ok(await eventually(() => socket.received().includes('\r\n\r\n{'), 3000), 'the server answered')
+  t.ok(Date.now() - started >= 250, 'not before the timeout')
+  t.match(socket.received(), /^HTTP\/1.1 408/)
+  t.match(socket.received(), /FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT/)
+  t.same(s.recorder.reasons(), ['cancel'])
+  socket.destroy()
+  await afterEach(t, s)
+})
+
+t.test('a slow writer is not a silent client', async (t) => {
+  const s = await setup(t, { chunkTimeout: 200, chunkSize: 10_000 }, { chunkDelay: 60 })
+  const data = bytes(100_000)
+  const { status, json } = await postForm(s.url, [{ name: 'file', filename: 'a.bin', data }])
+  t.equal(status, 200, 'ten 60 ms writes (600 ms) do not trip a 200 ms silence limit')
+  t.same(json.files, [sha256(data)])
+  await afterEach(t, s)
+})
+
+t.test('a writer call that hangs is bounded by writerTimeout', async (t) => {
+  const s = await setup(t, { writerTimeout: 200, chunkSize: 1000 }, { hangOnChunk: 2 })
+  const started = Date.now()
+  const { status, json } = await postForm(s.url, [{ name: 'file', filename: 'a.bin', data: bytes(5000) }])
+  t.equal(status, 500)
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_WRITER_FAILURE')
+  t.ok(Date.now() - started < 2000, 'answered soon after the writer timeout')
+  t.same(s.recorder.records[0]!.closes, [], 'no close while the hung call runs: calls never overlap')
+  s.recorder.release()
+  await afterEach(t, s)
+  t.same(s.recorder.reasons(), ['error'], 'closed with { error } once the hung call settled')
+})
+
+t.test('10,000 tiny parts', async (t) => {
+  const s = await setup(t, { maxEntries: 10_000 })
+  const parts = Array.from({ length: 10_000 }, (_, i) => ({ name: 'file', filename: `${i}.txt`, data: String(i % 10) }))
+  const { status, json } = await postForm(s.url, parts)
+  t.equal(status, 200)
+  t.equal(json.files.length, 10_000)
+  t.equal(s.recorder.records.length, 10_000)
+  t.ok(s.recorder.reasons().every((r) => r === 'done'))
+  const fields = await postForm(s.url, Array.from({ length: 10_000 }, (_, i) => ({ name: `f${i}`, data: 'v' })))
+  t.equal(fields.status, 413, '10,000 text fields exceed maxFields')
+  t.equal(fields.json.code, 'FST_CHUNKED_UPLOAD_FIELDS_LIMIT')
+  await afterEach(t, s)
+})
+
+t.test('50 concurrent uploads, byte-exact (odd sizes)', async (t) => {
+  const s = await setup(t, { maxFileSize: 2_000_000 }, {}, true, (app, recorder) => {
+    app.post('/hash', { allowUpload: { file: { accept: 'any', maxFileSize: 2_000_000, writer: recorder.factory } } }, async (request) => {
+      return await request.uploads.consume('file', (meta: { sha256: string }) => meta.sha256)
+    })
+  })
+  const sizes = Array.from({ length: 50 }, (_, i) => 1 + ((i * 104_729) % 1_000_003))
+  const results = await Promise.all(sizes.map(async (size, i) => {
+    const data = bytes(size, i + 7)
+    const { status, json } = await postForm(s.url, [{ name: 'file', filename: `${i}.bin`, data }], '/hash')
+    return status === 200 && json[0] === sha256(data)
+  }))
+  t.equal(results.filter(Boolean).length, 50, 'every upload arrived intact')
+  await afterEach(t, s)
+})
+
+t.test('the handler throws after consuming: the temp file is still removed', async (t) => {
+  const dir = await tmpDirFor(t)
+  const { url } = await startApp(t, (app) => {
+    app.post('/boom', { allowUpload: { file: { accept: 'any', maxEntries: 2 } } }, async (request) => {
+      await request.uploads.consumeEntry(request.uploads.entries('file').completed[0]!.ref, () => 'first')
+      throw new Error('handler failed')
+    })
+  }, { tmpDir: dir })
+  const { status } = await postForm(url, [{ name: 'file', filename: 'a', data: 'a' }, { name: 'file', filename: 'b', data: 'b' }], '/boom')
+  t.equal(status, 500)
+  t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'consumed and unconsumed files are gone')
+  await stillServes(t, url)
+})
+
+t.test('server close() during an upload cancels it and the server stops', async (t) => {
+  const s = await setup(t)
+  const { body, contentType } = multipart([{ name: 'file', filename: 'a.bin', data: bytes(1_000_000) }])
+  const socket = await rawSocket(s.port)
+  socket.write(head(s.port, contentType, body.length))
+  socket.write(body.subarray(0, 100_000))
+  t.ok(await eventually(() => (s.recorder.records[0]?.bytes ?? 0) > 0))
+  const closing = s.app.close()
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1, 2000), 'cancelled at shutdown')
+  t.same(s.recorder.reasons(), ['cancel'])
+  await closing
+  t.ok(await eventually(() => socket.received().includes('503') || socket.destroyed || socket.readableEnded, 2000))
+  socket.destroy()
+  s.recorder.check(t)
+  t.same(await strayFiles(s.dir), [])
+})
+
+t.test('a file field for an undeclared name is rejected', async (t) => {
+  const s = await setup(t)
+  const { status, json } = await postForm(s.url, [{ name: 'other', filename: 'a.bin', data: 'x' }])
+  t.equal(status, 400)
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_UNEXPECTED_FILE')
+  await afterEach(t, s)
+})
