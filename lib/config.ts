@@ -26,12 +26,12 @@ const configProperties = {
 export const UploadConfigSchema = Type.Object(configProperties, { additionalProperties: false })
 export const PartialUploadConfigSchema = Type.Partial(UploadConfigSchema)
 
-export const PluginOptionsSchema = Type.Partial(Type.Object({
-  tmpDir: Type.String({ minLength: 1 }),
-  defaults: PartialUploadConfigSchema,
-  maxFields: Type.Integer({ minimum: 0 }),
-  maxFieldSize: PositiveInt
-}, { additionalProperties: false }))
+export const PluginOptionsSchema = Type.Object({
+  tmpDir: Opt(Type.String({ minLength: 1 })),
+  defaults: Opt(PartialUploadConfigSchema),
+  maxFields: Opt(Type.Integer({ minimum: 0 })),
+  maxFieldSize: Opt(PositiveInt)
+}, { additionalProperties: false })
 
 /** LiveView's defaults, camelCased, plus ours. */
 export const DEFAULTS = {
@@ -98,13 +98,16 @@ function describe (schema: typeof UploadConfigSchema | typeof PartialUploadConfi
   // Prefer the most specific message: the deepest path, skipping anyOf summaries.
   const specific = errors.filter((e) => e.keyword !== 'anyOf').sort((a, b) => b.instancePath.length - a.instancePath.length)[0] ?? errors[0]!
   const key = specific.instancePath.replace(/^\//, '').replace(/\//g, '.')
+  if (specific.keyword === 'pattern') {
+    const got = specific.instancePath.split('/').slice(1).reduce<any>((value, part) => value[part], value)
+    return `"${key}" must be ".ext", "type/subtype", "type/*" or 'any' (got ${JSON.stringify(got)})`
+  }
   return `"${key}" ${specific.message}`
 }
 
 export interface PluginSettings { tmpDir: string | undefined, defaults: Partial<UploadConfig>, maxFields: number, maxFieldSize: number }
 
 export function validatePluginOptions (options: unknown): PluginSettings {
-  if (options === null || typeof options !== 'object') throw new InvalidConfigError('fastify-chunked-upload options must be an object')
   const problem = describe(PluginOptionsSchema, options)
   if (problem !== undefined) throw new InvalidConfigError(`fastify-chunked-upload options: ${problem}`)
   const opts = options as ChunkedUploadOptions

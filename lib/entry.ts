@@ -34,6 +34,8 @@ export class Entry implements UploadEntry {
   failure: EntryFailure | undefined
   /** Set once a consumer took the entry (or it was discarded): it is no longer listed. */
   released = false
+  /** Refused on arrival (validation): it never had a writer and takes no `maxEntries` slot. */
+  refused = false
 
   readonly #config: ResolvedConfig
   readonly #request: FastifyRequest
@@ -71,6 +73,7 @@ export class Entry implements UploadEntry {
 
   /** Marks an entry that never reached its writer (validation) as failed. */
   refuse (error: EntryFailure): void {
+    this.refused = true
     this.status = 'failed'
     this.failure = error
     this.errors.push(error.uploadCode)

@@ -42,7 +42,7 @@ export class Uploads implements RequestUploads {
   async announce (config: ResolvedConfig, info: ClientInfo): Promise<Entry> {
     const entry = new Entry(config, info, this.#request, this.#log)
     const { uploadName } = config
-    const accepted = this.#entries.filter((e) => e.uploadName === uploadName && !e.errors.includes('too_many_files')).length
+    const accepted = this.#entries.filter((e) => e.uploadName === uploadName && !e.refused).length
     this.#entries.push(entry)
     const refusal = this.#aborted ??
       (accepted >= config.maxEntries

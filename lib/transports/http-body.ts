@@ -59,9 +59,11 @@ export class HttpBody {
 }
 
 /** start → writeChunk for every piece of `source` → close('done'), the silence timer suspended around each call. */
-export async function feedEntry (entry: Entry, source: AsyncIterable<Buffer>, body: HttpBody): Promise<void> {
+export async function feedEntry (entry: Entry, source: Readable, body: HttpBody): Promise<void> {
   await body.silence.whileBusy(entry.start())
-  for await (const chunk of source) {
+  // Leaving the loop early (the entry failed) must not destroy the source: a part
+  // stream is drained so parsing goes on, a request still gets its response.
+  for await (const chunk of source.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
     body.silence.heard()
     await body.silence.whileBusy(entry.write(chunk))
   }

@@ -1,0 +1,95 @@
+// Raw bodies: one entry per request, named by the route or the `upload` query parameter.
+import t from 'tap'
+import { Recorder, bytes, eventually, rawSocket, sha256, startApp, stillServes } from './kit/index.js'
+
+t.test('a raw body is one entry: filename, type and size from the headers', async (t) => {
+  const recorder = new Recorder()
+  const seen: unknown[] = []
+  const { url } = await startApp(t, (app) => {
+    app.put('/one', { allowUpload: { photo: { accept: ['image/*'], writer: recorder.factory } } }, async (request) => {
+      return await request.uploads.consume('photo', (meta: { sha256: string }, entry) => {
+        seen.push({ name: entry.clientName, type: entry.clientType, size: entry.clientSize, progress: entry.progress })
+        return meta.sha256
+      })
+    })
+  })
+  const data = bytes(333_333)
+  const response = await fetch(`${url}/one`, {
+    method: 'PUT',
+    body: data,
+    headers: { 'content-type': 'image/png; charset=binary', 'content-disposition': 'attachment; filename="../x.png"; filename*=UTF-8\'\'%E2%82%AC%20rates.png' }
+  })
+  t.equal(response.status, 200)
+  t.same(await response.json(), [sha256(data)])
+  t.same(seen, [{ name: '€ rates.png', type: 'image/png', size: 333_333, progress: 100 }])
+  recorder.check(t)
+})
+
+t.test('several upload names: the query parameter picks one', async (t) => {
+  const recorder = new Recorder()
+  const { url } = await startApp(t, (app) => {
+    app.post('/two', { allowUpload: { a: { accept: 'any', writer: recorder.factory }, b: { accept: 'any', writer: recorder.factory } } }, async (request) => {
+      return { a: request.uploads.entries('a').completed.length, b: request.uploads.entries('b').completed.length }
+    })
+  })
+  const post = (query: string): Promise<Response> => fetch(`${url}/two${query}`, { method: 'POST', body: 'data', headers: { 'content-type': 'application/octet-stream' } })
+  const picked = await post('?upload=b')
+  t.same(await picked.json(), { a: 0, b: 1 })
+  const none = await post('')
+  t.equal(none.status, 400)
+  t.equal((await none.json() as { code: string }).code, 'FST_CHUNKED_UPLOAD_NO_UPLOAD_NAME')
+  const unknown = await post('?upload=zzz')
+  t.equal(unknown.status, 400)
+  t.equal((await unknown.json() as { code: string }).code, 'FST_CHUNKED_UPLOAD_UNEXPECTED_FILE')
+  recorder.check(t)
+  await stillServes(t, url)
+})
+
+t.test('an unreadable Content-Disposition leaves the name empty', async (t) => {
+  const names: string[] = []
+  const { url } = await startApp(t, (app) => {
+    app.post('/n', { allowUpload: { f: { accept: 'any', writer: new Recorder().factory } } }, async (request) => {
+      names.push(...request.uploads.entries('f').completed.map((e) => e.clientName))
+      return 'ok'
+    })
+  })
+  await fetch(`${url}/n`, { method: 'POST', body: 'x', headers: { 'content-type': 'application/octet-stream', 'content-disposition': 'attachment; filename=' } })
+  await fetch(`${url}/n`, { method: 'POST', body: 'x', headers: { 'content-type': 'application/octet-stream', 'content-disposition': 'attachment; filename=".."' } })
+  t.same(names, ['', ''])
+})
+
+t.test('client abort mid raw body: cancel, and the server carries on', async (t) => {
+  const recorder = new Recorder()
+  const { url, port } = await startApp(t, (app) => {
+    app.post('/raw', { allowUpload: { f: { accept: 'any', maxFileSize: 10_000_000, writer: recorder.factory } } }, async () => 'ok')
+  })
+  const socket = await rawSocket(port)
+  socket.write(`POST /raw HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n`)
+  socket.write(bytes(100_000))
+  t.ok(await eventually(() => (recorder.records[0]?.bytes ?? 0) > 0))
+  socket.destroy()
+  t.ok(await eventually(() => recorder.records[0]!.closes.length === 1, 1000))
+  t.same(recorder.reasons(), ['cancel'])
+  recorder.check(t)
+  await stillServes(t, url)
+})
+
+t.test("onEntryError 'continue' on a raw body: the handler reads the error", async (t) => {
+  const recorder = new Recorder({ throwOnChunk: 1 })
+  const { url } = await startApp(t, (app) => {
+    app.post('/c', { allowUpload: { f: { accept: ['.txt'], maxFileSize: 10, onEntryError: 'continue', writer: recorder.factory } } }, async (request) => {
+      return request.uploads.errors('f').map((e) => e.code)
+    })
+  })
+  const send = (name: string, body: string): Promise<Response> => fetch(`${url}/c`, {
+    method: 'POST', body, headers: { 'content-type': 'application/octet-stream', 'content-disposition': `attachment; filename="${name}"` }
+  })
+  const tooLarge = await send('a.txt', 'x'.repeat(50))
+  t.equal(tooLarge.status, 200)
+  t.same(await tooLarge.json(), ['too_large'])
+  t.equal(tooLarge.headers.get('connection'), 'close', 'the unread body closes the connection')
+  t.same(await (await send('a.png', 'x')).json(), ['not_accepted'])
+  t.same(await (await send('a.txt', 'xyz')).json(), ['writer_failure'])
+  t.same(recorder.reasons(), ['error'])
+  recorder.check(t)
+})
