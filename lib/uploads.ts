@@ -24,6 +24,8 @@ export class Uploads implements RequestUploads {
   readonly #request: FastifyRequest
   readonly #log: FastifyBaseLogger
   readonly #consuming = new Set<Entry>()
+  /** Per upload name, the entries that passed validation: what `maxEntries` counts. */
+  readonly #accepted = new Map<string, number>()
   #aborted: EntryFailure | undefined
   #ended = false
 
@@ -42,7 +44,7 @@ export class Uploads implements RequestUploads {
   async announce (config: ResolvedConfig, info: ClientInfo): Promise<Entry> {
     const entry = new Entry(config, info, this.#request, this.#log)
     const { uploadName } = config
-    const accepted = this.#entries.filter((e) => e.uploadName === uploadName && !e.refused).length
+    const accepted = this.#accepted.get(uploadName) ?? 0
     this.#entries.push(entry)
     const refusal = this.#aborted ??
       (accepted >= config.maxEntries
@@ -53,6 +55,7 @@ export class Uploads implements RequestUploads {
               ? withUploadCode(new TooLargeError(info.clientName, uploadName, config.maxFileSize), 'too_large')
               : await this.#validate(config, entry))
     if (refusal !== undefined) entry.refuse(refusal as EntryFailure)
+    else this.#accepted.set(uploadName, accepted + 1)
     return entry
   }
 

@@ -36,8 +36,12 @@ export class HttpBody {
       return await Promise.race([work, this.#failed])
     } catch (error) {
       this.fail(error)
+      this.#payload.off('close', this.#onClose)
+      this.#payload.off('error', this.#onClose)
       // The first failure wins: it is what cancelled the entries.
-      throw this.#uploads.aborted
+      const failure = this.#uploads.aborted!
+      if (failure.uploadCode !== 'chunk_timeout') await drainRest(this.#uploads, this.#payload)
+      throw failure
     } finally {
       this.silence.stop()
       this.#payload.off('close', this.#onClose)
@@ -46,9 +50,8 @@ export class HttpBody {
     }
   }
 
-  /** Stops the body: every unfinished entry is cancelled, the rest of the body is not read. */
+  /** Stops the body: every unfinished entry is cancelled at once. */
   fail (error: unknown): void {
-    this.#uploads.bodyUnread = true
     this.silence.stop()
     this.#uploads.abort(asFailure(error)).catch(/* c8 ignore next */ () => {})
   }
@@ -56,6 +59,48 @@ export class HttpBody {
   readonly #onClose = (): void => {
     if (!this.#payload.readableEnded) this.fail(prematureClose())
   }
+}
+
+/** How much of a failed body is read and thrown away so the client can read the answer. */
+export const DRAIN_LIMIT = { bytes: 4 * 1024 * 1024, ms: 2000 }
+
+/**
+ * A client still sending when the server answers early may lose the answer to a TCP
+ * reset if the server closes with unread bytes. So, like nginx's lingering close,
+ * read and discard what is left, within limits, before answering; past them the
+ * answer carries `Connection: close`.
+ */
+export async function drainRest (uploads: Uploads, payload: Readable): Promise<void> {
+  uploads.bodyUnread = true
+  if (payload.readableEnded || payload.destroyed) {
+    uploads.bodyUnread = !payload.readableEnded
+    return
+  }
+  payload.unpipe()
+  await new Promise<void>((resolve) => {
+    let left = DRAIN_LIMIT.bytes
+    const timer = setTimeout(done, DRAIN_LIMIT.ms)
+    function onData (chunk: Buffer): void {
+      left -= chunk.length
+      if (left < 0) done()
+    }
+    function onEnd (): void {
+      uploads.bodyUnread = false
+      done()
+    }
+    function done (): void {
+      clearTimeout(timer)
+      payload.off('data', onData)
+      payload.off('end', onEnd)
+      payload.off('close', done)
+      payload.pause()
+      resolve()
+    }
+    payload.on('data', onData)
+    payload.once('end', onEnd)
+    payload.once('close', done)
+    payload.resume()
+  })
 }
 
 /** start → writeChunk for every piece of `source` → close('done'), the silence timer suspended around each call. */

@@ -6,7 +6,7 @@ import type { FastifyRequest } from 'fastify'
 import { mediaType, safeBasename, type ResolvedConfig } from '../config.js'
 import { NoUploadNameError, UnexpectedFieldError } from '../errors.js'
 import type { Uploads } from '../uploads.js'
-import { HttpBody, feedEntry } from './http-body.js'
+import { HttpBody, drainRest, feedEntry } from './http-body.js'
 
 function chooseConfig (uploads: Uploads, request: FastifyRequest): ResolvedConfig {
   const names = [...uploads.configs.keys()]
@@ -45,7 +45,7 @@ export async function receiveRaw (uploads: Uploads, request: FastifyRequest, pay
   })
   if (entry.failure !== undefined) {
     // Refused before any byte was read (too large by Content-Length, not accepted, …).
-    uploads.bodyUnread = true
+    await drainRest(uploads, payload)
     if (config.onEntryError === 'continue') return
     throw entry.failure
   }
