@@ -49,6 +49,8 @@ export class Entry implements UploadEntry {
   /** Why the entry must stop, set by `cancel` while a call is in flight. */
   #stopping: EntryFailure | undefined
   #reportedProgress = -1
+  #watchdog: NodeJS.Timeout | undefined
+  #onWatchdog: (() => void) | undefined
   /** The one `close` call, once made. */
   #closing: Promise<void> | undefined
 
@@ -218,7 +220,7 @@ export class Entry implements UploadEntry {
     this.#closed = true
     const writer = this.#writer!
     const call = this.#call('close', () => writer.close(this.#state, reason))
-    this.#closing = call.result.then((state) => { this.#state = state }, (error) => {
+    this.#closing = call.result.finally(() => clearTimeout(this.#watchdog)).then((state) => { this.#state = state }, (error) => {
       if (reason === 'done') throw error
       this.#log.warn({ err: error, ref: this.ref }, 'upload writer close failed')
     })
@@ -250,21 +252,38 @@ export class Entry implements UploadEntry {
     }
     const call: { result: Promise<T>, hung?: Promise<T> } = { result: value }
     const timeout = this.#config.writerTimeout
-    let timer: NodeJS.Timeout | undefined
-    call.result = Promise.race([
-      value,
-      new Promise<never>((_resolve, reject) => {
-        timer = setTimeout(() => {
-          call.hung = value
-          reject(new WriterTimeoutError(name, timeout))
-        }, timeout)
+    call.result = new Promise<T>((resolve, reject) => {
+      this.#onWatchdog = () => {
+        call.hung = value
+        reject(new WriterTimeoutError(name, timeout))
+      }
+      this.#armWatchdog(timeout)
+      value.then((result) => {
+        this.#callSettled()
+        resolve(result)
+      }, (error: unknown) => {
+        this.#callSettled()
+        reject(error)
       })
-    ]).finally(() => {
-      clearTimeout(timer)
-      this.#inflight = undefined
     })
     this.#inflight = call.result.catch(() => {})
     return call
+  }
+
+  /** One timer per entry, re-armed for each asynchronous writer call (cheaper than one per call). */
+  #armWatchdog (timeout: number): void {
+    if (this.#watchdog === undefined) {
+      this.#watchdog = setTimeout(() => this.#onWatchdog?.(), timeout)
+      // A hung writer alone must not keep the process alive.
+      this.#watchdog.unref()
+    } else {
+      this.#watchdog.refresh()
+    }
+  }
+
+  #callSettled (): void {
+    this.#onWatchdog = undefined
+    this.#inflight = undefined
   }
 
   #failBeforeInit (error: unknown): EntryFailure {

@@ -106,12 +106,39 @@ export async function drainRest (uploads: Uploads, payload: Readable): Promise<v
 /** start → writeChunk for every piece of `source` → close('done'), the silence timer suspended around each call. */
 export async function feedEntry (entry: Entry, source: Readable, body: HttpBody): Promise<void> {
   await body.silence.whileBusy(entry.start())
-  // Leaving the loop early (the entry failed) must not destroy the source: a part
-  // stream is drained so parsing goes on, a request still gets its response.
-  for await (const chunk of source.iterator({ destroyOnReturn: false }) as AsyncIterable<Buffer>) {
-    body.silence.heard()
-    await body.silence.whileBusy(entry.write(chunk))
-  }
+  // 'data' one buffer at a time, paused while the writer works: no copies, and the
+  // socket is not read further until writeChunk settled. Leaving early (the entry
+  // failed) does not destroy the source: a part is drained, a request still answered.
+  await new Promise<void>((resolve, reject) => {
+    let writing = false
+    let ended = false
+    const stop = (error?: unknown): void => {
+      source.off('data', onData)
+      source.off('end', onEnd)
+      source.off('error', stop)
+      if (error === undefined) resolve()
+      else reject(error)
+    }
+    // 'end' may come while the last chunk is still with the writer: finish after it.
+    function onEnd (): void {
+      ended = true
+      if (!writing) stop()
+    }
+    function onData (chunk: Buffer): void {
+      source.pause()
+      body.silence.heard()
+      writing = true
+      body.silence.whileBusy(entry.write(chunk)).then(() => {
+        writing = false
+        if (ended) stop()
+        else source.resume()
+      }, stop)
+    }
+    source.on('data', onData)
+    source.once('end', onEnd)
+    source.once('error', stop)
+    source.resume()
+  })
   await body.silence.whileBusy(entry.finish())
 }
 
