@@ -60,6 +60,17 @@ function form (field: string, files: Array<{ name: string, type: string, data: B
   return body
 }
 
+/**
+ * The same form, encoded up front. On a request it fails, the server answers as soon as
+ * it knows (413) and closes without reading the rest of the body: a client still
+ * writing its body then sometimes gets EPIPE instead of the answer. Sent as one
+ * buffer, the body is on the wire before the server answers.
+ */
+async function encoded (body: FormData): Promise<{ body: Buffer, headers: Record<string, string> }> {
+  const request = new Request('http://127.0.0.1/', { method: 'POST', body })
+  return { body: Buffer.from(await request.arrayBuffer()), headers: { 'content-type': request.headers.get('content-type')! } }
+}
+
 const tmp = await mkdtemp(join(tmpdir(), 'fcu-demo-'))
 t.teardown(() => rm(tmp, { recursive: true, force: true }))
 const { url, logs } = await startDemo(tmp)
@@ -115,9 +126,7 @@ t.test('the temp-file route lists refused files next to the stored ones', async 
   t.equal(result.errors.length, 1)
 })
 
-t.test('the temp-file route lists an oversize file next to the stored ones', {
-  todo: 'lib bug: with onEntryError "continue", a multipart file that outgrows maxFileSize stalls the body (408 after chunkTimeout)'
-}, async (t) => {
+t.test('the temp-file route lists an oversize file next to the stored ones', async (t) => {
   const text = Buffer.from('kept')
   const response = await fetch(`${url}/upload/files`, {
     method: 'POST',
@@ -158,10 +167,8 @@ t.test('the echo route counts the bytes and logs every chunk', async (t) => {
 })
 
 t.test('the echo route answers an oversize file with the coded error', async (t) => {
-  const response = await fetch(`${url}/upload/echo`, {
-    method: 'POST',
-    body: form('echo', [{ name: 'ok.txt', type: 'text/plain', data: Buffer.from('fine') }, { name: 'huge.bin', type: 'application/octet-stream', data: randomBytes(10_000_001) }])
-  })
+  const files = [{ name: 'ok.txt', type: 'text/plain', data: Buffer.from('fine') }, { name: 'huge.bin', type: 'application/octet-stream', data: randomBytes(10_000_001) }]
+  const response = await fetch(`${url}/upload/echo`, { method: 'POST', ...await encoded(form('echo', files)) })
   t.equal(response.status, 413)
   t.same(await response.json(), {
     statusCode: 413,
@@ -175,7 +182,7 @@ t.test('the echo route answers an oversize file with the coded error', async (t)
 
 t.test('the echo route refuses a sixth file', async (t) => {
   const files = Array.from({ length: 6 }, (_, i) => ({ name: `f${i}.txt`, type: 'text/plain', data: Buffer.from(`file ${i}`) }))
-  const response = await fetch(`${url}/upload/echo`, { method: 'POST', body: form('echo', files) })
+  const response = await fetch(`${url}/upload/echo`, { method: 'POST', ...await encoded(form('echo', files)) })
   t.equal(response.status, 413)
   t.match(await response.json(), { statusCode: 413, code: 'FST_CHUNKED_UPLOAD_TOO_MANY_FILES' })
 })

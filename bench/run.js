@@ -1,0 +1,323 @@
+// The benchmark runner (and the client). Starts a fresh server process per
+// (contender, scenario, run), drives it from this process with bench/client.js,
+// asks the server for its CPU time and peak RSS, and prints medians.
+//
+//   npm run bench                                   full run (3 runs, 1 GiB, 200 × 4 MiB)
+//   BENCH_RUNS=1 BENCH_SIZE_MIB=64 npm run bench    quick run
+//
+// Env: BENCH_RUNS (3), BENCH_SIZE_MIB (1024, scenario A), BENCH_B_COUNT (200),
+// BENCH_B_SIZE_MIB (4), BENCH_SCENARIOS (A,B), BENCH_CONTENDERS (comma list of ids),
+// BENCH_CPU_PROF=1 (servers run with --cpu-prof into bench/results/profiles/; slows them),
+// BENCH_OUT (JSON output path, default bench/results/latest.json), BENCH_TIMEOUT_S (180, per upload).
+import { spawn } from 'node:child_process'
+import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import http from 'node:http'
+import os from 'node:os'
+import { dirname, join } from 'node:path'
+import { performance } from 'node:perf_hooks'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { MiB, getJson, upload } from './client.js'
+
+const here = dirname(fileURLToPath(import.meta.url))
+const env = process.env
+const RUNS = Number(env.BENCH_RUNS ?? 3)
+const SIZE_A = Number(env.BENCH_SIZE_MIB ?? 1024) * MiB
+const COUNT_B = Number(env.BENCH_B_COUNT ?? 200)
+const SIZE_B = Number(env.BENCH_B_SIZE_MIB ?? 4) * MiB
+const CPU_PROF = env.BENCH_CPU_PROF === '1'
+const TIMEOUT_MS = Number(env.BENCH_TIMEOUT_S ?? 180) * 1000 // per upload
+const WARMUP = 3 // uploads of 1 MiB before each measurement, outside the numbers
+
+const CONTENDERS = [
+  { id: 'chunked-upload', name: 'fastify-chunked-upload (multipart)', server: 'chunked-upload.js', format: 'multipart' },
+  { id: 'chunked-upload-raw', name: 'fastify-chunked-upload (raw body)', server: 'chunked-upload.js', format: 'raw' },
+  { id: 'fastify-multipart', name: '@fastify/multipart 10 (pipeline to file)', server: 'fastify-multipart.js', format: 'multipart' },
+  { id: 'bare-pipe', name: 'bare pipe (raw body → file)', server: 'bare-pipe.js', format: 'raw' },
+  // Diagnostic only, run when named in BENCH_CONTENDERS: the plugin with chunkSize 1 MiB,
+  // so Node's 64 KiB socket reads are not split at the default 64_000 bytes.
+  { id: 'chunked-upload-1m', name: 'fastify-chunked-upload (multipart, chunkSize 1 MiB)', server: 'chunked-upload.js', format: 'multipart', env: { BENCH_CHUNK_SIZE: String(MiB) }, optional: true },
+  { id: 'chunked-upload-raw-1m', name: 'fastify-chunked-upload (raw body, chunkSize 1 MiB)', server: 'chunked-upload.js', format: 'raw', env: { BENCH_CHUNK_SIZE: String(MiB) }, optional: true }
+].filter((c) => env.BENCH_CONTENDERS === undefined ? !c.optional : env.BENCH_CONTENDERS.split(',').includes(c.id))
+
+const SCENARIOS = [
+  { id: 'A', title: `A: one ${fmtSize(SIZE_A)} upload`, count: 1, size: SIZE_A },
+  { id: 'B', title: `B: ${COUNT_B} concurrent ${fmtSize(SIZE_B)} uploads`, count: COUNT_B, size: SIZE_B }
+].filter((s) => env.BENCH_SCENARIOS === undefined || env.BENCH_SCENARIOS.split(',').includes(s.id))
+
+function fmtSize (bytes) {
+  return bytes >= 1024 ** 3 && bytes % 1024 ** 3 === 0 ? `${bytes / 1024 ** 3} GiB` : `${+(bytes / MiB).toFixed(2)} MiB`
+}
+
+// ---------------------------------------------------------------------------------
+// Child processes: every one is killed if this process exits, fails or is signalled,
+// and its upload dir removed. (A server also exits by itself when its stdin closes.)
+
+const children = new Map() // child → its upload dir, once known
+function killAll () {
+  for (const [child, dir] of children) {
+    child.kill('SIGKILL')
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
+  }
+  children.clear()
+}
+process.on('exit', killAll)
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.on(signal, () => {
+    killAll()
+    process.exit(130)
+  })
+}
+
+async function startServer (contender, label) {
+  const execArgv = []
+  if (CPU_PROF) {
+    const dir = join(here, 'results', 'profiles')
+    mkdirSync(dir, { recursive: true })
+    execArgv.push('--cpu-prof', `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${label}.cpuprofile`)
+  }
+  const child = spawn(process.execPath, [...execArgv, join(here, 'servers', contender.server)], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...env, ...contender.env, BENCH_PARENT: '1' }
+  })
+  children.set(child, undefined)
+  let dir
+  const exited = new Promise((resolve) => child.once('exit', (code, signal) => {
+    children.delete(child)
+    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
+    resolve({ code, signal })
+  }))
+  const lines = createInterface({ input: child.stdout })
+  const port = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${contender.server}: no port within 15 s`)), 15_000)
+    lines.once('line', (line) => {
+      clearTimeout(timer)
+      try {
+        const hello = JSON.parse(line)
+        dir = hello.dir
+        if (children.has(child)) children.set(child, dir)
+        resolve(hello.port)
+      } catch {
+        reject(new Error(`${contender.server}: unexpected first line ${JSON.stringify(line)}`))
+      }
+    })
+    exited.then(({ code, signal }) => reject(new Error(`${contender.server} exited (${code ?? signal}) before listening`)))
+  })
+  lines.on('line', (line) => process.stderr.write(`[${contender.server}] ${line}\n`))
+  return {
+    port,
+    pid: child.pid,
+    async stop () {
+      child.kill('SIGTERM')
+      const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
+      const result = await exited
+      clearTimeout(timer)
+      return result
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// One measurement.
+
+async function measure (contender, scenario, run) {
+  const label = `${contender.id}-${scenario.id}-r${run}`
+  const server = await startServer(contender, label)
+  const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity })
+  try {
+    const idle = await getJson(server.port, '/__bench/stats')
+    for (let i = 0; i < WARMUP; i++) {
+      const r = await upload({ port: server.port, format: contender.format, size: MiB, agent })
+      if (!r.ok) throw new Error(`${label}: warm-up upload failed: ${r.status} ${r.error}`)
+    }
+    const before = await getJson(server.port, '/__bench/stats')
+    const clientCpu0 = process.cpuUsage()
+    const t0 = performance.now()
+    const results = await Promise.all(Array.from({ length: scenario.count }, () =>
+      upload({ port: server.port, format: contender.format, size: scenario.size, agent, timeoutMs: TIMEOUT_MS })))
+    const wallS = (performance.now() - t0) / 1000
+    const clientCpu = process.cpuUsage(clientCpu0)
+    const after = await getJson(server.port, '/__bench/stats')
+    const failed = results.filter((r) => !r.ok)
+    const latencies = results.map((r) => r.ms).sort((a, b) => a - b)
+    const bytes = scenario.count * scenario.size
+    return {
+      run,
+      scenario: scenario.id,
+      contender: contender.id,
+      wallS,
+      mibPerS: bytes / MiB / wallS,
+      serverCpuS: after.cpuS - before.cpuS,
+      serverCpuUserS: after.cpuUserS - before.cpuUserS,
+      serverCpuSystemS: after.cpuSystemS - before.cpuSystemS,
+      clientCpuS: (clientCpu.user + clientCpu.system) / 1e6,
+      peakRssMiB: after.peakRssMiB,
+      peakRssAfterWarmupMiB: before.peakRssMiB,
+      idleRssMiB: idle.rssMiB,
+      loadavg1: os.loadavg()[0],
+      leftoverFiles: after.leftoverFiles,
+      failures: failed.length,
+      failureSamples: failed.slice(0, 3).map((r) => ({ status: r.status, size: r.size, error: r.error })),
+      latencyMs: { p50: quantile(latencies, 0.5), p95: quantile(latencies, 0.95), max: latencies.at(-1) },
+      // Largest values sampled (every 50 ms) over the server's life: what its peak RSS was made of.
+      serverMemoryMax: { heapTotalMiB: after.maxHeapTotalMiB, heapUsedMiB: after.maxHeapUsedMiB, externalMiB: after.maxExternalMiB, arrayBuffersMiB: after.maxArrayBuffersMiB },
+      serverContextSwitches: {
+        voluntary: after.contextSwitches.voluntary - before.contextSwitches.voluntary,
+        involuntary: after.contextSwitches.involuntary - before.contextSwitches.involuntary
+      }
+    }
+  } finally {
+    agent.destroy()
+    const { code, signal } = await server.stop()
+    if (code !== 0) process.stderr.write(`warning: ${label} server exited with ${code ?? signal}\n`)
+  }
+}
+
+function quantile (sorted, q) {
+  if (sorted.length === 0) return NaN
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+}
+
+function median (values) {
+  const sorted = values.filter((v) => Number.isFinite(v)).sort((a, b) => a - b)
+  if (sorted.length === 0) return NaN
+  const mid = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[mid] : (sorted[mid - 1] + sorted[mid]) / 2
+}
+
+// ---------------------------------------------------------------------------------
+// Summary and output.
+
+function summarise (measurements) {
+  const summary = {}
+  for (const scenario of SCENARIOS) {
+    summary[scenario.id] = {}
+    for (const contender of CONTENDERS) {
+      const ms = measurements.filter((m) => m.scenario === scenario.id && m.contender === contender.id)
+      if (ms.length === 0) continue
+      summary[scenario.id][contender.id] = {
+        runs: ms.length,
+        mibPerS: median(ms.map((m) => m.mibPerS)),
+        mibPerSMin: Math.min(...ms.map((m) => m.mibPerS)),
+        mibPerSMax: Math.max(...ms.map((m) => m.mibPerS)),
+        serverCpuS: median(ms.map((m) => m.serverCpuS)),
+        serverCpuSPerGiB: median(ms.map((m) => m.serverCpuS / ((scenario.count * scenario.size) / 1024 ** 3))),
+        clientCpuS: median(ms.map((m) => m.clientCpuS)),
+        peakRssMiB: median(ms.map((m) => m.peakRssMiB)),
+        peakRssMiBMax: Math.max(...ms.map((m) => m.peakRssMiB)),
+        idleRssMiB: median(ms.map((m) => m.idleRssMiB)),
+        maxHeapTotalMiB: median(ms.map((m) => m.serverMemoryMax.heapTotalMiB)),
+        maxArrayBuffersMiB: median(ms.map((m) => m.serverMemoryMax.arrayBuffersMiB)),
+        voluntaryCtxSwitchesPerGiB: median(ms.map((m) => m.serverContextSwitches.voluntary / ((scenario.count * scenario.size) / 1024 ** 3))),
+        peakGrowthMiB: median(ms.map((m) => m.peakRssMiB - m.idleRssMiB)),
+        p95LatencyMs: median(ms.map((m) => m.latencyMs.p95)),
+        failures: ms.reduce((n, m) => n + m.failures, 0),
+        leftoverFiles: Math.max(...ms.map((m) => m.leftoverFiles))
+      }
+    }
+  }
+  return summary
+}
+
+function ratio (a, b) {
+  return a !== undefined && b !== undefined && b.mibPerS > 0 ? a.mibPerS / b.mibPerS : NaN
+}
+
+function checks (summary) {
+  const out = []
+  const verdict = (ok) => (Number.isNaN(ok) ? 'n/a' : ok ? 'PASS' : 'FAIL')
+  for (const scenario of SCENARIOS) {
+    const s = summary[scenario.id]
+    const add = (what, value, target, ok) => out.push({ scenario: scenario.id, what, value, target, verdict: verdict(ok) })
+    const vsMp = ratio(s['chunked-upload'], s['fastify-multipart'])
+    const vsBare = ratio(s['chunked-upload'], s['bare-pipe'])
+    const rawVsBare = ratio(s['chunked-upload-raw'], s['bare-pipe'])
+    add('chunked-upload (multipart) ÷ @fastify/multipart, throughput', vsMp, '≥ 1.00×', Number.isNaN(vsMp) ? NaN : vsMp >= 1)
+    add('chunked-upload (multipart) ÷ bare pipe, throughput', vsBare, '≥ 0.85×', Number.isNaN(vsBare) ? NaN : vsBare >= 0.85)
+    add('chunked-upload (raw body) ÷ bare pipe, throughput', rawVsBare, '≥ 0.85×', Number.isNaN(rawVsBare) ? NaN : rawVsBare >= 0.85)
+    for (const id of ['chunked-upload', 'chunked-upload-raw']) {
+      if (s[id] === undefined) continue
+      if (scenario.id === 'A') {
+        add(`${id} peak RSS (MiB, median; max ${s[id].peakRssMiBMax.toFixed(1)})`, s[id].peakRssMiB, '< 80', s[id].peakRssMiB < 80)
+        // Not a target of the brief: how the same number compares with bare Fastify.
+        if (s['bare-pipe'] !== undefined) out.push({ scenario: scenario.id, what: `${id} peak RSS − bare pipe peak RSS (MiB, info)`, value: s[id].peakRssMiB - s['bare-pipe'].peakRssMiB, target: '—', verdict: 'info' })
+      }
+      add(`${id} failures (all runs)`, s[id].failures, '0', s[id].failures === 0)
+    }
+  }
+  return out
+}
+
+const f = (v, digits = 1) => (Number.isFinite(v) ? v.toFixed(digits) : 'n/a')
+
+function markdown (summary, checkList) {
+  const lines = []
+  for (const scenario of SCENARIOS) {
+    const s = summary[scenario.id]
+    const bare = s['bare-pipe']
+    const mp = s['fastify-multipart']
+    lines.push(`### ${scenario.title} — median of ${RUNS} run(s)`, '')
+    lines.push('| contender | MiB/s (min–max) | server CPU s | server CPU s/GiB | peak RSS MiB | idle RSS MiB | peak − idle MiB | p95 latency ms | failures | leftover files | ÷ @fastify/multipart | ÷ bare pipe |')
+    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    for (const contender of CONTENDERS) {
+      const r = s[contender.id]
+      if (r === undefined) continue
+      lines.push(`| ${contender.name} | ${f(r.mibPerS)} (${f(r.mibPerSMin)}–${f(r.mibPerSMax)}) | ${f(r.serverCpuS, 2)} | ${f(r.serverCpuSPerGiB, 2)} | ${f(r.peakRssMiB)} | ${f(r.idleRssMiB)} | ${f(r.peakGrowthMiB)} | ${f(r.p95LatencyMs, 0)} | ${r.failures} | ${r.leftoverFiles} | ${f(ratio(r, mp), 2)}× | ${f(ratio(r, bare), 2)}× |`)
+    }
+    lines.push('')
+  }
+  lines.push('### Targets', '')
+  lines.push('| scenario | check | value | target | verdict |')
+  lines.push('|---|---|---:|---:|---|')
+  for (const c of checkList) lines.push(`| ${c.scenario} | ${c.what} | ${typeof c.value === 'number' && !Number.isInteger(c.value) ? f(c.value, 2) : c.value} | ${c.target} | ${c.verdict} |`)
+  return lines.join('\n')
+}
+
+// ---------------------------------------------------------------------------------
+
+async function main () {
+  const started = performance.now()
+  const machine = {
+    node: process.version,
+    cpus: os.cpus().length,
+    cpuModel: os.cpus()[0]?.model,
+    totalMemMiB: Math.round(os.totalmem() / MiB),
+    loadavgAtStart: os.loadavg(),
+    tmpdir: os.tmpdir()
+  }
+  console.error(`bench: ${RUNS} run(s); scenarios ${SCENARIOS.map((s) => s.title).join('; ')}; ${CONTENDERS.length} contenders; node ${machine.node}, ${machine.cpus} CPUs, load ${machine.loadavgAtStart.map((l) => l.toFixed(2)).join(' ')}`)
+  const measurements = []
+  for (let run = 1; run <= RUNS; run++) {
+    for (const scenario of SCENARIOS) {
+      // Interleave contenders, rotating who goes first so none always gets the same slot.
+      const order = CONTENDERS.map((_, i) => CONTENDERS[(i + run - 1) % CONTENDERS.length])
+      for (const contender of order) {
+        const m = await measure(contender, scenario, run)
+        measurements.push(m)
+        console.error(`run ${run} ${scenario.id} ${contender.id.padEnd(21)} ${f(m.mibPerS).padStart(7)} MiB/s  ${f(m.wallS, 2)} s  server CPU ${f(m.serverCpuS, 2)} s  client CPU ${f(m.clientCpuS, 2)} s  peak RSS ${f(m.peakRssMiB)} MiB  failures ${m.failures}  load ${f(m.loadavg1, 2)}${m.failures > 0 ? ' ' + JSON.stringify(m.failureSamples) : ''}`)
+      }
+    }
+  }
+  const summary = summarise(measurements)
+  const checkList = checks(summary)
+  const table = markdown(summary, checkList)
+  console.log(table)
+  const out = env.BENCH_OUT ?? join(here, 'results', 'latest.json')
+  mkdirSync(dirname(out), { recursive: true })
+  writeFileSync(out, JSON.stringify({
+    date: new Date().toISOString(),
+    machine: { ...machine, loadavgAtEnd: os.loadavg() },
+    config: { runs: RUNS, sizeA: SIZE_A, countB: COUNT_B, sizeB: SIZE_B, warmupUploads: WARMUP, cpuProfile: CPU_PROF },
+    durationS: (performance.now() - started) / 1000,
+    summary,
+    checks: checkList,
+    measurements
+  }, null, 2) + '\n')
+  console.error(`\nwrote ${out} (${f((performance.now() - started) / 1000)} s)`)
+}
+
+main().catch((error) => {
+  console.error(error)
+  killAll()
+  process.exit(1)
+})

@@ -1,0 +1,25 @@
+// Contender: fastify-chunked-upload with its default writer (a temp file in tmpDir).
+// Multipart (part named "file") and raw bodies (application/octet-stream) both reach
+// this one route. The stored size is read back with stat() before the plugin removes
+// the temp file after consume. BENCH_CHUNK_SIZE (bytes) overrides the route's
+// chunkSize, for diagnosis only; unset, the plugin's default applies.
+import { stat } from 'node:fs/promises'
+import Fastify from 'fastify'
+import chunkedUpload from 'fastify-chunked-upload'
+import { MAX_FILE_SIZE, makeTmpDir, serve } from './common.js'
+
+const dir = makeTmpDir('chunked-upload')
+const app = Fastify()
+await app.register(chunkedUpload, { tmpDir: dir })
+
+const chunkSize = process.env.BENCH_CHUNK_SIZE === undefined ? {} : { chunkSize: Number(process.env.BENCH_CHUNK_SIZE) }
+
+app.post('/upload', {
+  allowUpload: { file: { accept: 'any', maxFileSize: MAX_FILE_SIZE, maxEntries: 1, ...chunkSize } }
+}, async (request) => {
+  const sizes = await request.uploads.consume('file', async (meta) => (await stat(meta.path)).size)
+  if (sizes.length !== 1) return { size: -1, errors: request.uploads.errors() }
+  return { size: sizes[0] }
+})
+
+await serve(app, dir)

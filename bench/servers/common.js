@@ -1,0 +1,113 @@
+// Shared by every contender server: a fresh temp dir, a stats route, the port on
+// stdout, and a shutdown that removes the temp dir. Under the bench runner
+// (BENCH_PARENT=1) the server also exits when its stdin closes, so it never
+// outlives the runner, even if the runner is killed.
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+
+export const MAX_FILE_SIZE = 2 * 1024 ** 3
+
+/** A fresh directory under os.tmpdir() for this server's uploads. */
+export function makeTmpDir (name) {
+  const dir = mkdtempSync(join(tmpdir(), `fcu-bench-${name}-`))
+  // Also on a crash (uncaught exception); only SIGKILL skips this, and then the runner removes it.
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }))
+  return dir
+}
+
+/** VmHWM (peak resident set) and VmRSS of this process, in KiB. */
+function procStatus () {
+  try {
+    const text = readFileSync('/proc/self/status', 'utf8')
+    const kib = (key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, 'm').exec(text)?.[1])
+    return { hwmKiB: kib('VmHWM'), rssKiB: kib('VmRSS') }
+  } catch {
+    // Not Linux: maxRSS is the same peak, in KiB.
+    return { hwmKiB: process.resourceUsage().maxRSS, rssKiB: process.memoryUsage.rss() / 1024 }
+  }
+}
+
+/** Voluntary and involuntary context switches, summed over this process's threads. */
+function contextSwitches () {
+  let voluntary = 0
+  let involuntary = 0
+  try {
+    for (const task of readdirSync('/proc/self/task')) {
+      const text = readFileSync(`/proc/self/task/${task}/status`, 'utf8')
+      voluntary += Number(/^voluntary_ctxt_switches:\s+(\d+)/m.exec(text)?.[1] ?? 0)
+      involuntary += Number(/^nonvoluntary_ctxt_switches:\s+(\d+)/m.exec(text)?.[1] ?? 0)
+    }
+  } catch {
+    const usage = process.resourceUsage()
+    voluntary = usage.voluntaryContextSwitches
+    involuntary = usage.involuntaryContextSwitches
+  }
+  return { voluntary, involuntary }
+}
+
+// Largest V8 heap and off-heap (Buffer) memory seen, sampled every 50 ms: what the
+// peak RSS was made of.
+const maxMemory = { heapTotal: 0, heapUsed: 0, external: 0, arrayBuffers: 0 }
+function sampleMemory () {
+  const mem = process.memoryUsage()
+  for (const key of Object.keys(maxMemory)) maxMemory[key] = Math.max(maxMemory[key], mem[key])
+}
+setInterval(sampleMemory, 50).unref()
+
+export function stats (dir) {
+  sampleMemory()
+  const cpu = process.cpuUsage()
+  const { hwmKiB, rssKiB } = procStatus()
+  const mem = process.memoryUsage()
+  return {
+    cpuUserS: cpu.user / 1e6,
+    cpuSystemS: cpu.system / 1e6,
+    cpuS: (cpu.user + cpu.system) / 1e6,
+    peakRssMiB: hwmKiB / 1024,
+    rssMiB: rssKiB / 1024,
+    heapUsedMiB: mem.heapUsed / 1024 ** 2,
+    externalMiB: mem.external / 1024 ** 2,
+    arrayBuffersMiB: mem.arrayBuffers / 1024 ** 2,
+    maxHeapTotalMiB: maxMemory.heapTotal / 1024 ** 2,
+    maxHeapUsedMiB: maxMemory.heapUsed / 1024 ** 2,
+    maxExternalMiB: maxMemory.external / 1024 ** 2,
+    maxArrayBuffersMiB: maxMemory.arrayBuffers / 1024 ** 2,
+    contextSwitches: contextSwitches(),
+    /** Files left in the upload dir: should be 0 between uploads. */
+    leftoverFiles: readdirSync(dir).length
+  }
+}
+
+/** Adds GET /__bench/stats, listens on 127.0.0.1, prints {"port"} on stdout, wires shutdown. */
+export async function serve (app, dir) {
+  app.get('/__bench/stats', async () => stats(dir))
+  await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 0) })
+  let closing = false
+  const shutdown = async () => {
+    if (closing) return
+    closing = true
+    // Uploads still in flight must not keep us alive for long.
+    setTimeout(() => {
+      rmSync(dir, { recursive: true, force: true })
+      process.exit(1)
+    }, 3000).unref()
+    try {
+      await app.close()
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+      // process.exit (not a signal death) so that --cpu-prof writes its profile.
+      process.exit(0)
+    }
+  }
+  process.on('SIGTERM', shutdown)
+  process.on('SIGINT', shutdown)
+  // The runner is gone (EPIPE) or closed our stdin: shut down, removing the dir.
+  process.stdout.on('error', shutdown)
+  if (process.env.BENCH_PARENT === '1') {
+    process.stdin.on('end', shutdown)
+    process.stdin.on('error', shutdown)
+    process.stdin.resume()
+  }
+  process.stdout.write(JSON.stringify({ port: app.server.address().port, pid: process.pid, dir }) + '\n')
+}
