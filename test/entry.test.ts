@@ -1,0 +1,174 @@
+// The entry engine on its own: cancellation racing writer calls, hung writers,
+// synchronous throws. The writers here are real writers; only the request is a
+// bare object with a logger, since the engine uses nothing else of it.
+import t from 'tap'
+import type { FastifyRequest } from 'fastify'
+import { resolveAllowUpload } from '../lib/config.js'
+import { Entry } from '../lib/entry.js'
+import { MemoryWriter, TmpFileWriter, defineWriter, type UploadWriter, type WriterFactory } from '../lib/index.js'
+import { Recorder, eventually, sleep, strayFiles, tmpDirFor } from './kit/index.js'
+
+const warnings: unknown[] = []
+const log = {
+  warn: (...args: unknown[]) => { warnings.push(args) },
+  error: () => {},
+  info: () => {},
+  debug: () => {},
+  trace: () => {},
+  fatal: () => {},
+  child: () => log,
+  level: 'info',
+  silent: () => {}
+}
+const request = { log } as unknown as FastifyRequest
+// The engine's writer watchdog is unref'd (a hung writer must not hold a process open);
+// with no socket here, this keeps the test process alive while it waits on one.
+const keepAlive = setInterval(() => {}, 1000)
+t.teardown(() => clearInterval(keepAlive))
+
+function entryWith (writer: WriterFactory, config: Record<string, unknown> = {}, clientSize?: number): Entry {
+  const configs = resolveAllowUpload({ f: { accept: 'any', writer, ...config } }, {}, writer, 'TEST /')
+  return new Entry(configs.get('f')!, { clientName: 'a.bin', clientType: '', clientSize }, request, log as never)
+}
+
+t.test('cancel while writeChunk is in flight: close comes after the call, never during it', async (t) => {
+  const recorder = new Recorder({ chunkDelay: 100 })
+  const entry = entryWith(recorder.factory)
+  await entry.start()
+  const writing = entry.write(Buffer.from('abc'))
+  await sleep(20)
+  const cancelled = entry.cancel()
+  await t.rejects(writing, { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  await cancelled
+  t.equal(entry.status, 'cancelled')
+  t.same(entry.errors, ['cancelled'])
+  t.same(recorder.reasons(), ['cancel'])
+  t.equal(recorder.records[0]!.bytes, 3, 'the in-flight chunk completed first')
+  recorder.check(t)
+  await t.rejects(entry.write(Buffer.from('x')), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' }, 'no write after the end')
+  await t.rejects(entry.finish(), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  await entry.cancel()
+  t.same(recorder.reasons(), ['cancel'], 'cancel is idempotent')
+})
+
+t.test('cancel while init is in flight: the writer is closed once init returns', async (t) => {
+  const recorder = new Recorder({ hangInit: true })
+  const entry = entryWith(recorder.factory)
+  const starting = entry.start()
+  await sleep(10)
+  const cancelled = entry.cancel()
+  recorder.release()
+  await t.rejects(starting, { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  await cancelled
+  t.same(recorder.reasons(), ['cancel'])
+})
+
+t.test('cancel while the factory runs: no init, no close', async (t) => {
+  const recorder = new Recorder()
+  let release!: () => void
+  const entry = entryWith(async () => {
+    await new Promise<void>((resolve) => { release = resolve })
+    return recorder.factory('f', entry, request)
+  })
+  const starting = entry.start()
+  await entry.cancel()
+  release()
+  await t.rejects(starting, { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  t.equal(recorder.records.length, 0)
+})
+
+t.test('a writer that throws synchronously is a writer failure', async (t) => {
+  const closes: unknown[] = []
+  const Sync = defineWriter({
+    init: () => ({ n: 0 }),
+    meta: (state) => state,
+    writeChunk: () => { throw new Error('sync throw') },
+    close: (state, reason) => { closes.push(reason); return state }
+  })
+  const entry = entryWith(() => Sync)
+  await entry.start()
+  await t.rejects(entry.write(Buffer.from('x')), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.equal(closes.length, 1)
+  t.match(closes[0], { error: { message: 'sync throw' } })
+  t.same(entry.errors, ['writer_failure'])
+})
+
+t.test('a factory that throws is a writer failure, without init or close', async (t) => {
+  const entry = entryWith(() => { throw new Error('no writer for you') })
+  await t.rejects(entry.start(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.equal(entry.status, 'failed')
+})
+
+t.test('init that outlives writerTimeout fails the entry; if it succeeds later, close(cancel) follows', async (t) => {
+  const recorder = new Recorder({ hangInit: true })
+  const entry = entryWith(recorder.factory, { writerTimeout: 50 })
+  await t.rejects(entry.start(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.equal(recorder.records.length, 0)
+  recorder.release()
+  t.ok(await eventually(() => recorder.reasons().length === 1))
+  t.same(recorder.reasons(), ['cancel'])
+  await entry.cancel()
+  t.same(recorder.reasons(), ['cancel'], 'no second close')
+})
+
+t.test("close('done') that outlives writerTimeout fails the entry", async (t) => {
+  let release!: () => void
+  const Slow = defineWriter({
+    init: () => ({}),
+    meta: () => ({}),
+    writeChunk: (_data, state) => state,
+    close: async (state) => { await new Promise<void>((resolve) => { release = resolve }); return state }
+  })
+  const entry = entryWith(() => Slow, { writerTimeout: 50 })
+  await entry.start()
+  await t.rejects(entry.finish(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.equal(entry.status, 'failed')
+  release()
+})
+
+t.test('discard and progress failures are logged, never thrown', async (t) => {
+  warnings.length = 0
+  const Discarding: UploadWriter = { ...MemoryWriter, discard: () => { throw new Error('discard failed') } }
+  const entry = entryWith(() => Discarding, { progress: () => { throw new Error('progress failed') } }, 3)
+  await entry.start()
+  await entry.write(Buffer.from('abc'))
+  await entry.finish()
+  t.same(entry.meta(), { buffer: Buffer.from('abc') })
+  await entry.discard()
+  await entry.discard()
+  t.ok(warnings.length >= 2, 'both failures were logged')
+  t.equal(entry.progress, 100)
+})
+
+t.test('a declared size bounds the bytes a client may send', async (t) => {
+  const recorder = new Recorder()
+  const entry = entryWith(recorder.factory, {}, 4)
+  t.equal(entry.progress, 0)
+  await entry.start()
+  await entry.write(Buffer.from('ab'))
+  t.equal(entry.progress, 50)
+  await t.rejects(entry.write(Buffer.from('abc')), { code: 'FST_CHUNKED_UPLOAD_TOO_LARGE' })
+  t.same(entry.errors, ['too_large'])
+  t.same(recorder.reasons(), ['cancel'])
+})
+
+t.test('MemoryWriter meta mid-upload, and TmpFileWriter without a dir', async (t) => {
+  const state = MemoryWriter.init(undefined) as ReturnType<typeof MemoryWriter.init> & object
+  MemoryWriter.writeChunk(Buffer.from('ab'), state as never)
+  t.same(MemoryWriter.meta(state as never), { buffer: Buffer.from('ab') })
+  const tmp = await TmpFileWriter.init(undefined)
+  await TmpFileWriter.close(tmp, 'cancel')
+  t.notOk(tmp.path.includes('undefined'))
+})
+
+t.test('a temp-file write that fails surfaces at the next writeChunk or at close', async (t) => {
+  const dir = await tmpDirFor(t)
+  const state = await TmpFileWriter.init({ dir })
+  await state.handle.close()
+  await TmpFileWriter.writeChunk(Buffer.from('lost'), state)
+  t.ok(await eventually(() => state.failure !== undefined), 'the background write failed')
+  t.throws(() => TmpFileWriter.writeChunk(Buffer.from('more'), state), { code: 'EBADF' })
+  await t.rejects(async () => { await TmpFileWriter.close(state, 'done') }, { code: 'EBADF' })
+  await TmpFileWriter.discard!(state)
+  t.same(await strayFiles(dir), [])
+})
