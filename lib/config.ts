@@ -97,7 +97,8 @@ function describe (schema: typeof UploadConfigSchema | typeof PartialUploadConfi
     return `missing option "${(required.params as { requiredProperties: string[] }).requiredProperties.join('", "')}"`
   }
   // Prefer the most specific message: the deepest path, skipping anyOf summaries.
-  const specific = errors.filter((e) => e.keyword !== 'anyOf').sort((a, b) => b.instancePath.length - a.instancePath.length)[0] ?? errors[0]!
+  const rank = (e: { keyword: string, instancePath: string }): number => e.instancePath.length * 2 + Number(e.keyword !== 'anyOf')
+  const specific = errors.sort((a, b) => rank(b) - rank(a))[0]!
   const key = specific.instancePath.replace(/^\//, '').replace(/\//g, '.')
   if (specific.keyword === 'pattern') {
     const got = specific.instancePath.split('/').slice(1).reduce<any>((value, part) => value[part], value)

@@ -79,7 +79,6 @@ export class Uploads implements RequestUploads {
 
   /** The request or socket is over: cancel what is unfinished, discard what nobody consumed. */
   async end (reason: EntryFailure): Promise<void> {
-    if (this.#ended) return
     this.#ended = true
     await this.abort(reason)
     await Promise.all(this.#entries.filter((e) => !this.#consuming.has(e)).map((e) => e.discard()))

@@ -172,3 +172,38 @@ t.test('a temp-file write that fails surfaces at the next writeChunk or at close
   await TmpFileWriter.discard!(state)
   t.same(await strayFiles(dir), [])
 })
+
+t.test('edges: empty writes, writes out of turn, unchanged progress, a zero-byte declared size', async (t) => {
+  const seen: number[] = []
+  const recorder = new Recorder()
+  const entry = entryWith(recorder.factory, { progress: (_name: string, e: Entry) => { seen.push(e.progress) } }, 1000)
+  await t.rejects(entry.write(Buffer.from('x')), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' }, 'no write before start')
+  await t.rejects(entry.finish(), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' }, 'no finish before start')
+  await entry.start()
+  await entry.write(Buffer.alloc(0))
+  await entry.write(Buffer.from('a'))
+  await entry.write(Buffer.from('b'))
+  t.same(seen, [0], 'progress is reported when it changes, not on every chunk')
+  await entry.finish()
+  await t.rejects(entry.write(Buffer.from('late')), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' }, 'no write after done')
+  t.same(seen, [0, 100])
+  t.same(recorder.records[0]!.chunks, [1, 1], 'an empty piece never reaches the writer')
+  const empty = entryWith(recorder.factory, {}, 0)
+  t.equal(empty.progress, 0)
+})
+
+t.test('MemoryWriter drops its bytes on cancel; TmpFileWriter makes writeChunk wait past its high-water mark', async (t) => {
+  const memory = MemoryWriter.init(undefined) as never
+  MemoryWriter.writeChunk(Buffer.from('ab'), memory)
+  MemoryWriter.close(memory, 'cancel')
+  t.equal((memory as { buffer: unknown }).buffer, undefined)
+  const dir = await tmpDirFor(t)
+  const state = await TmpFileWriter.init({ dir })
+  const waited = TmpFileWriter.writeChunk(Buffer.alloc(2 * 1024 * 1024, 1), state)
+  t.ok(waited instanceof Promise, 'over the high-water mark, the call waits for the disk')
+  await waited
+  await TmpFileWriter.close(state, 'done')
+  t.same(TmpFileWriter.meta(state), { path: state.path, size: 2 * 1024 * 1024 })
+  await TmpFileWriter.discard!(state)
+  t.same(await strayFiles(dir), [])
+})

@@ -3,7 +3,7 @@
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import {
-  Recorder, bytes, eventually, multipart, rawRequest, rawSocket, sha256, startApp, stillServes, strayFiles, tmpDirFor,
+  Recorder, bytes, eventually, multipart, rawRequest, rawSocket, sha256, sleep, startApp, stillServes, strayFiles, tmpDirFor,
   type Faults
 } from './kit/index.js'
 
@@ -322,4 +322,33 @@ t.test('a file field for an undeclared name is rejected', async (t) => {
   t.equal(status, 400)
   t.equal(json.code, 'FST_CHUNKED_UPLOAD_UNEXPECTED_FILE')
   await afterEach(t, s)
+})
+
+t.test('a consumer that postpones while the client goes away: the entry is still discarded', async (t) => {
+  const dir = await tmpDirFor(t)
+  let inConsumer!: () => void
+  const consuming = new Promise<void>((resolve) => { inConsumer = resolve })
+  let letGo!: () => void
+  const held = new Promise<void>((resolve) => { letGo = resolve })
+  const { port, url } = await startApp(t, (app) => {
+    app.post('/later', { allowUpload: { file: { accept: 'any' } } }, async (request) => {
+      return await request.uploads.consume('file', async () => {
+        inConsumer()
+        await held
+        return { postpone: 'later' }
+      })
+    })
+  }, { tmpDir: dir })
+  const { body, contentType } = multipart([{ name: 'file', filename: 'a.bin', data: bytes(10_000) }])
+  const socket = await rawSocket(port)
+  socket.write(head(port, contentType, body.length, '/later'))
+  socket.write(body)
+  await consuming
+  t.equal((await strayFiles(dir)).length, 1, 'the file exists while it is being consumed')
+  socket.destroy()
+  await sleep(50)
+  t.equal((await strayFiles(dir)).length, 1, 'not removed under the consumer')
+  letGo()
+  t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'removed once the consumer let go')
+  await stillServes(t, url)
 })

@@ -16,12 +16,13 @@ t.test('files stream to their writers, text fields become the body', async (t) =
     { name: 'docs', filename: 'a.bin', type: 'application/octet-stream', data: a },
     { name: 'tag', data: 'x' },
     { name: 'tag', data: 'y' },
+    { name: 'tag', data: 'z' },
     { name: 'docs', filename: 'b.BIN', data: b }
   ])
   const response = await fetch(`${url}/form`, { method: 'POST', body, headers: { 'content-type': contentType } })
   t.equal(response.status, 200)
   t.same(await response.json(), {
-    body: { title: 'hello', tag: ['x', 'y'] },
+    body: { title: 'hello', tag: ['x', 'y', 'z'] },
     files: [{ name: 'a.bin', bytes: a.length, sha256: sha256(a) }, { name: 'b.BIN', bytes: 1, sha256: sha256(b) }]
   })
   t.same(recorder.reasons(), ['done', 'done'])
@@ -44,4 +45,14 @@ t.test('the default temp-file writer leaves no file behind', async (t) => {
   t.equal(meta.size, 70_000)
   t.ok(meta.path.startsWith(dir))
   t.same(await strayFiles(dir), [])
+})
+
+t.test('a text field over maxFieldSize: 413', async (t) => {
+  const { url } = await startApp(t, (app) => {
+    app.post('/f', { allowUpload: { f: { accept: 'any' } } }, async () => 'ok')
+  }, { maxFieldSize: 10 })
+  const { body, contentType } = multipart([{ name: 'note', data: 'x'.repeat(100) }])
+  const response = await fetch(`${url}/f`, { method: 'POST', body, headers: { 'content-type': contentType } })
+  t.equal(response.status, 413)
+  t.equal((await response.json() as { code: string }).code, 'FST_CHUNKED_UPLOAD_FIELD_TOO_LARGE')
 })

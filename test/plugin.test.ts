@@ -101,7 +101,8 @@ t.test("onEntryError 'continue' (plugin-wide default): the handler sees errors a
   const { url } = await startApp(t, (app) => {
     app.post('/form', {
       allowUpload: {
-        pics: { accept: ['image/*'], maxEntries: 3, maxFileSize: 100, writer: recorder.factory, validate: (entry) => entry.clientName.startsWith('bad') ? 'bad_name' : undefined }
+        pics: { accept: ['image/*'], maxEntries: 3, maxFileSize: 100, writer: recorder.factory, validate: (entry) => entry.clientName.startsWith('bad') ? 'bad_name' : undefined },
+        docs: { accept: ['.pdf'], writer: () => MemoryWriter }
       }
     }, async (request) => {
       const ok = await request.uploads.consume('pics', (_meta, entry) => entry.clientName)
@@ -114,7 +115,8 @@ t.test("onEntryError 'continue' (plugin-wide default): the handler sees errors a
     { name: 'pics', filename: 'huge.png', type: 'image/png', data: 'x'.repeat(500) },
     { name: 'pics', filename: 'bad.png', type: 'image/png', data: 'png' },
     { name: 'pics', filename: 'fine.png', type: 'image/png', data: 'png' },
-    { name: 'pics', filename: 'third.png', type: 'image/png', data: 'png' }
+    { name: 'pics', filename: 'third.png', type: 'image/png', data: 'png' },
+    { name: 'docs', filename: 'fine.pdf', data: 'pdf' }
   ])
   const response = await fetch(`${url}/form`, { method: 'POST', body, headers: { 'content-type': contentType } })
   t.same(await response.json(), {

@@ -1,6 +1,6 @@
 // Raw bodies: one entry per request, named by the route or the `upload` query parameter.
 import t from 'tap'
-import { Recorder, bytes, eventually, rawSocket, sha256, startApp, stillServes } from './kit/index.js'
+import { Recorder, bytes, eventually, rawRequest, rawSocket, sha256, sleep, startApp, stillServes } from './kit/index.js'
 
 t.test('a raw body is one entry: filename, type and size from the headers', async (t) => {
   const recorder = new Recorder()
@@ -91,5 +91,64 @@ t.test("onEntryError 'continue' on a raw body: the handler reads the error", asy
   t.same(await (await send('a.png', 'x')).json(), ['not_accepted'])
   t.same(await (await send('a.txt', 'xyz')).json(), ['writer_failure'])
   t.same(recorder.reasons(), ['error'])
+  recorder.check(t)
+})
+
+t.test('no Content-Type and no filename: an entry with empty type and name', async (t) => {
+  const seen: unknown[] = []
+  const { port } = await startApp(t, (app) => {
+    app.post('/bare', { allowUpload: { f: { accept: 'any', writer: new Recorder().factory } } }, async (request) => {
+      seen.push(...request.uploads.entries('f').completed.map((e) => [e.clientName, e.clientType, e.clientSize]))
+      return 'ok'
+    })
+  })
+  const response = await rawRequest(port, 'POST /bare HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Disposition: inline\r\nConnection: close\r\n\r\n', 'abc')
+  t.equal(response?.status, 200)
+  t.same(seen, [['', '', 3]])
+})
+
+t.test('a refused body larger than the drain limit is cut off with Connection: close', async (t) => {
+  const recorder = new Recorder()
+  const { port, url } = await startApp(t, (app) => {
+    app.post('/small', { allowUpload: { f: { accept: 'any', maxFileSize: 1000, writer: recorder.factory } } }, async () => 'ok')
+  })
+  const socket = await rawSocket(port)
+  socket.write('POST /small HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 20000000\r\n\r\n')
+  for (let i = 0; i < 80 && !socket.destroyed; i++) {
+    socket.write(bytes(64 * 1024, i))
+    await sleep(1)
+  }
+  t.ok(await eventually(() => socket.received().includes('413')), 'the client got its 413')
+  t.match(socket.received(), /connection: close/i)
+  socket.destroy()
+  t.equal(recorder.records.length, 0)
+  await stillServes(t, url)
+})
+
+t.test('the server can cancel an entry mid-upload (from a progress callback)', async (t) => {
+  const recorder = new Recorder()
+  const seen: number[] = []
+  const { url } = await startApp(t, (app) => {
+    app.put('/stop', {
+      allowUpload: {
+        f: {
+          accept: 'any',
+          chunkSize: 1000,
+          writer: recorder.factory,
+          progress: async (name, entry, request) => {
+            if (entry.progress < 10 || entry.status !== 'uploading') return
+            seen.push(request.uploads.entries(name).inProgress.length)
+            await request.uploads.consume(name, () => 'too early').catch((error: { statusCode: number }) => seen.push(error.statusCode))
+            await request.uploads.cancel(entry.ref)
+          }
+        }
+      }
+    }, async () => 'ran')
+  })
+  const response = await fetch(`${url}/stop`, { method: 'PUT', body: bytes(300_000), headers: { 'content-type': 'application/octet-stream' } })
+  t.equal(response.status, 400)
+  t.equal((await response.json() as { code: string }).code, 'FST_CHUNKED_UPLOAD_CANCELLED')
+  t.same(seen, [1, 409], 'while uploading, the entry is in progress and cannot be consumed')
+  t.same(recorder.reasons(), ['cancel'])
   recorder.check(t)
 })

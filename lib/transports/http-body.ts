@@ -33,21 +33,24 @@ export class HttpBody {
     // If the body fails first, `work` still settles later: that is expected, not unhandled.
     work.catch(() => {})
     try {
-      return await Promise.race([work, this.#failed])
+      const result = await Promise.race([work, this.#failed])
+      this.#detach()
+      return result
     } catch (error) {
       this.fail(error)
-      this.#payload.off('close', this.#onClose)
-      this.#payload.off('error', this.#onClose)
+      this.#detach()
       // The first failure wins: it is what cancelled the entries.
       const failure = this.#uploads.aborted!
       if (failure.uploadCode !== 'chunk_timeout') await drainRest(this.#uploads, this.#payload)
       throw failure
-    } finally {
-      this.silence.stop()
-      this.#payload.off('close', this.#onClose)
-      this.#payload.off('error', this.#onClose)
-      this.#uploads.onAbort = undefined
     }
+  }
+
+  #detach (): void {
+    this.silence.stop()
+    this.#payload.off('close', this.#onClose)
+    this.#payload.off('error', this.#onClose)
+    this.#uploads.onAbort = undefined
   }
 
   /** Stops the body: every unfinished entry is cancelled at once. */

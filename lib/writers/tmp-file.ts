@@ -24,8 +24,10 @@ export interface TmpFileState {
   readonly handle: FileHandle
   /** Bytes handed to the writer. */
   size: number
+  /** Chunks waiting for the next write. */
   queue: Buffer[]
-  queued: number
+  /** Bytes queued or being written. */
+  unwritten: number
   writing: Promise<void> | undefined
   failure: { error: unknown } | undefined
 }
@@ -42,17 +44,18 @@ async function drain (state: TmpFileState): Promise<void> {
     while (state.queue.length > 0) {
       const buffers = state.queue
       state.queue = []
-      const total = state.queued
-      state.queued = 0
+      let total = 0
+      for (const buffer of buffers) total += buffer.length
       const { bytesWritten } = await state.handle.writev(buffers)
       // A regular file takes every byte or fails; a short write means the disk is full.
       /* c8 ignore next */
       if (bytesWritten !== total) throw new Error(`short write to ${state.path}: ${bytesWritten} of ${total} bytes`)
+      state.unwritten -= total
     }
   } catch (error) {
     state.failure = { error }
     state.queue = []
-    state.queued = 0
+    state.unwritten = 0
   } finally {
     state.writing = undefined
   }
@@ -68,7 +71,7 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
     const path = join(options?.dir ?? tmpdir(), `upload-${randomBytes(16).toString('hex')}`)
     // 'wx': fail rather than reuse an existing file; 0o600: readable by this user only
     const handle = await open(path, 'wx', 0o600)
-    return { path, handle, size: 0, queue: [], queued: 0, writing: undefined, failure: undefined }
+    return { path, handle, size: 0, queue: [], unwritten: 0, writing: undefined, failure: undefined }
   },
 
   meta (state) {
@@ -78,10 +81,10 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
   writeChunk (data, state) {
     if (state.failure !== undefined) throw state.failure.error
     state.queue.push(data)
-    state.queued += data.length
+    state.unwritten += data.length
     state.size += data.length
     state.writing ??= drain(state)
-    if (state.queued < HIGH_WATER) return state
+    if (state.unwritten < HIGH_WATER) return state
     return settle(state).then(() => state)
   },
 
