@@ -1,0 +1,76 @@
+// Type tests (tstyche): what TypeScript users of the plugin can rely on.
+import Fastify, { type FastifyRequest } from 'fastify'
+import { describe, expect, test } from 'tstyche'
+import chunkedUpload, {
+  MemoryWriter, TmpFileWriter, defineWriter,
+  type CloseReason, type RequestUploads, type TmpFileMeta, type UploadEntry, type UploadError, type UploadWriter
+} from '../lib/index.js'
+
+describe('defineWriter', () => {
+  test('infers options, state and meta from the callbacks', () => {
+    const EchoWriter = defineWriter({
+      init (opts: { level: 'info' | 'debug' }) { return { total: 0, level: opts.level } },
+      meta (state) { return { level: state.level, total: state.total } },
+      writeChunk (data, state) { return { ...state, total: state.total + data.length } },
+      close (state, _reason) { return state }
+    })
+    expect(EchoWriter).type.toBe<UploadWriter<{ level: 'info' | 'debug' }, { total: number, level: 'info' | 'debug' }, { level: 'info' | 'debug', total: number }>>()
+    expect(EchoWriter.writeChunk).type.not.toBeCallableWith('text', { total: 0, level: 'info' })
+  })
+
+  test('close reasons are done, cancel or an error', () => {
+    expect<CloseReason>().type.toBe<'done' | 'cancel' | { error: unknown }>()
+  })
+
+  test('the built-in writers are writers', () => {
+    expect(TmpFileWriter).type.toBeAssignableTo<UploadWriter>()
+    expect(MemoryWriter).type.toBeAssignableTo<UploadWriter>()
+    expect<ReturnType<typeof TmpFileWriter.meta>>().type.toBe<TmpFileMeta>()
+  })
+})
+
+describe('the allowUpload route option', () => {
+  const app = Fastify()
+  app.register(chunkedUpload, { tmpDir: '/tmp', defaults: { chunkTimeout: 5000 } })
+
+  test('is accepted on routes, with a typed config', () => {
+    expect(app.post).type.toBeCallableWith('/p', {
+      allowUpload: {
+        avatar: {
+          accept: ['.png', 'image/*'],
+          maxEntries: 2,
+          writer: (name: string, entry: UploadEntry, request: FastifyRequest) => [MemoryWriter, undefined] as const
+        }
+      }
+    }, async () => 'ok')
+    expect(app.post).type.not.toBeCallableWith('/p', { allowUpload: { avatar: { maxEntries: 2 } } }, async () => 'ok')
+    expect(app.post).type.not.toBeCallableWith('/p', { allowUpload: { avatar: { accept: 'any', onEntryError: 'ignore' } } }, async () => 'ok')
+  })
+
+  test('plugin options are typed', () => {
+    expect(app.register).type.not.toBeCallableWith(chunkedUpload, { tmpdir: '/tmp' })
+  })
+})
+
+describe('request.uploads', () => {
+  test('is typed on every request', () => {
+    expect<FastifyRequest['uploads']>().type.toBe<RequestUploads>()
+  })
+
+  test('consume returns what the callback returns, postponed or not', async () => {
+    const uploads = {} as RequestUploads
+    expect(await uploads.consume('a', (meta: TmpFileMeta) => meta.size)).type.toBe<number[]>()
+    expect(await uploads.consume('a', () => ({ postpone: 'x' }))).type.toBe<string[]>()
+    expect(await uploads.consumeEntry('ref', (_meta, entry) => entry.clientName)).type.toBe<string>()
+    expect(uploads.errors()).type.toBe<UploadError[]>()
+    expect(uploads.entries('a').completed[0]!.status).type.toBe<'pending' | 'uploading' | 'done' | 'cancelled' | 'failed'>()
+  })
+
+  test('entries are read-only', () => {
+    const entry = {} as UploadEntry
+    // users read entries, they do not change them
+    // @ts-expect-error Cannot assign to 'bytesReceived' because it is a read-only property
+    entry.bytesReceived = 3
+    expect(entry.bytesReceived).type.toBe<number>()
+  })
+})
