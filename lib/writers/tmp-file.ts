@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { UploadWriter } from '../../types/index.js'
 
-const HIGH_WATER = 1024 * 1024
+const HIGH_WATER = 256 * 1024
 
 export interface TmpFileOptions {
   /** Directory for the temp files. Default: the OS temp directory. */
