@@ -7,6 +7,8 @@ import { InvalidConfigError } from './errors.js'
 
 const Fn = Type.Function([], Type.Any())
 const PositiveInt = Type.Integer({ minimum: 1 })
+// Node's timers hold at most 2^31 - 1 ms; a larger value would fire at once.
+const Milliseconds = Type.Integer({ minimum: 1, maximum: 2_147_483_647 })
 // `.ext`, `type/subtype` or `type/*`, all without parameters
 const AcceptItem = Type.String({ pattern: '^(\\.[A-Za-z0-9][A-Za-z0-9._+-]*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/(\\*|[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*))$' })
 
@@ -16,8 +18,8 @@ const configProperties = {
   maxEntries: Opt(PositiveInt),
   maxFileSize: Opt(Type.Integer({ minimum: 0 })),
   chunkSize: Opt(PositiveInt),
-  chunkTimeout: Opt(PositiveInt),
-  writerTimeout: Opt(PositiveInt),
+  chunkTimeout: Opt(Milliseconds),
+  writerTimeout: Opt(Milliseconds),
   writer: Opt(Fn),
   validate: Opt(Fn),
   progress: Opt(Fn),

@@ -4,7 +4,7 @@
 // `writeChunk`, `{ error }` exactly when `writeChunk` threw, `'cancel'` otherwise.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter } from '../types/index.js'
+import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter, WriterSpec } from '../types/index.js'
 import type { ResolvedConfig } from './config.js'
 import {
   CancelledError, TooLargeError, WriterFailureError, WriterTimeoutError, withUploadCode, type EntryFailure
@@ -44,15 +44,17 @@ export class Entry implements UploadEntry {
   #state: unknown
   /** `close` has been called (or is owed to a hung call): never call it again. */
   #closed = false
-  /** The writer call in flight, settled (or timed out); `undefined` when idle. */
-  #inflight: Promise<unknown> | undefined
+  /** The one `close` call's outcome, as the entry sees it (bounded by writerTimeout)… */
+  #closing: Promise<void> | undefined
+  /** …and the writer's own close, however late it settles. */
+  #closeSettled: Promise<void> | undefined
+  /** Settles when the writer call in flight settled; cleared by the call's owner once it took the result. */
+  #busy: Promise<void> | undefined
   /** Why the entry must stop, set by `cancel` while a call is in flight. */
   #stopping: EntryFailure | undefined
   #reportedProgress = -1
   #watchdog: NodeJS.Timeout | undefined
   #onWatchdog: (() => void) | undefined
-  /** The one `close` call, once made. */
-  #closing: Promise<void> | undefined
 
   constructor (config: ResolvedConfig, info: ClientInfo, request: FastifyRequest, log: FastifyBaseLogger) {
     this.#config = config
@@ -83,28 +85,33 @@ export class Entry implements UploadEntry {
 
   /** Chooses the writer and runs `init`. Rejects with the entry's failure. */
   async start (): Promise<void> {
-    let writer: UploadWriter
-    let options: unknown
+    if (this.ended) throw this.failure
+    // The factory is user code too: bounded by writerTimeout like the writer's calls.
+    const factory = this.#call('writer factory', () => this.#config.writer(this.uploadName, this, this.#request))
+    let spec: WriterSpec
     try {
-      const spec = await this.#config.writer(this.uploadName, this, this.#request)
-      if (Array.isArray(spec)) [writer, options] = spec as [UploadWriter, unknown]
-      else writer = spec as UploadWriter
+      spec = await factory.result
     } catch (error) {
       throw this.#failBeforeInit(error)
+    } finally {
+      this.#busy = undefined
     }
-    // cancelled while the factory ran: no writer was initialised, nothing to close
-    if (this.ended) throw this.failure
+    // Cancelled while the factory ran: no writer was initialised, nothing to close.
+    if (this.#stopping !== undefined) throw this.#endAs('cancelled', this.#stopping)
+    const [writer, options] = Array.isArray(spec) ? spec as [UploadWriter, unknown] : [spec as UploadWriter, undefined]
     this.#writer = writer
     const init = this.#call('init', () => writer.init(options))
     try {
       this.#state = await init.result
     } catch (error) {
-      if (init.hung !== undefined) {
+      if (init.timedOut()) {
         // init may still succeed later: such a writer is owed its one close.
         this.#closed = true
-        init.hung.then((late) => this.#closeLate(late, 'cancel'), () => {})
+        this.#closing = init.raw.then((late) => this.#invokeClose(late, 'cancel'), () => {})
       }
       throw this.#failBeforeInit(error)
+    } finally {
+      this.#busy = undefined
     }
     this.status = 'uploading'
     await this.#honourCancel()
@@ -116,7 +123,7 @@ export class Entry implements UploadEntry {
    * bytes of this entry before then (backpressure).
    */
   async write (data: Buffer): Promise<void> {
-    if (this.status !== 'uploading') throw this.failure ?? this.#cancelledError()
+    this.#assertOpen()
     const limit = this.#limit()
     if (this.bytesReceived + data.length > limit) {
       await this.cancel(withUploadCode(new TooLargeError(this.clientName, this.uploadName, limit), 'too_large') as EntryFailure)
@@ -127,20 +134,24 @@ export class Entry implements UploadEntry {
       const piece = offset === 0 && data.length <= chunkSize ? data : data.subarray(offset, offset + chunkSize)
       await this.#writeChunk(piece)
     }
-    if (data.length === 0) return
-    await this.#reportProgress()
+    if (data.length > 0) this.#reportProgress()
   }
 
   /** The last byte arrived: `close(state, 'done')`. Rejects if the writer fails it. */
   async finish (): Promise<void> {
-    if (this.status !== 'uploading') throw this.failure ?? this.#cancelledError()
+    this.#assertOpen()
     try {
       await this.#close('done')
     } catch (error) {
-      throw this.#endAs('failed', this.#writerFailure(error))
+      const failure = this.#endAs('failed', this.#writerFailure(error))
+      // 'done' was the writer's last word, but the entry failed: once that close is
+      // over (even late), let the writer remove what it left behind.
+      this.#closeSettled!.then(() => this.#writer!.discard?.(this.#state)).catch((err: unknown) => {
+        this.#log.warn({ err, ref: this.ref }, 'upload writer discard failed')
+      })
+      throw failure
     }
-    this.status = 'done'
-    await this.#reportProgress()
+    this.#reportProgress()
   }
 
   /**
@@ -150,27 +161,26 @@ export class Entry implements UploadEntry {
   async cancel (reason?: EntryFailure): Promise<void> {
     if (this.ended) return
     this.#stopping ??= reason ?? this.#cancelledError()
-    if (this.#inflight !== undefined) {
-      // The call's owner (start/write/finish) sees #stopping when it settles and ends the entry.
-      await this.#inflight
-      await this.#closing
+    if (this.#busy !== undefined) {
+      // The call's owner (start/write/finish) sees #stopping when it resumes and ends the entry.
+      await this.#busy
+      await this.#closing?.catch(() => {})
       return
     }
     if (this.status === 'pending') {
-      // No writer initialised yet (the factory may be running): nothing to close.
+      // start() has not run: nothing to close.
       this.#endAs('cancelled', this.#stopping)
       return
     }
     await this.#honourCancel().catch(() => {})
   }
 
-  /** If a cancel is pending: close the writer with 'cancel' and end the entry. */
+  /** If a cancel is pending: close the writer with 'cancel' and end the entry (throws its failure). */
   async #honourCancel (): Promise<void> {
     if (this.#stopping === undefined || this.ended) return
-    if (!this.#closed) await this.#close('cancel')
-    await this.#closing
+    await this.#close('cancel').catch(() => {})
     const failure = this.#endAs('cancelled', this.#stopping)
-    await this.#reportProgress()
+    this.#reportProgress()
     throw failure
   }
 
@@ -191,6 +201,13 @@ export class Entry implements UploadEntry {
     }
   }
 
+  /** No call may follow the end, a requested cancel, or a close. */
+  #assertOpen (): void {
+    if (this.status !== 'uploading' || this.#stopping !== undefined || this.#closed) {
+      throw this.failure ?? this.#stopping ?? this.#cancelledError()
+    }
+  }
+
   #limit (): number {
     const { maxFileSize } = this.#config
     return this.clientSize === undefined ? maxFileSize : Math.min(maxFileSize, this.clientSize)
@@ -202,75 +219,83 @@ export class Entry implements UploadEntry {
     try {
       this.#state = await call.result
     } catch (error) {
-      this.#closed = true
-      if (call.hung !== undefined) {
+      this.#busy = undefined
+      if (call.timedOut()) {
         // The call is still running: close after it, so calls never overlap.
-        call.hung.then(() => {}, () => {}).then(() => this.#closeLate(this.#state, { error }))
+        this.#closed = true
+        const late = (state: unknown): Promise<void> => this.#invokeClose(state, { error })
+        this.#closing = call.raw.then(late, () => late(this.#state))
       } else {
         await this.#close({ error })
       }
       throw this.#endAs('failed', this.#writerFailure(error))
     }
+    this.#busy = undefined
     this.bytesReceived += piece.length
     await this.#honourCancel()
   }
 
-  /** `close` exactly once. Rejects only for `'done'`. */
+  /** `close` exactly once: a second request gets the first one's outcome. Rejects only for `'done'`. */
   #close (reason: CloseReason): Promise<void> {
+    // Every caller checks the state first; this keeps "exactly one close" true regardless.
+    /* c8 ignore next */
+    if (this.#closed) return this.#closing!
+    return this.#invokeClose(this.#state, reason)
+  }
+
+  #invokeClose (state: unknown, reason: CloseReason): Promise<void> {
     this.#closed = true
+    this.#state = state
     const writer = this.#writer!
-    const call = this.#call('close', () => writer.close(this.#state, reason))
-    this.#closing = call.result.finally(() => clearTimeout(this.#watchdog)).then((state) => { this.#state = state }, (error) => {
+    const call = this.#call('close', () => writer.close(state, reason))
+    this.#closeSettled = call.raw.then((closed) => { this.#state = closed }, () => {})
+    this.#closing = call.result.then((closed) => {
+      this.#state = closed
+      // Done the moment the writer said so: a cancel arriving after this finds it ended.
+      if (reason === 'done') this.status = 'done'
+    }, (error: unknown) => {
       if (reason === 'done') throw error
       this.#log.warn({ err: error, ref: this.ref }, 'upload writer close failed')
+    }).finally(() => {
+      this.#busy = undefined
+      clearTimeout(this.#watchdog)
     })
     return this.#closing
   }
 
-  /** Closes a writer whose earlier call outlived `writerTimeout`. */
-  #closeLate (state: unknown, reason: CloseReason): void {
-    this.#state = state
-    this.#close(reason).catch(() => {})
-  }
-
   /**
-   * Runs one writer call, bounded by `writerTimeout`. `result` settles with the call
-   * or with a timeout error; `hung` is the still-running call when it timed out.
+   * Starts one writer call, bounded by `writerTimeout`. `result` settles with the call
+   * or with a timeout error; `raw` is the call itself. The entry counts as busy until
+   * the caller, having taken the result, clears `#busy`.
    */
-  #call<T> (name: string, fn: () => T | Promise<T>): { result: Promise<T>, hung?: Promise<T> } {
-    let value: T | Promise<T>
+  #call<T> (name: string, fn: () => T | Promise<T>): { result: Promise<T>, raw: Promise<T>, timedOut: () => boolean } {
+    let raw: Promise<T>
     try {
-      value = fn()
+      raw = Promise.resolve(fn())
     } catch (error) {
-      return { result: Promise.reject(error) }
+      raw = Promise.reject(error)
     }
-    if (!(value instanceof Promise)) {
-      // A synchronous call is already over; still mark it in flight until the caller resumes.
-      const result = Promise.resolve(value)
-      this.#inflight = result.then(() => { this.#inflight = undefined })
-      return { result }
-    }
-    const call: { result: Promise<T>, hung?: Promise<T> } = { result: value }
+    let timedOut = false
     const timeout = this.#config.writerTimeout
-    call.result = new Promise<T>((resolve, reject) => {
+    const result = new Promise<T>((resolve, reject) => {
       this.#onWatchdog = () => {
-        call.hung = value
+        timedOut = true
         reject(new WriterTimeoutError(name, timeout))
       }
       this.#armWatchdog(timeout)
-      value.then((result) => {
-        this.#callSettled()
-        resolve(result)
+      raw.then((value) => {
+        this.#onWatchdog = undefined
+        resolve(value)
       }, (error: unknown) => {
-        this.#callSettled()
+        this.#onWatchdog = undefined
         reject(error)
       })
     })
-    this.#inflight = call.result.catch(() => {})
-    return call
+    this.#busy = result.then(() => {}, () => {})
+    return { result, raw, timedOut: () => timedOut }
   }
 
-  /** One timer per entry, re-armed for each asynchronous writer call (cheaper than one per call). */
+  /** One timer per entry, re-armed for each writer call (cheaper than one per call). */
   #armWatchdog (timeout: number): void {
     if (this.#watchdog === undefined) {
       this.#watchdog = setTimeout(() => this.#onWatchdog?.(), timeout)
@@ -279,11 +304,6 @@ export class Entry implements UploadEntry {
     } else {
       this.#watchdog.refresh()
     }
-  }
-
-  #callSettled (): void {
-    this.#onWatchdog = undefined
-    this.#inflight = undefined
   }
 
   #failBeforeInit (error: unknown): EntryFailure {
@@ -300,6 +320,7 @@ export class Entry implements UploadEntry {
   }
 
   #endAs (status: 'failed' | 'cancelled', error: EntryFailure): EntryFailure {
+    if (this.#onWatchdog === undefined) clearTimeout(this.#watchdog)
     if (!this.ended) {
       this.status = status
       this.failure = error
@@ -308,16 +329,15 @@ export class Entry implements UploadEntry {
     return this.failure!
   }
 
-  async #reportProgress (): Promise<void> {
+  /** Tells the route's `progress` callback, without waiting for it: user code never stalls an upload. */
+  #reportProgress (): void {
     const { progress } = this.#config
     if (progress === undefined) return
     const now = this.progress
     if (now === this.#reportedProgress && !this.ended) return
     this.#reportedProgress = now
-    try {
-      await progress(this.uploadName, this, this.#request)
-    } catch (error) {
+    Promise.resolve().then(() => progress(this.uploadName, this, this.#request)).catch((error: unknown) => {
       this.#log.warn({ err: error, ref: this.ref }, 'upload progress callback failed')
-    }
+    })
   }
 }

@@ -62,8 +62,8 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       // 'close' comes after the response finished and when the client went away
       // first: onResponse alone misses the second.
       reply.raw.once('close', () => {
-        live.delete(uploads)
-        uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).catch(/* c8 ignore next */ () => {})
+        // Stays in `live` until every writer closed and every file is gone: shutdown waits for it.
+        uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).finally(() => live.delete(uploads))
       })
       done()
     }
@@ -76,9 +76,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     route.onSend = [...[route.onSend ?? []].flat(), closeIfBodyUnread]
   })
 
+  const shuttingDown = (): EntryFailure => withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
+  // preClose: uploads still reading stop now, so their requests can answer and drain.
   fastify.addHook('preClose', async () => {
-    const error = withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
-    await Promise.all([...live].map((uploads) => uploads.abort(error)))
+    await Promise.all([...live].map((uploads) => uploads.abort(shuttingDown())))
+  })
+  // onClose: every request is over; wait until their writers are closed and files gone.
+  fastify.addHook('onClose', async () => {
+    await Promise.all([...live].map((uploads) => uploads.end(shuttingDown())))
   })
 }
 

@@ -5,7 +5,7 @@ import type { ConsumeFn, RequestUploads, UploadEntry, UploadError } from '../typ
 import { isAccepted, type ResolvedConfig } from './config.js'
 import { Entry, type ClientInfo } from './entry.js'
 import {
-  InProgressError, InvalidEntryError, NotAcceptedError, TooLargeError, TooManyFilesError, UnknownEntryError,
+  InProgressError, InvalidEntryError, NotAcceptedError, TooLargeError, TooManyFilesError, UnknownEntryError, ValidateFailureError,
   withUploadCode, type EntryFailure
 } from './errors.js'
 
@@ -27,7 +27,8 @@ export class Uploads implements RequestUploads {
   /** Per upload name, the entries that passed validation: what `maxEntries` counts. */
   readonly #accepted = new Map<string, number>()
   #aborted: EntryFailure | undefined
-  #ended = false
+  #aborting: Promise<void> | undefined
+  #ended: Promise<void> | undefined
 
   constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest) {
     this.configs = configs
@@ -61,7 +62,14 @@ export class Uploads implements RequestUploads {
 
   async #validate (config: ResolvedConfig, entry: Entry): Promise<EntryFailure | undefined> {
     if (config.validate === undefined) return undefined
-    const code = await config.validate(entry)
+    let code: unknown
+    try {
+      code = await config.validate(entry)
+    } catch (error) {
+      // A throwing validate is a server bug: a 500 that keeps its message on the server.
+      this.#log.error({ err: error, ref: entry.ref }, 'upload validate callback failed')
+      return withUploadCode(new ValidateFailureError(entry.clientName, { cause: error }), 'validate_failure') as EntryFailure
+    }
     if (typeof code !== 'string' || code === '') return undefined
     return withUploadCode(new InvalidEntryError(entry.clientName, entry.uploadName, code), code) as EntryFailure
   }
@@ -70,18 +78,25 @@ export class Uploads implements RequestUploads {
    * Stops every unfinished entry with `'cancel'` and tells the transport. Idempotent:
    * the first reason wins.
    */
-  async abort (error: EntryFailure): Promise<void> {
-    if (this.#aborted !== undefined) return
-    this.#aborted = error
-    this.onAbort?.(error)
-    await Promise.all(this.#entries.map((entry) => entry.cancel(error)))
+  abort (error: EntryFailure): Promise<void> {
+    if (this.#aborting === undefined) {
+      this.#aborted = error
+      this.onAbort?.(error)
+      this.#aborting = Promise.all(this.#entries.map((entry) => entry.cancel(error))).then(() => {})
+    }
+    // A later caller (shutdown) waits for the same cancellations to finish.
+    return this.#aborting
   }
 
-  /** The request or socket is over: cancel what is unfinished, discard what nobody consumed. */
-  async end (reason: EntryFailure): Promise<void> {
-    this.#ended = true
-    await this.abort(reason)
-    await Promise.all(this.#entries.filter((e) => !this.#consuming.has(e)).map((e) => e.discard()))
+  /**
+   * The request or socket is over: cancel what is unfinished, discard what nobody
+   * consumed. Idempotent: every caller gets the same completion.
+   */
+  end (reason: EntryFailure): Promise<void> {
+    this.#ended ??= this.abort(reason).then(async () => {
+      await Promise.all(this.#entries.filter((e) => !this.#consuming.has(e)).map((e) => e.discard()))
+    })
+    return this.#ended
   }
 
   entries (uploadName: string): { completed: UploadEntry[], inProgress: UploadEntry[] } {
@@ -98,19 +113,31 @@ export class Uploads implements RequestUploads {
   async consume<Meta = any, T = unknown> (uploadName: string, fn: ConsumeFn<Meta, T>): Promise<T[]> {
     const { completed, inProgress } = this.entries(uploadName)
     if (inProgress.length > 0) throw new InProgressError(uploadName)
+    // All of them are the consumer's from now on: a disconnect meanwhile must not
+    // discard an entry before its turn comes.
+    for (const entry of completed) this.#consuming.add(entry as Entry)
     const results: T[] = []
-    for (const entry of completed) results.push(await this.#consumeOne(entry as Entry, fn))
+    try {
+      for (const entry of completed) results.push(await this.#consumeOne(entry as Entry, fn))
+    } finally {
+      for (const entry of completed) await this.#release(entry as Entry)
+    }
     return results
   }
 
   async consumeEntry<Meta = any, T = unknown> (ref: string, fn: ConsumeFn<Meta, T>): Promise<T> {
     const entry = this.#entries.find((e) => e.ref === ref && e.status === 'done' && !e.released)
     if (entry === undefined) throw new UnknownEntryError(ref)
-    return await this.#consumeOne(entry, fn)
+    this.#consuming.add(entry)
+    try {
+      return await this.#consumeOne(entry, fn)
+    } finally {
+      await this.#release(entry)
+    }
   }
 
+  /** Runs the consumer on one entry; the entry is consumed unless the result is `{ postpone }`. */
   async #consumeOne<Meta, T> (entry: Entry, fn: ConsumeFn<Meta, T>): Promise<T> {
-    this.#consuming.add(entry)
     let result: T | { postpone: T }
     try {
       result = await fn(entry.meta() as Meta, entry)
@@ -118,16 +145,16 @@ export class Uploads implements RequestUploads {
       // A consumer that throws still took the entry (as LiveView does).
       await entry.discard()
       throw error
-    } finally {
-      this.#consuming.delete(entry)
     }
-    if (isPostpone(result)) {
-      // Kept for a later consume; if the request already ended meanwhile, nobody can.
-      if (this.#ended) await entry.discard()
-      return result.postpone as T
-    }
+    if (isPostpone(result)) return result.postpone as T
     await entry.discard()
     return result as T
+  }
+
+  /** The consumer is done with an entry: if the request ended meanwhile, nobody else can take it. */
+  async #release (entry: Entry): Promise<void> {
+    this.#consuming.delete(entry)
+    if (this.#ended !== undefined) await entry.discard()
   }
 
   errors (uploadName?: string): UploadError[] {

@@ -71,9 +71,15 @@ t.test('cancel while the factory runs: no init, no close', async (t) => {
     return recorder.factory('f', entry, request)
   })
   const starting = entry.start()
-  await entry.cancel()
+  await sleep(10)
+  const cancelled = entry.cancel()
   release()
+  await cancelled
   await t.rejects(starting, { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  t.equal(recorder.records.length, 0)
+  const early = entryWith(recorder.factory)
+  await early.cancel()
+  await t.rejects(early.start(), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' }, 'cancelled before start: start refuses')
   t.equal(recorder.records.length, 0)
 })
 
@@ -169,8 +175,7 @@ t.test('a temp-file write that fails surfaces at the next writeChunk or at close
   t.ok(await eventually(() => state.failure !== undefined), 'the background write failed')
   t.throws(() => TmpFileWriter.writeChunk(Buffer.from('more'), state), { code: 'EBADF' })
   await t.rejects(async () => { await TmpFileWriter.close(state, 'done') }, { code: 'EBADF' })
-  await TmpFileWriter.discard!(state)
-  t.same(await strayFiles(dir), [])
+  t.same(await strayFiles(dir), [], 'an incomplete file does not outlive its close')
 })
 
 t.test('edges: empty writes, writes out of turn, unchanged progress, a zero-byte declared size', async (t) => {
@@ -206,4 +211,41 @@ t.test('MemoryWriter drops its bytes on cancel; TmpFileWriter makes writeChunk w
   t.same(TmpFileWriter.meta(state), { path: state.path, size: 2 * 1024 * 1024 })
   await TmpFileWriter.discard!(state)
   t.same(await strayFiles(dir), [])
+})
+
+t.test('a cancel while idle, with a slow close: no write or finish slips in, one close', async (t) => {
+  const closes: unknown[] = []
+  const calls: string[] = []
+  const SlowClose = defineWriter({
+    init: () => ({}),
+    meta: () => ({}),
+    writeChunk: (_data, state) => { calls.push('writeChunk'); return state },
+    close: async (state, reason) => { calls.push('close'); closes.push(reason); await sleep(100); return state }
+  })
+  const entry = entryWith(() => SlowClose)
+  await entry.start()
+  const cancelling = entry.cancel()
+  await t.rejects(entry.write(Buffer.from('late')), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  await t.rejects(entry.finish(), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  await cancelling
+  t.same(closes, ['cancel'])
+  t.same(calls, ['close'])
+})
+
+t.test("close('done') fails: the writer's discard still runs once, after the close", async (t) => {
+  const events: string[] = []
+  const Failing = defineWriter({
+    init: () => ({}),
+    meta: () => ({}),
+    writeChunk: (_data, state) => state,
+    close: async () => { events.push('close'); throw new Error('disk full') },
+    discard: () => { events.push('discard'); throw new Error('discard failed too') }
+  })
+  warnings.length = 0
+  const entry = entryWith(() => Failing)
+  await entry.start()
+  await t.rejects(entry.finish(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.ok(await eventually(() => events.length === 2))
+  t.same(events, ['close', 'discard'])
+  t.ok(await eventually(() => warnings.length === 1), 'the failing discard was logged')
 })

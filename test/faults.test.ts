@@ -352,3 +352,50 @@ t.test('a consumer that postpones while the client goes away: the entry is still
   t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'removed once the consumer let go')
   await stillServes(t, url)
 })
+
+t.test('a disconnect during consume: entries still waiting their turn keep their files', async (t) => {
+  const dir = await tmpDirFor(t)
+  let inFirst!: () => void
+  const first = new Promise<void>((resolve) => { inFirst = resolve })
+  let goOn!: () => void
+  const proceed = new Promise<void>((resolve) => { goOn = resolve })
+  const existed: boolean[] = []
+  const { port, url } = await startApp(t, (app) => {
+    app.post('/three', { allowUpload: { file: { accept: 'any', maxEntries: 3 } } }, async (request) => {
+      return await request.uploads.consume('file', async (meta: { path: string }) => {
+        inFirst()
+        await proceed
+        existed.push((await strayFiles(dir)).includes(meta.path.split('/').pop()!))
+        return meta.path
+      })
+    })
+  }, { tmpDir: dir })
+  const { body, contentType } = multipart(['a', 'b', 'c'].map((name) => ({ name: 'file', filename: name, data: bytes(1000) })))
+  const socket = await rawSocket(port)
+  socket.write(head(port, contentType, body.length, '/three'))
+  socket.write(body)
+  await first
+  socket.destroy()
+  await sleep(50)
+  goOn()
+  t.ok(await eventually(() => existed.length === 3))
+  t.same(existed, [true, true, true], 'each file existed when its consumer ran')
+  t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'and all are gone afterwards')
+  await stillServes(t, url)
+})
+
+t.test('app.close() waits for a writer still closing after a client abort', async (t) => {
+  const recorder = new Recorder({ chunkDelay: 300 })
+  const { app, port } = await startApp(t, (app) => {
+    app.post('/slow', { allowUpload: { file: { accept: 'any', maxFileSize: 10_000_000, writer: recorder.factory } } }, async () => 'ok')
+  })
+  const socket = await rawSocket(port)
+  socket.write(head(port, 'application/octet-stream', 1_000_000, '/slow'))
+  socket.write(bytes(100_000))
+  t.ok(await eventually(() => recorder.records.length === 1 && recorder.records[0]!.chunks.length >= 1, 3000))
+  socket.destroy()
+  await sleep(10)
+  await app.close()
+  t.same(recorder.reasons(), ['cancel'], 'closed before app.close() resolved')
+  recorder.check(t)
+})

@@ -200,3 +200,29 @@ t.test('errors are exported with their codes and statuses', async (t) => {
   t.equal(new errors.ChunkTimeoutError(1).statusCode, 408)
   t.equal(new errors.WriterFailureError('a').statusCode, 500)
 })
+
+t.test('a throwing validate is a 500 that keeps its message on the server', async (t) => {
+  const { url } = await startApp(t, (app) => {
+    app.post('/v', { allowUpload: { f: { accept: 'any', validate: async () => { throw new Error('db password=hunter2') } } } }, async () => 'ran')
+  })
+  const { body, contentType } = multipart([{ name: 'f', filename: 'a', data: 'x' }])
+  const response = await fetch(`${url}/v`, { method: 'POST', body, headers: { 'content-type': contentType } })
+  t.equal(response.status, 500)
+  const json = await response.json() as { code: string, message: string }
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_VALIDATE_FAILURE')
+  t.notMatch(json.message, /hunter2/)
+})
+
+t.test('text fields together may not exceed the route bodyLimit', async (t) => {
+  const { url } = await startApp(t, (app) => {
+    app.post('/fields', { bodyLimit: 100, allowUpload: { f: { accept: 'any' } } }, async () => 'ok')
+  })
+  const { body, contentType } = multipart([{ name: 'a', data: 'x'.repeat(60) }, { name: 'b', data: 'y'.repeat(60) }])
+  const response = await fetch(`${url}/fields`, { method: 'POST', body, headers: { 'content-type': contentType } })
+  t.equal(response.status, 413)
+  t.equal((await response.json() as { code: string }).code, 'FST_CHUNKED_UPLOAD_FIELDS_TOO_LARGE')
+})
+
+t.test('timeouts beyond what a Node timer holds are refused at registration', async (t) => {
+  t.match((await registrationError({}, { f: { accept: 'any', chunkTimeout: 3e9 } }))?.message, /"chunkTimeout" must be <= 2147483647/)
+})

@@ -13,6 +13,8 @@ export class HttpBody {
   readonly #payload: Readable
   readonly #failed: Promise<never>
   #reject!: (error: EntryFailure) => void
+  /** Readers to stop at the first failure (so no late byte reaches a cancelled entry). */
+  readonly #readers = new Set<(error: EntryFailure) => void>()
 
   constructor (uploads: Uploads, payload: Readable) {
     this.#uploads = uploads
@@ -57,6 +59,14 @@ export class HttpBody {
   fail (error: unknown): void {
     this.silence.stop()
     this.#uploads.abort(asFailure(error)).catch(/* c8 ignore next */ () => {})
+    const failure = this.#uploads.aborted!
+    for (const stop of this.#readers) stop(failure)
+  }
+
+  /** Registers a reader to stop when the body fails; returns its removal. */
+  onFail (stop: (error: EntryFailure) => void): () => void {
+    this.#readers.add(stop)
+    return () => this.#readers.delete(stop)
   }
 
   readonly #onClose = (): void => {
@@ -116,6 +126,7 @@ export async function feedEntry (entry: Entry, source: Readable, body: HttpBody)
     let writing = false
     let ended = false
     const stop = (error?: unknown): void => {
+      unregister()
       source.off('data', onData)
       source.off('end', onEnd)
       source.off('error', stop)
@@ -137,6 +148,7 @@ export async function feedEntry (entry: Entry, source: Readable, body: HttpBody)
         else source.resume()
       }, stop)
     }
+    const unregister = body.onFail(stop)
     source.on('data', onData)
     source.once('end', onEnd)
     source.once('error', stop)

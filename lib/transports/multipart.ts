@@ -5,7 +5,7 @@ import { Busboy, type BusboyConfig, type BusboyFileStream, type BusboyInstance }
 import type { FastifyRequest } from 'fastify'
 import { mediaType, safeBasename } from '../config.js'
 import {
-  FieldsLimitError, FieldTooLargeError, ForbiddenFieldNameError, MalformedError, TooManyFilesError, UnexpectedFieldError,
+  FieldsLimitError, FieldsTooLargeError, FieldTooLargeError, ForbiddenFieldNameError, MalformedError, TooManyFilesError, UnexpectedFieldError,
   withUploadCode, type EntryFailure
 } from '../errors.js'
 import type { Uploads } from '../uploads.js'
@@ -38,9 +38,13 @@ export async function receiveMultipart (
 
   const body = new HttpBody(uploads, payload)
   const fields: Record<string, unknown> = {}
+  // Text fields are held in memory: together they may not exceed the route's bodyLimit.
+  let fieldBudget = request.routeOptions.bodyLimit
   const onField = (name: string, value: string, _nameTruncated: boolean, valueTruncated: boolean): void => {
     if (isForbidden(name)) return body.fail(new ForbiddenFieldNameError(name) as EntryFailure)
     if (valueTruncated) return body.fail(new FieldTooLargeError(name, limits.maxFieldSize) as EntryFailure)
+    fieldBudget -= name.length + value.length
+    if (fieldBudget < 0) return body.fail(new FieldsTooLargeError(request.routeOptions.bodyLimit) as EntryFailure)
     const previous = fields[name]
     if (previous === undefined) fields[name] = value
     else if (Array.isArray(previous)) previous.push(value)
@@ -53,9 +57,10 @@ export async function receiveMultipart (
       file.resume()
       throw new UnexpectedFieldError(fieldName, [...uploads.configs.keys()].join(', '))
     }
-    const entry = await uploads.announce(config, {
+    // An async `validate` is server time, not client silence.
+    const entry = await body.silence.whileBusy(uploads.announce(config, {
       clientName: safeBasename(filename), clientType: mediaType(mimeType), clientSize: undefined
-    })
+    }))
     try {
       if (entry.failure !== undefined) throw entry.failure
       await feedEntry(entry, file, body)

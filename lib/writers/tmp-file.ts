@@ -89,12 +89,18 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
   },
 
   async close (state, reason) {
+    let complete = false
     try {
-      if (reason === 'done') await settle(state)
-      else await state.writing
+      if (reason === 'done') {
+        await settle(state)
+        complete = true
+      } else {
+        await state.writing
+      }
     } finally {
       await state.handle.close()
-      if (reason !== 'done') await rm(state.path, { force: true })
+      // Only a complete file outlives its close (until the entry is consumed or discarded).
+      if (!complete) await rm(state.path, { force: true })
     }
     return state
   },
