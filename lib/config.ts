@@ -101,12 +101,17 @@ function describe (schema: typeof UploadConfigSchema | typeof PartialUploadConfi
   // Prefer the most specific message: the deepest path, skipping anyOf summaries.
   const rank = (e: { keyword: string, instancePath: string }): number => e.instancePath.length * 2 + Number(e.keyword !== 'anyOf')
   const specific = errors.sort((a, b) => rank(b) - rank(a))[0]!
-  const key = specific.instancePath.replace(/^\//, '').replace(/\//g, '.')
-  if (specific.keyword === 'pattern') {
-    const got = specific.instancePath.split('/').slice(1).reduce<any>((value, part) => value[part], value)
-    return `"${key}" must be ".ext", "type/subtype", "type/*" or 'any' (got ${JSON.stringify(got)})`
-  }
-  return `"${key}" ${specific.message}`
+  const path = specific.instancePath.split('/').slice(1)
+  const key = path.join('.')
+  const got = JSON.stringify(path.reduce<any>((at, part) => at[part], value))
+  // Unions read badly as schema messages ("must be equal to constant"): say what is allowed.
+  const hint = HINTS[path.at(-1)!] ?? HINTS[path.at(-2)!]
+  return hint === undefined ? `"${key}" ${specific.message}` : `"${key}" must be ${hint} (got ${got})`
+}
+
+const HINTS: Record<string, string> = {
+  accept: '\'any\' or a non-empty list of ".ext", "type/subtype", "type/*"',
+  onEntryError: '\'fail\' or \'continue\''
 }
 
 export interface PluginSettings { tmpDir: string | undefined, defaults: Partial<UploadConfig>, maxFields: number, maxFieldSize: number }

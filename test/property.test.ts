@@ -27,14 +27,16 @@ t.test('guarantees hold on every draw', async (t) => {
     abortAt: fc.option(fc.integer({ min: 0, max: 999 }).map((n) => n / 1000), { nil: undefined }),
     // the writer throws on this chunk (undefined: never)
     failOn: fc.option(fc.integer({ min: 1, max: 20 }), { nil: undefined }),
-    tmp: fc.boolean()
+    tmp: fc.boolean(),
+    // a writer slow to write or to close widens every race window
+    chunkDelay: fc.option(fc.integer({ min: 1, max: 3 }), { nil: undefined }),
+    closeDelay: fc.option(fc.integer({ min: 5, max: 40 }), { nil: undefined })
   })
 
-  await fc.assert(fc.asyncProperty(draw, async ({ sizes, seed, pieces, abortAt, failOn, tmp }) => {
+  await fc.assert(fc.asyncProperty(draw, async ({ sizes, seed, pieces, abortAt, failOn, tmp, chunkDelay, closeDelay }) => {
     const before = recorder.records.length
     const t0 = Date.now()
-    process.on('exit', () => {})
-    recorder.faults = failOn === undefined ? {} : { throwOnChunk: failOn }
+    recorder.faults = { chunkDelay, closeDelay, ...(failOn === undefined ? {} : { throwOnChunk: failOn }) }
     const files = sizes.map((size, i) => bytes(size, seed + i))
     const { body, contentType } = multipart(files.map((data, i) => ({ name: 'file', filename: `${i}.bin`, data })))
     const stopAt = abortAt === undefined ? body.length : Math.floor(body.length * abortAt)

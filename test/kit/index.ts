@@ -38,6 +38,8 @@ export interface Faults {
   hangOnChunk?: number
   /** `init` never settles (until `release`). */
   hangInit?: boolean
+  /** Each `close` waits this long (ms) before it settles. */
+  closeDelay?: number
 }
 
 /**
@@ -99,6 +101,7 @@ export class Recorder {
       const { record } = state
       if (state.busy) record.overlapped = true
       record.closes.push(reason)
+      if (this.faults.closeDelay !== undefined) await sleep(this.faults.closeDelay)
       if (reason === 'done' && this.faults.closeDoneThrows === true) throw new Error('close failed on purpose')
       if (reason !== 'done' && this.faults.closeCancelThrows === true) throw new Error('close(cancel) failed on purpose')
       return state
