@@ -249,3 +249,14 @@ t.test("close('done') fails: the writer's discard still runs once, after the clo
   t.same(events, ['close', 'discard'])
   t.ok(await eventually(() => warnings.length === 1), 'the failing discard was logged')
 })
+
+t.test('many temp files share one queue budget: past it, writeChunk waits even for a small file', async (t) => {
+  const dir = await tmpDirFor(t)
+  const states = await Promise.all(Array.from({ length: 40 }, async () => await TmpFileWriter.init({ dir })))
+  const results = states.map((state) => TmpFileWriter.writeChunk(Buffer.alloc(250 * 1024, 2), state))
+  t.notOk(results[0] instanceof Promise, 'a lone small chunk is queued at once')
+  t.ok(results[39] instanceof Promise, 'once 8 MiB are queued in all, the next writer waits for the disk')
+  await Promise.all(results)
+  await Promise.all(states.map(async (state) => await TmpFileWriter.close(state, 'cancel')))
+  t.same(await strayFiles(dir), [])
+})

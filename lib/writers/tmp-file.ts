@@ -4,8 +4,9 @@
 //
 // Like fs.WriteStream, it keeps one write in flight and gathers the chunks that
 // arrive meanwhile into the next `writev`, so receiving and writing overlap. A
-// `writeChunk` waits only when more than HIGH_WATER bytes are queued, which bounds
-// memory; a failed write surfaces at the next `writeChunk` or at `close`.
+// `writeChunk` waits only when more than HIGH_WATER bytes are queued for its file (or
+// TOTAL_HIGH_WATER for all files), which bounds memory; a failed write surfaces at the
+// next `writeChunk` or at `close`.
 import { randomBytes } from 'node:crypto'
 import { open, rm, type FileHandle } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -13,6 +14,9 @@ import { join } from 'node:path'
 import type { UploadWriter } from '../../types/index.js'
 
 const HIGH_WATER = 256 * 1024
+/** Across all temp files of the process: many concurrent uploads share this much queue. */
+const TOTAL_HIGH_WATER = 8 * 1024 * 1024
+let unwrittenTotal = 0
 
 export interface TmpFileOptions {
   /** Directory for the temp files. Default: the OS temp directory. */
@@ -51,10 +55,12 @@ async function drain (state: TmpFileState): Promise<void> {
       /* c8 ignore next */
       if (bytesWritten !== total) throw new Error(`short write to ${state.path}: ${bytesWritten} of ${total} bytes`)
       state.unwritten -= total
+      unwrittenTotal -= total
     }
   } catch (error) {
     state.failure = { error }
     state.queue = []
+    unwrittenTotal -= state.unwritten
     state.unwritten = 0
   } finally {
     state.writing = undefined
@@ -82,9 +88,10 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
     if (state.failure !== undefined) throw state.failure.error
     state.queue.push(data)
     state.unwritten += data.length
+    unwrittenTotal += data.length
     state.size += data.length
     state.writing ??= drain(state)
-    if (state.unwritten < HIGH_WATER) return state
+    if (state.unwritten < HIGH_WATER && unwrittenTotal < TOTAL_HIGH_WATER) return state
     return settle(state).then(() => state)
   },
 
