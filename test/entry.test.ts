@@ -2,6 +2,7 @@
 // synchronous throws. The writers here are real writers; only the request is a
 // bare object with a logger, since the engine uses nothing else of it.
 import t from 'tap'
+import { closeSync } from 'node:fs'
 import type { FastifyRequest } from 'fastify'
 import { resolveAllowUpload } from '../lib/config.js'
 import { Entry } from '../lib/entry.js'
@@ -170,7 +171,7 @@ t.test('MemoryWriter meta mid-upload, and TmpFileWriter without a dir', async (t
 t.test('a temp-file write that fails surfaces at the next writeChunk or at close', async (t) => {
   const dir = await tmpDirFor(t)
   const state = await TmpFileWriter.init({ dir })
-  await state.handle.close()
+  closeSync(state.fd)
   await TmpFileWriter.writeChunk(Buffer.from('lost'), state)
   t.ok(await eventually(() => state.failure !== undefined), 'the background write failed')
   t.throws(() => TmpFileWriter.writeChunk(Buffer.from('more'), state), { code: 'EBADF' })
@@ -252,10 +253,10 @@ t.test("close('done') fails: the writer's discard still runs once, after the clo
 
 t.test('many temp files share one queue budget: past it, writeChunk waits even for a small file', async (t) => {
   const dir = await tmpDirFor(t)
-  const states = await Promise.all(Array.from({ length: 40 }, async () => await TmpFileWriter.init({ dir })))
+  const states = await Promise.all(Array.from({ length: 280 }, async () => await TmpFileWriter.init({ dir })))
   const results = states.map((state) => TmpFileWriter.writeChunk(Buffer.alloc(250 * 1024, 2), state))
   t.notOk(results[0] instanceof Promise, 'a lone small chunk is queued at once')
-  t.ok(results[39] instanceof Promise, 'once 8 MiB are queued in all, the next writer waits for the disk')
+  t.ok(results[279] instanceof Promise, 'past the shared budget, the next writer waits for the disk')
   await Promise.all(results)
   await Promise.all(states.map(async (state) => await TmpFileWriter.close(state, 'cancel')))
   t.same(await strayFiles(dir), [])

@@ -8,15 +8,22 @@
 // TOTAL_HIGH_WATER for all files), which bounds memory; a failed write surfaces at the
 // next `writeChunk` or at `close`.
 import { randomBytes } from 'node:crypto'
-import { open, rm, type FileHandle } from 'node:fs/promises'
+import { close, open, writev } from 'node:fs'
+import { rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { UploadWriter } from '../../types/index.js'
 
 const HIGH_WATER = 256 * 1024
-/** Across all temp files of the process: many concurrent uploads share this much queue. */
-const TOTAL_HIGH_WATER = 8 * 1024 * 1024
+/** Across all temp files of the process, so memory does not grow without bound with concurrency. */
+const TOTAL_HIGH_WATER = 64 * 1024 * 1024
 let unwrittenTotal = 0
+
+// The callback forms of open/writev/close: per call they cost less than FileHandle's
+// promise machinery, which shows with hundreds of concurrent uploads.
+function call<T> (fn: (done: (error: NodeJS.ErrnoException | null, value: T) => void) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => fn((error, value) => { if (error === null) resolve(value); else reject(error) }))
+}
 
 export interface TmpFileOptions {
   /** Directory for the temp files. Default: the OS temp directory. */
@@ -25,7 +32,8 @@ export interface TmpFileOptions {
 
 export interface TmpFileState {
   readonly path: string
-  readonly handle: FileHandle
+  /** The open file descriptor. */
+  readonly fd: number
   /** Bytes handed to the writer. */
   size: number
   /** Chunks waiting for the next write. */
@@ -50,7 +58,7 @@ async function drain (state: TmpFileState): Promise<void> {
       state.queue = []
       let total = 0
       for (const buffer of buffers) total += buffer.length
-      const { bytesWritten } = await state.handle.writev(buffers)
+      const bytesWritten = await call<number>((done) => writev(state.fd, buffers, done))
       // A regular file takes every byte or fails; a short write means the disk is full.
       /* c8 ignore next */
       if (bytesWritten !== total) throw new Error(`short write to ${state.path}: ${bytesWritten} of ${total} bytes`)
@@ -76,8 +84,8 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
   async init (options) {
     const path = join(options?.dir ?? tmpdir(), `upload-${randomBytes(16).toString('hex')}`)
     // 'wx': fail rather than reuse an existing file; 0o600: readable by this user only
-    const handle = await open(path, 'wx', 0o600)
-    return { path, handle, size: 0, queue: [], unwritten: 0, writing: undefined, failure: undefined }
+    const fd = await call<number>((done) => open(path, 'wx', 0o600, done))
+    return { path, fd, size: 0, queue: [], unwritten: 0, writing: undefined, failure: undefined }
   },
 
   meta (state) {
@@ -105,9 +113,12 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
         await state.writing
       }
     } finally {
-      await state.handle.close()
-      // Only a complete file outlives its close (until the entry is consumed or discarded).
-      if (!complete) await rm(state.path, { force: true })
+      try {
+        await call<void>((done) => close(state.fd, (error) => done(error ?? null, undefined)))
+      } finally {
+        // Only a complete file outlives its close (until the entry is consumed or discarded).
+        if (!complete) await rm(state.path, { force: true })
+      }
     }
     return state
   },
