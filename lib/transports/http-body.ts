@@ -41,6 +41,8 @@ export class HttpBody {
     } catch (error) {
       this.fail(error)
       this.#detach()
+      // Whatever was fed from the body (a multipart parser) gets no more of it.
+      this.#payload.unpipe()
       // The first failure wins: it is what cancelled the entries.
       const failure = this.#uploads.aborted!
       if (failure.uploadCode !== 'chunk_timeout') await drainRest(this.#uploads, this.#payload)
@@ -89,7 +91,6 @@ export async function drainRest (uploads: Uploads, payload: Readable): Promise<v
     uploads.bodyUnread = !payload.readableEnded
     return
   }
-  payload.unpipe()
   await new Promise<void>((resolve) => {
     let left = DRAIN_LIMIT.bytes
     const timer = setTimeout(done, DRAIN_LIMIT.ms)

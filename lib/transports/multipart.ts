@@ -89,11 +89,6 @@ export async function receiveMultipart (
   })
   payload.on('data', () => body.silence.heard())
   payload.pipe(parser)
-  try {
-    await body.read(parsed)
-  } catch (error) {
-    payload.unpipe(parser)
-    throw error
-  }
+  await body.read(parsed)
   return fields
 }
