@@ -52,12 +52,16 @@ export class Entry implements UploadEntry {
   #busy: Promise<void> | undefined
   /** Why the entry must stop, set by `cancel` while a call is in flight. */
   #stopping: EntryFailure | undefined
+  readonly #onReport: ((entry: Entry) => void) | undefined
   #reportedProgress = -1
+  #reportedEnd = false
   #watchdog: NodeJS.Timeout | undefined
   #onWatchdog: (() => void) | undefined
 
-  constructor (config: ResolvedConfig, info: ClientInfo, request: FastifyRequest, log: FastifyBaseLogger) {
+  /** `onReport` hears every change of progress or status, before the route's `progress` callback. */
+  constructor (config: ResolvedConfig, info: ClientInfo, request: FastifyRequest, log: FastifyBaseLogger, onReport?: (entry: Entry) => void) {
     this.#config = config
+    this.#onReport = onReport
     this.#request = request
     this.#log = log
     this.uploadName = config.uploadName
@@ -75,12 +79,13 @@ export class Entry implements UploadEntry {
 
   get ended (): boolean { return ENDED.has(this.status) }
 
+  /** The upload config the entry was validated against. */
+  get config (): ResolvedConfig { return this.#config }
+
   /** Marks an entry that never reached its writer (validation) as failed. */
   refuse (error: EntryFailure): void {
     this.refused = true
-    this.status = 'failed'
-    this.failure = error
-    this.errors.push(error.uploadCode)
+    this.#endAs('failed', error)
   }
 
   /** Chooses the writer and runs `init`. Rejects with the entry's failure. */
@@ -134,7 +139,7 @@ export class Entry implements UploadEntry {
       const piece = offset === 0 && data.length <= chunkSize ? data : data.subarray(offset, offset + chunkSize)
       await this.#writeChunk(piece)
     }
-    if (data.length > 0) this.#reportProgress()
+    if (data.length > 0) this.#report()
   }
 
   /** The last byte arrived: `close(state, 'done')`. Rejects if the writer fails it. */
@@ -151,7 +156,7 @@ export class Entry implements UploadEntry {
       })
       throw failure
     }
-    this.#reportProgress()
+    this.#report()
   }
 
   /**
@@ -179,9 +184,7 @@ export class Entry implements UploadEntry {
   async #honourCancel (): Promise<void> {
     if (this.#stopping === undefined || this.ended) return
     await this.#close('cancel').catch(() => {})
-    const failure = this.#endAs('cancelled', this.#stopping)
-    this.#reportProgress()
-    throw failure
+    throw this.#endAs('cancelled', this.#stopping)
   }
 
   /** The writer's `meta` for a consumer. */
@@ -325,17 +328,23 @@ export class Entry implements UploadEntry {
       this.status = status
       this.failure = error
       this.errors.push(error.uploadCode)
+      this.#report()
     }
     return this.failure!
   }
 
-  /** Tells the route's `progress` callback, without waiting for it: user code never stalls an upload. */
-  #reportProgress (): void {
+  /**
+   * Tells the transport and the route's `progress` callback of a new progress or of
+   * the end (once), without waiting for the callback: user code never stalls an upload.
+   */
+  #report (): void {
+    const now = this.progress
+    if (this.ended ? this.#reportedEnd : now === this.#reportedProgress) return
+    this.#reportedProgress = now
+    this.#reportedEnd = this.ended
+    this.#onReport?.(this)
     const { progress } = this.#config
     if (progress === undefined) return
-    const now = this.progress
-    if (now === this.#reportedProgress && !this.ended) return
-    this.#reportedProgress = now
     Promise.resolve().then(() => progress(this.uploadName, this, this.#request)).catch((error: unknown) => {
       this.#log.warn({ err: error, ref: this.ref }, 'upload progress callback failed')
     })

@@ -1,5 +1,6 @@
 // request.uploads: the entries of one request (or socket), their validation on
 // arrival, consumption, cancellation, and their discard when the request ends.
+import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { ConsumeFn, RequestUploads, UploadEntry, UploadError } from '../types/index.js'
 import { isAccepted, type ResolvedConfig } from './config.js'
@@ -8,15 +9,21 @@ import {
   InProgressError, InvalidEntryError, NotAcceptedError, TooLargeError, TooManyFilesError, UnknownEntryError, ValidateFailureError,
   withUploadCode, type EntryFailure
 } from './errors.js'
+import type { EntryHome, RefStore } from './refs.js'
 
 function isPostpone (value: unknown): value is { postpone: unknown } {
   return value !== null && typeof value === 'object' && Object.hasOwn(value, 'postpone')
 }
 
-export class Uploads implements RequestUploads {
+/** Which event an entry's report is, by its status. */
+const EVENTS = { pending: 'progress', uploading: 'progress', done: 'done', failed: 'error', cancelled: 'cancel' } as const
+
+export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   readonly configs: ReadonlyMap<string, ResolvedConfig>
   /** Set by a transport that reads the wire: told when the uploads must stop. */
   onAbort: ((error: EntryFailure) => void) | undefined
+  /** Set by a transport that answers per entry (the channel): hears every report first. */
+  onEntryReport: ((entry: Entry) => void) | undefined
   /** The transport stopped before reading the whole body: the connection cannot be reused. */
   bodyUnread = false
 
@@ -29,8 +36,11 @@ export class Uploads implements RequestUploads {
   #aborted: EntryFailure | undefined
   #aborting: Promise<void> | undefined
   #ended: Promise<void> | undefined
+  /** Channel uploads: finished entries wait in the store for their ref, whatever becomes of the socket. */
+  #hold: { store: RefStore, owner: unknown } | undefined
 
   constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest) {
+    super()
     this.configs = configs
     this.#request = request
     this.#log = request.log
@@ -38,14 +48,47 @@ export class Uploads implements RequestUploads {
 
   get aborted (): EntryFailure | undefined { return this.#aborted }
 
+  /** From now on, finished entries outlive these uploads: parked under `owner` until claimed or expired. */
+  holdFinished (store: RefStore, owner: unknown): void {
+    this.#hold = { store, owner }
+  }
+
+  /**
+   * Takes a finished entry another upload set parked (a ref the client submitted):
+   * it counts toward `maxEntries` and is consumed, or discarded, like the others.
+   */
+  adopt (entry: Entry): void {
+    this.#entries.push(entry)
+    this.#accepted.set(entry.uploadName, this.acceptedCount(entry.uploadName) + 1)
+  }
+
+  /** Entries of `uploadName` that passed validation so far. */
+  acceptedCount (uploadName: string): number {
+    return this.#accepted.get(uploadName) ?? 0
+  }
+
+  /** A request claimed one of our parked entries: it is no longer ours to list or discard. */
+  forsake (entry: Entry): void {
+    const at = this.#entries.indexOf(entry)
+    if (at !== -1) this.#entries.splice(at, 1)
+  }
+
+  #onReport (entry: Entry): void {
+    this.onEntryReport?.(entry)
+    if (entry.status === 'done' && this.#hold !== undefined) this.#hold.store.park(entry, this.#hold.owner, this)
+    const event = EVENTS[entry.status]
+    // An 'error' event without a listener would throw: nobody asked, nobody is told.
+    if (event !== 'error' || this.listenerCount('error') > 0) this.emit(event, entry)
+  }
+
   /**
    * A transport announces a file. The entry is validated against its upload name's
    * config (count, type, declared size, `validate`) and returned, refused or pending.
    */
   async announce (config: ResolvedConfig, info: ClientInfo): Promise<Entry> {
-    const entry = new Entry(config, info, this.#request, this.#log)
+    const entry = new Entry(config, info, this.#request, this.#log, (e) => this.#onReport(e))
     const { uploadName } = config
-    const accepted = this.#accepted.get(uploadName) ?? 0
+    const accepted = this.acceptedCount(uploadName)
     this.#entries.push(entry)
     const refusal = this.#aborted ??
       (accepted >= config.maxEntries
@@ -94,7 +137,9 @@ export class Uploads implements RequestUploads {
    */
   end (reason: EntryFailure): Promise<void> {
     this.#ended ??= this.abort(reason).then(async () => {
-      await Promise.all(this.#entries.filter((e) => !this.#consuming.has(e)).map((e) => e.discard()))
+      // Entries being consumed are their consumer's; parked ones wait for their ref.
+      const unclaimed = this.#entries.filter((e) => !this.#consuming.has(e) && this.#hold?.store.holds(e) !== true)
+      await Promise.all(unclaimed.map((e) => e.discard()))
     })
     return this.#ended
   }
@@ -115,7 +160,7 @@ export class Uploads implements RequestUploads {
     if (inProgress.length > 0) throw new InProgressError(uploadName)
     // All of them are the consumer's from now on: a disconnect meanwhile must not
     // discard an entry before its turn comes.
-    for (const entry of completed) this.#consuming.add(entry as Entry)
+    for (const entry of completed) this.#take(entry as Entry)
     const results: T[] = []
     try {
       for (const entry of completed) results.push(await this.#consumeOne(entry as Entry, fn))
@@ -128,7 +173,7 @@ export class Uploads implements RequestUploads {
   async consumeEntry<Meta = any, T = unknown> (ref: string, fn: ConsumeFn<Meta, T>): Promise<T> {
     const entry = this.#entries.find((e) => e.ref === ref && e.status === 'done' && !e.released)
     if (entry === undefined) throw new UnknownEntryError(ref)
-    this.#consuming.add(entry)
+    this.#take(entry)
     try {
       return await this.#consumeOne(entry, fn)
     } finally {
@@ -151,10 +196,21 @@ export class Uploads implements RequestUploads {
     return result as T
   }
 
-  /** The consumer is done with an entry: if the request ended meanwhile, nobody else can take it. */
+  /** A consumer takes the entry: it is not discarded, nor claimable by ref, meanwhile. */
+  #take (entry: Entry): void {
+    this.#consuming.add(entry)
+    this.#hold?.store.forget(entry)
+  }
+
+  /**
+   * The consumer is done with an entry. One it postponed waits for its ref again (channel),
+   * or, if the request ended meanwhile, is discarded: nobody else can take it.
+   */
   async #release (entry: Entry): Promise<void> {
     this.#consuming.delete(entry)
-    if (this.#ended !== undefined) await entry.discard()
+    if (entry.released) return
+    if (this.#hold !== undefined) this.#hold.store.park(entry, this.#hold.owner, this)
+    else if (this.#ended !== undefined) await entry.discard()
   }
 
   errors (uploadName?: string): UploadError[] {
@@ -169,7 +225,8 @@ export class Uploads implements RequestUploads {
   async cancel (ref: string): Promise<void> {
     const entry = this.#entries.find((e) => e.ref === ref)
     if (entry === undefined) return
-    if (entry.status === 'done') await entry.discard()
-    else await entry.cancel()
+    if (entry.status !== 'done') return await entry.cancel()
+    this.#hold?.store.forget(entry)
+    await entry.discard()
   }
 }
