@@ -2,6 +2,7 @@
 // The narrow entry points: typebox/value would add some 8 MiB of resident memory.
 import * as Type from 'typebox/type'
 import { Check, Errors } from 'typebox/schema'
+import type { FastifyRequest } from 'fastify'
 import type { UploadConfig, UploadEntry, WriterFactory, ChunkedUploadOptions } from '../types/index.js'
 import { InvalidConfigError } from './errors.js'
 
@@ -33,7 +34,12 @@ export const PluginOptionsSchema = Type.Object({
   tmpDir: Opt(Type.String({ minLength: 1 })),
   defaults: Opt(PartialUploadConfigSchema),
   maxFields: Opt(Type.Integer({ minimum: 0 })),
-  maxFieldSize: Opt(PositiveInt)
+  maxFieldSize: Opt(PositiveInt),
+  channel: Opt(Type.Boolean()),
+  channelSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
+  channelWindow: Opt(Type.Integer({ minimum: 1, maximum: 1024 })),
+  owner: Opt(Fn),
+  entryTtl: Opt(Milliseconds)
 }, { additionalProperties: false })
 
 /** LiveView's defaults, camelCased, plus ours. */
@@ -46,7 +52,13 @@ export const DEFAULTS = {
   onEntryError: 'fail' as const
 }
 
-export const PLUGIN_DEFAULTS = { maxFields: 1000, maxFieldSize: 1_048_576 }
+export const PLUGIN_DEFAULTS = {
+  maxFields: 1000,
+  maxFieldSize: 1_048_576,
+  channelSuffix: '/ws',
+  channelWindow: 8,
+  entryTtl: 300_000
+}
 
 /** An upload config with every default filled in and `accept` parsed. */
 export interface ResolvedConfig {
@@ -111,10 +123,23 @@ function describe (schema: typeof UploadConfigSchema | typeof PartialUploadConfi
 
 const HINTS: Record<string, string> = {
   accept: '\'any\' or a non-empty list of ".ext", "type/subtype", "type/*"',
+  channelSuffix: 'a path that starts with "/" and does not end with one',
   onEntryError: '\'fail\' or \'continue\''
 }
 
-export interface PluginSettings { tmpDir: string | undefined, defaults: Partial<UploadConfig>, maxFields: number, maxFieldSize: number }
+export interface PluginSettings {
+  tmpDir: string | undefined
+  defaults: Partial<UploadConfig>
+  maxFields: number
+  maxFieldSize: number
+  channel: boolean
+  channelSuffix: string
+  channelWindow: number
+  owner: OwnerFn
+  entryTtl: number
+}
+
+export type OwnerFn = (request: FastifyRequest) => unknown
 
 export function validatePluginOptions (options: unknown): PluginSettings {
   const problem = describe(PluginOptionsSchema, options)
@@ -124,7 +149,13 @@ export function validatePluginOptions (options: unknown): PluginSettings {
     tmpDir: opts.tmpDir,
     defaults: opts.defaults ?? {},
     maxFields: opts.maxFields ?? PLUGIN_DEFAULTS.maxFields,
-    maxFieldSize: opts.maxFieldSize ?? PLUGIN_DEFAULTS.maxFieldSize
+    maxFieldSize: opts.maxFieldSize ?? PLUGIN_DEFAULTS.maxFieldSize,
+    channel: opts.channel ?? false,
+    channelSuffix: opts.channelSuffix ?? PLUGIN_DEFAULTS.channelSuffix,
+    channelWindow: opts.channelWindow ?? PLUGIN_DEFAULTS.channelWindow,
+    // Without an owner, refs are bearer tokens: everyone is the same owner.
+    owner: opts.owner ?? (() => undefined),
+    entryTtl: opts.entryTtl ?? PLUGIN_DEFAULTS.entryTtl
   }
 }
 

@@ -24,6 +24,8 @@ export const NoUploadConfigError = createError('FST_CHUNKED_UPLOAD_NO_UPLOAD_CON
 export const UnknownEntryError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_ENTRY', 'No completed entry "%s" to consume', 404)
 export const InProgressError = createError('FST_CHUNKED_UPLOAD_IN_PROGRESS', 'Cannot consume "%s" while entries are still uploading', 409)
 export const InvalidConfigError = createError('FST_CHUNKED_UPLOAD_INVALID_CONFIG', '%s', 500, TypeError)
+export const UnknownRefError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_REF', 'Upload ref %s for "%s" is unknown, expired, already used or not yours', 400)
+export const ChannelNeedsWebsocketError = createError('FST_CHUNKED_UPLOAD_NO_WEBSOCKET', 'The upload channel of %s needs @fastify/websocket: register it before the routes, or set channel: false', 500)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** An error plus the short entry-level code it maps to. */

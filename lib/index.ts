@@ -8,12 +8,15 @@ import { errorCodes } from 'fastify'
 import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types/index.js'
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
 import {
-  AlreadyRegisteredError, NoUploadConfigError, PrematureCloseError, ShuttingDownError, withUploadCode, type EntryFailure
+  AlreadyRegisteredError, ChannelNeedsWebsocketError, NoUploadConfigError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
+  UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
+import { RefStore } from './refs.js'
 import { Uploads } from './uploads.js'
 import { TmpFileWriter } from './writers/tmp-file.js'
 import { receiveMultipart } from './transports/multipart.js'
 import { receiveRaw } from './transports/raw.js'
+import { Channel, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
 
@@ -21,6 +24,17 @@ const kRegistered = Symbol('fastify-chunked-upload.registered')
 function uploadsOf (request: FastifyRequest): Uploads | null {
   return request.uploads as Uploads | null
 }
+
+/** A `ws` socket as the channel route's handler gets it. */
+interface WsSocket extends ChannelSocket {
+  readonly protocol: string
+  close (code?: number, reason?: string): void
+  once (event: 'close', listener: () => void): unknown
+  /** ws's frame parser: its limit is checked against each frame's header, before the payload is read. */
+  _receiver?: { _maxPayload: number }
+}
+
+const hooks = <T>(value: T | T[] | undefined): T[] => value === undefined ? [] : [value].flat() as T[]
 
 const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function chunkedUpload (fastify, options) {
   if ((fastify as FastifyInstance & { [kRegistered]?: true })[kRegistered]) throw new AlreadyRegisteredError()
@@ -32,6 +46,10 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir: tmpDir }]
   /** Upload sets of requests in flight, cancelled at shutdown. */
   const live = new Set<Uploads>()
+  /** Channel sockets open, closed with 1001 at shutdown. */
+  const sockets = new Map<Uploads, WsSocket>()
+  /** Finished channel entries waiting for their ref. */
+  const refs = new RefStore(settings.entryTtl)
 
   fastify.decorateRequest('uploads', null as unknown as Uploads)
 
@@ -50,7 +68,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     return undefined
   })
 
-  fastify.addHook('onRoute', (route: RouteOptions) => {
+  fastify.addHook('onRoute', function (this: FastifyInstance, route: RouteOptions & { routePath: string }) {
     if (route.allowUpload === undefined) return
     const where = `${[route.method].flat().join(',')} ${route.url}`
     const configs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where)
@@ -72,18 +90,105 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       if (uploadsOf(request)?.bodyUnread === true) reply.header('connection', 'close')
       done(null, payload)
     }
-    route.onRequest = [...[route.onRequest ?? []].flat(), startUploads]
-    route.onSend = [...[route.onSend ?? []].flat(), closeIfBodyUnread]
+    /** Refs of finished channel entries, submitted as the upload name's value, join this request's entries. */
+    async function claimRefs (request: FastifyRequest): Promise<void> {
+      const body = request.body as Record<string, unknown> | null | undefined
+      if (body === null || typeof body !== 'object') return
+      const uploads = uploadsOf(request)!
+      let owner: unknown
+      for (const [uploadName, config] of uploads.configs) {
+        if (!Object.hasOwn(body, uploadName)) continue
+        const value = body[uploadName]
+        const submitted = typeof value === 'string' ? [value] : value
+        if (!Array.isArray(submitted) || !submitted.every((ref) => typeof ref === 'string')) {
+          throw new UnknownRefError(JSON.stringify(value), uploadName)
+        }
+        if (uploads.acceptedCount(uploadName) + submitted.length > config.maxEntries) {
+          throw withUploadCode(new TooManyFilesError(uploadName, config.maxEntries), 'too_many_files')
+        }
+        owner ??= await settings.owner(request)
+        // All or none: a bad ref leaves the good ones claimable.
+        const seen = new Set<string>()
+        for (const ref of submitted) {
+          if (seen.has(ref) || !refs.claimable(ref, owner, config)) throw new UnknownRefError(JSON.stringify(ref), uploadName)
+          seen.add(ref)
+        }
+        for (const ref of submitted) uploads.adopt(refs.claim(ref, owner, config)!)
+      }
+    }
+
+    route.onRequest = [...hooks(route.onRequest), startUploads]
+    route.onSend = [...hooks(route.onSend), closeIfBodyUnread]
+    if (!settings.channel) return
+    const userHooks = { onRequest: hooks(route.onRequest).slice(0, -1), preParsing: hooks(route.preParsing), preValidation: hooks(route.preValidation), preHandler: hooks(route.preHandler) }
+    route.preHandler = [...userHooks.preHandler, claimRefs]
+    addChannel(this, route, configs, where, userHooks)
   })
+
+  /**
+   * The route's WebSocket channel: GET on its path plus the suffix, behind the route's
+   * own hooks (its authentication protects the channel too).
+   */
+  function addChannel (
+    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>, where: string,
+    userHooks: Pick<RouteOptions, 'onRequest' | 'preParsing' | 'preValidation' | 'preHandler'>
+  ): void {
+    if (!instance.hasDecorator('websocketServer')) throw new ChannelNeedsWebsocketError(where)
+    const maxBytes = maxMessageBytes(configs.values())
+
+    function startChannelUploads (request: FastifyRequest, _reply: FastifyReply, done: () => void): void {
+      request.uploads = new Uploads(configs, request)
+      done()
+    }
+    // After the route's own hooks: the owner may depend on what they found (a session, a user).
+    async function holdFinished (request: FastifyRequest): Promise<void> {
+      uploadsOf(request)!.holdFinished(refs, await settings.owner(request))
+    }
+    function serveChannel (socket: WsSocket, request: FastifyRequest): void {
+      const uploads = uploadsOf(request)!
+      // ws fixes its frame limit per server; the channel's is per route. Set before the
+      // first frame is parsed, it refuses a larger frame from its header (close 1009).
+      socket._receiver!._maxPayload = maxBytes
+      if (socket.protocol !== SUBPROTOCOL) return socket.close(1002, `use subprotocol ${SUBPROTOCOL}`)
+      live.add(uploads)
+      sockets.set(uploads, socket)
+      // The channel lives as long as the socket's listeners hold it.
+      new Channel(socket, uploads, settings.channelWindow) // eslint-disable-line no-new
+      socket.once('close', () => {
+        sockets.delete(uploads)
+        uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).finally(() => live.delete(uploads))
+      })
+    }
+
+    const base = route.routePath.endsWith('/') ? route.routePath.slice(0, -1) : route.routePath
+    instance.route({
+      method: 'GET',
+      url: base + settings.channelSuffix,
+      exposeHeadRoute: false,
+      logLevel: route.logLevel,
+      config: route.config,
+      onRequest: [startChannelUploads, ...hooks(userHooks.onRequest)],
+      preParsing: userHooks.preParsing,
+      preValidation: userHooks.preValidation,
+      preHandler: [...hooks(userHooks.preHandler), holdFinished],
+      websocket: true,
+      handler: serveChannel
+    } as unknown as RouteOptions)
+  }
 
   const shuttingDown = (): EntryFailure => withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
   // preClose: uploads still reading stop now, so their requests can answer and drain.
+  // Channel sockets hear why their entries stopped, then close with 1001 (going away).
   fastify.addHook('preClose', async () => {
-    await Promise.all([...live].map((uploads) => uploads.abort(shuttingDown())))
+    await Promise.all([...live].map(async (uploads) => {
+      await uploads.abort(shuttingDown())
+      sockets.get(uploads)?.close(1001, 'server shutting down')
+    }))
   })
   // onClose: every request is over; wait until their writers are closed and files gone.
   fastify.addHook('onClose', async () => {
     await Promise.all([...live].map((uploads) => uploads.end(shuttingDown())))
+    await refs.discardAll()
   })
 }
 

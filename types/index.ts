@@ -104,6 +104,22 @@ export interface ChunkedUploadOptions {
   maxFields?: number
   /** Largest text field in bytes. Default 1_048_576. */
   maxFieldSize?: number
+  /**
+   * Serve a WebSocket upload channel for every route with `allowUpload` (needs
+   * `@fastify/websocket`, registered before the routes). See PROTOCOL.md. Default false.
+   */
+  channel?: boolean
+  /** The channel's path is the route's path plus this. Default `'/ws'`. */
+  channelSuffix?: string
+  /** Chunk frames a channel client may send before their acknowledgement. Default 8. */
+  channelWindow?: number
+  /**
+   * Who owns an upload: a finished channel entry's ref can only be consumed by a request
+   * with the same owner (compared with `===`). Default: nobody, refs are bearer tokens.
+   */
+  owner?: (request: FastifyRequest) => unknown
+  /** How long a finished channel entry waits for its ref to be consumed, in ms. Default 300_000. */
+  entryTtl?: number
 }
 
 /** An error recorded against an upload name or an entry. */

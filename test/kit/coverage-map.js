@@ -1,11 +1,11 @@
-// Coverage counts the plugin's own sources (lib/) only, whichever test loads them:
-// the demo and bench scripts that some tests start run the built copy in dist/.
+// Coverage counts the package's own sources (lib/ and client/) only, whichever test
+// loads them: the demo and bench scripts that some tests start run the built copy in dist/.
 import { readdirSync } from 'node:fs'
 
-const libFiles = readdirSync('lib', { recursive: true })
+const sourceFiles = ['lib', 'client'].flatMap((dir) => readdirSync(dir, { recursive: true })
   .filter((file) => file.endsWith('.ts'))
-  .map((file) => `lib/${file}`)
+  .map((file) => `${dir}/${file}`))
 
 export default function coverageMap () {
-  return libFiles
+  return sourceFiles
 }

@@ -1,0 +1,71 @@
+// Finished channel entries waiting for their ref: a later request to the route claims
+// them (once, by the same owner), or they are discarded after entryTtl or at shutdown.
+import type { ResolvedConfig } from './config.js'
+import type { Entry } from './entry.js'
+
+/** Where a parked entry came from: told when a request claims it, so it is listed there no more. */
+export interface EntryHome { forsake (entry: Entry): void }
+
+interface Parked { entry: Entry, owner: unknown, home: EntryHome, timer: NodeJS.Timeout }
+
+export class RefStore {
+  readonly #ttl: number
+  readonly #parked = new Map<string, Parked>()
+
+  constructor (ttl: number) {
+    this.#ttl = ttl
+  }
+
+  get size (): number { return this.#parked.size }
+
+  /** Keeps a finished entry for `ttl` ms; parking it again restarts the clock. */
+  park (entry: Entry, owner: unknown, home: EntryHome): void {
+    this.forget(entry)
+    const timer = setTimeout(() => {
+      this.#parked.delete(entry.ref)
+      entry.discard().then(() => home.forsake(entry), () => {})
+    }, this.#ttl)
+    // Waiting refs alone must not keep the process alive.
+    timer.unref()
+    this.#parked.set(entry.ref, { entry, owner, home, timer })
+  }
+
+  holds (entry: Entry): boolean {
+    return this.#parked.get(entry.ref)?.entry === entry
+  }
+
+  /** Stops keeping an entry (its consumer took it, or it is being consumed). */
+  forget (entry: Entry): void {
+    const parked = this.#parked.get(entry.ref)
+    if (parked === undefined) return
+    clearTimeout(parked.timer)
+    this.#parked.delete(entry.ref)
+  }
+
+  claimable (ref: string, owner: unknown, config: ResolvedConfig): boolean {
+    const parked = this.#parked.get(ref)
+    return parked !== undefined && parked.owner === owner && parked.entry.config === config
+  }
+
+  /**
+   * Hands a finished entry to a request: only for the same owner and the same upload
+   * config (the route and name it was checked against). Once: it leaves the store.
+   */
+  claim (ref: string, owner: unknown, config: ResolvedConfig): Entry | undefined {
+    if (!this.claimable(ref, owner, config)) return undefined
+    const parked = this.#parked.get(ref)!
+    this.forget(parked.entry)
+    parked.home.forsake(parked.entry)
+    return parked.entry
+  }
+
+  /** Shutdown: every waiting entry is discarded (its temp file removed). */
+  async discardAll (): Promise<void> {
+    const all = [...this.#parked.values()]
+    for (const { entry } of all) this.forget(entry)
+    await Promise.all(all.map(async ({ entry, home }) => {
+      await entry.discard()
+      home.forsake(entry)
+    }))
+  }
+}
