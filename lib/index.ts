@@ -113,7 +113,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
           if (seen.has(ref) || !refs.claimable(ref, owner, config)) throw new UnknownRefError(JSON.stringify(ref), uploadName)
           seen.add(ref)
         }
-        for (const ref of submitted) uploads.adopt(refs.claim(ref, owner, config)!)
+        for (const ref of submitted) uploads.adopt(refs.claim(ref))
       }
     }
 

@@ -42,17 +42,17 @@ export class RefStore {
     this.#parked.delete(entry.ref)
   }
 
+  /**
+   * Whether a request may take the entry: only with the same owner and the same upload
+   * config (the route and name it was checked against).
+   */
   claimable (ref: string, owner: unknown, config: ResolvedConfig): boolean {
     const parked = this.#parked.get(ref)
     return parked !== undefined && parked.owner === owner && parked.entry.config === config
   }
 
-  /**
-   * Hands a finished entry to a request: only for the same owner and the same upload
-   * config (the route and name it was checked against). Once: it leaves the store.
-   */
-  claim (ref: string, owner: unknown, config: ResolvedConfig): Entry | undefined {
-    if (!this.claimable(ref, owner, config)) return undefined
+  /** Hands a claimable entry (callers check first) to a request. Once: it leaves the store. */
+  claim (ref: string): Entry {
     const parked = this.#parked.get(ref)!
     this.forget(parked.entry)
     parked.home.forsake(parked.entry)

@@ -136,8 +136,17 @@ export interface Postpone<T> { postpone: T }
 
 export type ConsumeFn<Meta, T> = (meta: Meta, entry: UploadEntry) => T | Postpone<T> | Promise<T | Postpone<T>>
 
+/**
+ * Events of `request.uploads`, each with the entry: `progress` (bytes accepted),
+ * `done` (its writer's `close('done')` settled), `error` (refused or failed), `cancel`.
+ */
+export type UploadEvent = 'progress' | 'done' | 'error' | 'cancel'
+
 /** `request.uploads`: the entries of one request (or socket). */
 export interface RequestUploads {
+  on (event: UploadEvent, listener: (entry: UploadEntry) => void): this
+  once (event: UploadEvent, listener: (entry: UploadEntry) => void): this
+  off (event: UploadEvent, listener: (entry: UploadEntry) => void): this
   /** The entries of one upload name, split by whether they are done. */
   entries (uploadName: string): { completed: UploadEntry[], inProgress: UploadEntry[] }
   /** Runs `fn` on every completed entry of `uploadName`, in arrival order, and returns the values. */

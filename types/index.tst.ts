@@ -49,6 +49,10 @@ describe('the allowUpload route option', () => {
 
   test('plugin options are typed', () => {
     expect(app.register).type.not.toBeCallableWith(chunkedUpload, { tmpdir: '/tmp' })
+    expect(app.register).type.toBeCallableWith(chunkedUpload, {
+      channel: true, channelSuffix: '/ws', channelWindow: 16, entryTtl: 60_000, owner: (request: FastifyRequest) => request.headers['x-user']
+    })
+    expect(app.register).type.not.toBeCallableWith(chunkedUpload, { channel: 'yes' })
   })
 })
 
@@ -64,6 +68,12 @@ describe('request.uploads', () => {
     expect(await uploads.consumeEntry('ref', (_meta, entry) => entry.clientName)).type.toBe<string>()
     expect(uploads.errors()).type.toBe<UploadError[]>()
     expect(uploads.entries('a').completed[0]!.status).type.toBe<'pending' | 'uploading' | 'done' | 'cancelled' | 'failed'>()
+  })
+
+  test('emits entry events', () => {
+    const uploads = {} as RequestUploads
+    expect(uploads.on).type.toBeCallableWith('done', (entry: UploadEntry) => entry.ref)
+    expect(uploads.on).type.not.toBeCallableWith('finished', (entry: UploadEntry) => entry.ref)
   })
 
   test('entries are read-only', () => {

@@ -85,9 +85,6 @@ export class Channel {
     })
   }
 
-  /** Every announcement handled (for shutdown and tests). */
-  get settled (): Promise<void> { return this.#announcements }
-
   #send (message: Record<string, unknown>): void {
     if (this.#socket.readyState === OPEN) this.#socket.send(JSON.stringify(message))
   }
@@ -221,7 +218,6 @@ export class Channel {
 
   /** The entry waits for the client: silence from now on counts. */
   #wait (slot: Slot): void {
-    if (slot.entry.ended) return
     const { chunkTimeout } = slot.entry.config
     slot.timer = setTimeout(() => {
       const error = withUploadCode(new ChunkTimeoutError(chunkTimeout), 'chunk_timeout')

@@ -1,0 +1,149 @@
+// The channel's test kit: an app with @fastify/websocket, and a protocol client that
+// speaks PROTOCOL.md frame by frame (not the client library: tests of the server must
+// be able to send what a polite client never would).
+import websocket from '@fastify/websocket'
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Test } from 'tap'
+import WebSocket from 'ws'
+import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
+import { eventually } from './index.js'
+
+export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
+
+export interface ChannelApp { app: FastifyInstance, url: string, wsUrl: string, port: number }
+
+/** The plugin with `channel: true`, registered before @fastify/websocket (so shutdown says 1001). */
+export async function startChannelApp (
+  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}
+): Promise<ChannelApp> {
+  const app = Fastify()
+  await app.register(chunkedUpload, { channel: true, ...options })
+  await app.register(websocket)
+  app.get('/health', async () => ({ ok: true }))
+  routes(app)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : 0
+  t.teardown(() => app.close())
+  return { app, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}`, port }
+}
+
+export type ServerMessage = Record<string, any> & { type: string }
+
+/** One chunk frame: uint32 id, uint64 offset (big-endian), data. */
+export function frame (id: number, offset: number, data: Buffer): Buffer {
+  const head = Buffer.allocUnsafe(12)
+  head.writeUInt32BE(id, 0)
+  head.writeUInt32BE(Math.floor(offset / 2 ** 32), 4)
+  head.writeUInt32BE(offset % 2 ** 32, 8)
+  return Buffer.concat([head, data])
+}
+
+export interface AnnounceOptions { uploadName?: string, name?: string, size: number, mimeType?: string, lastModified?: number }
+
+export class ProtocolClient {
+  readonly socket: WebSocket
+  readonly messages: ServerMessage[] = []
+  readonly closed: Promise<{ code: number, reason: string }>
+  readonly opened: Promise<void>
+
+  constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}) {
+    this.socket = new WebSocket(url, protocols, { headers })
+    this.socket.on('message', (data, isBinary) => {
+      if (!isBinary) this.messages.push(JSON.parse(data.toString()))
+    })
+    this.socket.on('error', () => {})
+    this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    this.opened = new Promise((resolve, reject) => {
+      this.socket.once('open', () => resolve())
+      this.socket.once('unexpected-response', (_req, res) => reject(new Error(`status ${String(res.statusCode)}`)))
+      this.socket.once('error', reject)
+    })
+  }
+
+  static async open (url: string, protocols?: string[], headers?: Record<string, string>): Promise<ProtocolClient> {
+    const client = new ProtocolClient(url, protocols, headers)
+    await client.opened
+    return client
+  }
+
+  json (message: unknown): void {
+    this.socket.send(JSON.stringify(message))
+  }
+
+  announce (id: number, options: AnnounceOptions): void {
+    this.json({ type: 'announce', id, uploadName: 'file', name: `f${id}.bin`, mimeType: '', ...options })
+  }
+
+  chunk (id: number, offset: number, data: Buffer): void {
+    this.socket.send(frame(id, offset, data))
+  }
+
+  /** The first message (from `from` on) that matches, waiting up to `ms`. */
+  async waitFor (match: (m: ServerMessage) => boolean, ms = 5000, from = 0): Promise<ServerMessage> {
+    let found: ServerMessage | undefined
+    await eventually(() => {
+      found = this.messages.slice(from).find(match)
+      return found !== undefined
+    }, ms)
+    if (found === undefined) throw new Error(`no matching message in ${JSON.stringify(this.messages.slice(-5))}`)
+    return found
+  }
+
+  async accepted (id: number): Promise<ServerMessage> {
+    const answer = await this.waitFor((m) => m.id === id && (m.type === 'accepted' || m.type === 'error'))
+    if (answer.type !== 'accepted') throw new Error(`entry ${id} refused: ${JSON.stringify(answer)}`)
+    return answer
+  }
+
+  /** The entry's end: `done` or `error`. */
+  async outcome (id: number, ms = 5000): Promise<ServerMessage> {
+    return await this.waitFor((m) => m.id === id && (m.type === 'done' || (m.type === 'error' && isEnd(m.code))), ms)
+  }
+
+  /**
+   * Sends `data` as entry `id` in chunks of the accepted size, keeping at most `window`
+   * frames unacknowledged (the polite client). Resolves when every frame was sent.
+   */
+  async send (id: number, data: Buffer, accepted: ServerMessage): Promise<void> {
+    const { chunkSize, window } = accepted as unknown as { chunkSize: number, window: number }
+    let sent = 0
+    let offset = 0
+    while (offset < data.length) {
+      const acked = this.messages.filter((m) => m.type === 'ack' && m.id === id).length
+      if (sent - acked >= window) {
+        await eventually(() => this.messages.filter((m) => (m.type === 'ack' && m.id === id) || (m.id === id && m.type === 'error')).length > acked, 5000)
+        if (this.messages.some((m) => m.id === id && m.type === 'error')) return
+        continue
+      }
+      const piece = data.subarray(offset, offset + chunkSize)
+      this.chunk(id, offset, piece)
+      offset += piece.length
+      sent++
+    }
+  }
+
+  /** Announces, waits for `accepted`, sends every byte, and returns the entry's outcome. */
+  async upload (id: number, data: Buffer, options: Partial<AnnounceOptions> = {}): Promise<ServerMessage> {
+    this.announce(id, { size: data.length, ...options })
+    const accepted = await this.accepted(id)
+    await this.send(id, data, accepted)
+    return await this.outcome(id)
+  }
+
+  close (): void {
+    this.socket.close()
+  }
+}
+
+/** Codes of refused messages: they leave the entry as it was. */
+const REFUSALS = new Set(['unknown_entry', 'bad_offset', 'bad_frame', 'bad_message', 'duplicate_id'])
+export function isEnd (code: string): boolean {
+  return !REFUSALS.has(code)
+}
+
+/** POSTs JSON to the route and returns status and body. */
+export async function postJson (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, json: any }> {
+  const response = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } })
+  return { status: response.status, json: await response.json() }
+}
