@@ -1,0 +1,172 @@
+// Test helpers for the client library: the real plugin with its channel on 127.0.0.1,
+// files of any size, and a `ws` WebSocket that records what crosses it both ways.
+import websocket from '@fastify/websocket'
+import Fastify, { type FastifyInstance } from 'fastify'
+import type { Test } from 'tap'
+import { WebSocket } from 'ws'
+import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
+import type { FileLike, WebSocketConstructor } from '../../client/index.js'
+import { bytes, Recorder, sleep } from './index.js'
+
+/** A file of deterministic bytes (Node's File: a real Blob). */
+export function file (name: string, size: number, type = '', seed = size): File {
+  return new File([bytes(size, seed)], name, { type, lastModified: 1_700_000_000_000 })
+}
+
+/**
+ * A file whose reads go through `read(start, end, data)` first: it may wait, throw, or
+ * return other bytes. For files that change or stall while they are read.
+ */
+export function fileWith (source: File, read: (start: number, end: number, data: ArrayBuffer) => Promise<ArrayBuffer> | ArrayBuffer): FileLike {
+  return {
+    name: source.name,
+    size: source.size,
+    type: source.type,
+    lastModified: source.lastModified,
+    slice: (start, end) => ({ arrayBuffer: async () => await read(start, end, await source.slice(start, end).arrayBuffer()) })
+  }
+}
+
+/** What crossed one socket, in order. */
+export type WireEvent =
+  | { dir: 'out', message: Record<string, unknown> }
+  | { dir: 'out', frame: { id: number, offset: number, length: number } }
+  | { dir: 'in', message: Record<string, unknown> }
+  | { dir: 'close', code: number, reason: string }
+
+export interface Wire {
+  url: string
+  protocols: string[]
+  options: unknown
+  events: WireEvent[]
+}
+
+/**
+ * The `ws` WebSocket, observed: every socket the client opens logs what it sends (frames
+ * parsed from their header) and what it receives, in order. The socket itself is real.
+ */
+export function recordingWebSocket (): { WebSocket: WebSocketConstructor, wires: Wire[] } {
+  const wires: Wire[] = []
+  class RecordingWebSocket extends WebSocket {
+    readonly wire: Wire
+    constructor (url: string, protocols: string[], options?: object) {
+      super(url, protocols, options)
+      this.wire = { url, protocols, options, events: [] }
+      wires.push(this.wire)
+      this.addEventListener('message', (event) => {
+        let message: Record<string, unknown>
+        try {
+          message = JSON.parse(String(event.data))
+        } catch {
+          message = { unreadable: String(event.data) }
+        }
+        this.wire.events.push({ dir: 'in', message })
+      })
+      this.addEventListener('close', (event) => {
+        this.wire.events.push({ dir: 'close', code: event.code, reason: event.reason })
+      })
+    }
+
+    override send (data: unknown, ...rest: unknown[]): void {
+      if (typeof data === 'string') {
+        this.wire.events.push({ dir: 'out', message: JSON.parse(data) })
+      } else {
+        const frame = Buffer.from(data as Uint8Array)
+        this.wire.events.push({ dir: 'out', frame: { id: frame.readUInt32BE(0), offset: Number(frame.readBigUInt64BE(4)), length: frame.length - 12 } })
+      }
+      super.send(data as Buffer, ...rest as [])
+    }
+  }
+  return { WebSocket: RecordingWebSocket, wires }
+}
+
+/** Messages of one type sent or received on a wire. */
+export function messages (wire: Wire, dir: 'in' | 'out', type: string): Array<Record<string, unknown>> {
+  return wire.events.flatMap((event) => event.dir === dir && 'message' in event && event.message.type === type ? [event.message] : [])
+}
+
+export function frames (wire: Wire, id?: number): Array<{ id: number, offset: number, length: number }> {
+  return wire.events.flatMap((event) => 'frame' in event && (id === undefined || event.frame.id === id) ? [event.frame] : [])
+}
+
+/** The most chunk frames ever unanswered at once (an ack answers one; an entry's end answers all of its). */
+export function mostUnacked (wire: Wire): number {
+  const open = new Map<unknown, number>()
+  let total = 0
+  let most = 0
+  for (const event of wire.events) {
+    if ('frame' in event) {
+      open.set(event.frame.id, (open.get(event.frame.id) ?? 0) + 1)
+      total++
+    } else if (event.dir === 'in' && event.message.type === 'ack') {
+      open.set(event.message.id, open.get(event.message.id)! - 1)
+      total--
+    } else if (event.dir === 'in' && (event.message.type === 'done' || event.message.type === 'error')) {
+      total -= open.get(event.message.id) ?? 0
+      open.delete(event.message.id)
+    }
+    most = Math.max(most, total)
+  }
+  return most
+}
+
+/** The most entries announced and not yet ended at once. */
+export function mostAnnounced (wire: Wire): number {
+  const live = new Set<unknown>()
+  let most = 0
+  for (const event of wire.events) {
+    if (event.dir === 'out' && 'message' in event && event.message.type === 'announce') live.add(event.message.id)
+    if (event.dir === 'out' && 'message' in event && event.message.type === 'cancel') live.delete(event.message.id)
+    if (event.dir === 'in' && (event.message.type === 'done' || event.message.type === 'error')) live.delete(event.message.id)
+    most = Math.max(most, live.size)
+  }
+  return most
+}
+
+export interface ChannelApp {
+  app: FastifyInstance
+  /** The origin, `http://127.0.0.1:port`. */
+  url: string
+}
+
+/**
+ * Fastify with @fastify/websocket and the plugin (`channel: true`), given routes,
+ * listening on 127.0.0.1; closed at teardown.
+ */
+export async function startChannelApp (t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}): Promise<ChannelApp> {
+  const app = Fastify()
+  await app.register(websocket)
+  await app.register(chunkedUpload, { channel: true, ...options })
+  routes(app)
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const address = app.server.address()
+  const port = typeof address === 'object' && address !== null ? address.port : 0
+  t.teardown(() => app.close())
+  return { app, url: `http://127.0.0.1:${port}` }
+}
+
+/**
+ * A recorder whose writers also count `discard` (a finished entry dropped unconsumed),
+ * so tests can see what became of finished entries.
+ */
+export function discardingRecorder (recorder: Recorder): { factory: () => [Recorder['writer'], unknown], discarded: number[] } {
+  const discarded: number[] = []
+  const writer: Recorder['writer'] = {
+    ...recorder.writer,
+    discard: (state: { record: { id: number } }) => { discarded.push(state.record.id) }
+  } as Recorder['writer']
+  return { factory: () => [writer, { level: 'test' }], discarded }
+}
+
+/** `fn()` once it returns something, polling; fails after `ms`. */
+export async function until<T> (what: string, fn: () => T | undefined | false, ms = 5000): Promise<T> {
+  const deadline = Date.now() + ms
+  for (;;) {
+    const value = fn()
+    if (value !== undefined && value !== false) return value
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    await sleep(10)
+  }
+}
+
+export { Recorder }
