@@ -130,13 +130,15 @@ export interface ChannelApp {
 }
 
 /**
- * Fastify with @fastify/websocket and the plugin (`channel: true`), given routes,
+ * Fastify with the plugin (`channel: true`) and @fastify/websocket, given routes,
  * listening on 127.0.0.1; closed at teardown.
  */
 export async function startChannelApp (t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}): Promise<ChannelApp> {
   const app = Fastify()
-  await app.register(websocket)
+  // The plugin's preClose must run before @fastify/websocket's (which closes every
+  // socket at once, with no code), so that shutdown says why: register it first.
   await app.register(chunkedUpload, { channel: true, ...options })
+  await app.register(websocket)
   routes(app)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
