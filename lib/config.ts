@@ -24,7 +24,8 @@ const configProperties = {
   writer: Opt(Fn),
   validate: Opt(Fn),
   progress: Opt(Fn),
-  onEntryError: Opt(Type.Union([Type.Literal('fail'), Type.Literal('continue')]))
+  onEntryError: Opt(Type.Union([Type.Literal('fail'), Type.Literal('continue')])),
+  resumable: Opt(Type.Boolean())
 }
 
 export const UploadConfigSchema = Type.Object(configProperties, { additionalProperties: false })
@@ -39,7 +40,10 @@ export const PluginOptionsSchema = Type.Object({
   channelSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
   channelWindow: Opt(Type.Integer({ minimum: 1, maximum: 1024 })),
   owner: Opt(Fn),
-  entryTtl: Opt(Milliseconds)
+  entryTtl: Opt(Milliseconds),
+  resumableSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
+  resumableExpiry: Opt(Milliseconds),
+  resumableMaxLifetime: Opt(Milliseconds)
 }, { additionalProperties: false })
 
 /** LiveView's defaults, camelCased, plus ours. */
@@ -57,7 +61,10 @@ export const PLUGIN_DEFAULTS = {
   maxFieldSize: 1_048_576,
   channelSuffix: '/ws',
   channelWindow: 8,
-  entryTtl: 300_000
+  entryTtl: 300_000,
+  resumableSuffix: '/tus',
+  resumableExpiry: 3_600_000,
+  resumableMaxLifetime: 86_400_000
 }
 
 /** An upload config with every default filled in and `accept` parsed. */
@@ -73,6 +80,10 @@ export interface ResolvedConfig {
   validate: UploadConfig['validate']
   progress: UploadConfig['progress']
   onEntryError: 'fail' | 'continue'
+  /** Served by the route's resumable (tus / IETF) endpoint too. */
+  resumable: boolean
+  /** A staging copy (partial uploads) points to the route's own config. */
+  base?: ResolvedConfig
 }
 
 export interface Accept { any: boolean, extensions: string[], types: Set<string>, wildcards: string[] }
@@ -124,6 +135,7 @@ function describe (schema: typeof UploadConfigSchema | typeof PartialUploadConfi
 const HINTS: Record<string, string> = {
   accept: '\'any\' or a non-empty list of ".ext", "type/subtype", "type/*"',
   channelSuffix: 'a path that starts with "/" and does not end with one',
+  resumableSuffix: 'a path that starts with "/" and does not end with one',
   onEntryError: '\'fail\' or \'continue\''
 }
 
@@ -137,6 +149,9 @@ export interface PluginSettings {
   channelWindow: number
   owner: OwnerFn
   entryTtl: number
+  resumableSuffix: string
+  resumableExpiry: number
+  resumableMaxLifetime: number
 }
 
 export type OwnerFn = (request: FastifyRequest) => unknown
@@ -155,7 +170,10 @@ export function validatePluginOptions (options: unknown): PluginSettings {
     channelWindow: opts.channelWindow ?? PLUGIN_DEFAULTS.channelWindow,
     // Without an owner, refs are bearer tokens: everyone is the same owner.
     owner: opts.owner ?? (() => undefined),
-    entryTtl: opts.entryTtl ?? PLUGIN_DEFAULTS.entryTtl
+    entryTtl: opts.entryTtl ?? PLUGIN_DEFAULTS.entryTtl,
+    resumableSuffix: opts.resumableSuffix ?? PLUGIN_DEFAULTS.resumableSuffix,
+    resumableExpiry: opts.resumableExpiry ?? PLUGIN_DEFAULTS.resumableExpiry,
+    resumableMaxLifetime: opts.resumableMaxLifetime ?? PLUGIN_DEFAULTS.resumableMaxLifetime
   }
 }
 
@@ -197,7 +215,8 @@ export function resolveAllowUpload (
       writer: merged.writer ?? defaultWriter,
       validate: merged.validate,
       progress: merged.progress,
-      onEntryError: merged.onEntryError ?? DEFAULTS.onEntryError
+      onEntryError: merged.onEntryError ?? DEFAULTS.onEntryError,
+      resumable: merged.resumable ?? false
     })
   }
   return resolved

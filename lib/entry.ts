@@ -25,7 +25,7 @@ export class Entry implements UploadEntry {
   readonly uploadName: string
   readonly clientName: string
   readonly clientType: string
-  readonly clientSize: number | undefined
+  clientSize: number | undefined
   readonly clientLastModified: number | undefined
   bytesReceived = 0
   status: EntryStatus = 'pending'
@@ -78,6 +78,11 @@ export class Entry implements UploadEntry {
   }
 
   get ended (): boolean { return ENDED.has(this.status) }
+
+  /** A resumable upload's deferred length became known. */
+  declareSize (size: number): void {
+    this.clientSize = size
+  }
 
   /** The upload config the entry was validated against. */
   get config (): ResolvedConfig { return this.#config }

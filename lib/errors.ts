@@ -26,6 +26,18 @@ export const InProgressError = createError('FST_CHUNKED_UPLOAD_IN_PROGRESS', 'Ca
 export const InvalidConfigError = createError('FST_CHUNKED_UPLOAD_INVALID_CONFIG', '%s', 500, TypeError)
 export const UnknownRefError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_REF', 'Upload ref %s for "%s" is unknown, expired, already used or not yours', 400)
 export const ChannelNeedsWebsocketError = createError('FST_CHUNKED_UPLOAD_NO_WEBSOCKET', 'The upload channel of %s needs @fastify/websocket: register it before the routes, or set channel: false', 500)
+export const BadResumableHeaderError = createError('FST_CHUNKED_UPLOAD_BAD_HEADER', 'Header %s must be %s', 400)
+export const ResumableVersionError = createError('FST_CHUNKED_UPLOAD_UNSUPPORTED_VERSION', 'Unsupported protocol version: send Tus-Resumable: 1.0.0, or Upload-Draft-Interop-Version 5 to 8', 412)
+export const ResumableMediaTypeError = createError('FST_CHUNKED_UPLOAD_BAD_CONTENT_TYPE', 'An append needs Content-Type %s', 415)
+export const OffsetMismatchError = createError('FST_CHUNKED_UPLOAD_OFFSET_MISMATCH', 'Upload-Offset %s does not match the upload offset %s', 409)
+export const UploadNotFoundError = createError('FST_CHUNKED_UPLOAD_NOT_FOUND', 'No such upload', 404)
+export const UploadGoneError = createError('FST_CHUNKED_UPLOAD_GONE', 'The upload ended: %s', 410)
+export const UploadCompletedError = createError('FST_CHUNKED_UPLOAD_COMPLETED', 'The upload is already complete', 400)
+export const FinalUploadError = createError('FST_CHUNKED_UPLOAD_FINAL', 'A final (concatenated) upload cannot be appended to', 403)
+export const UploadLengthError = createError('FST_CHUNKED_UPLOAD_LENGTH', '%s', 400)
+export const ChecksumMismatchError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_MISMATCH', 'Upload-Checksum does not match the body: nothing was stored', 460)
+export const ChecksumBodyTooLargeError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_BODY_TOO_LARGE', 'An append with Upload-Checksum may carry at most %s bytes', 413)
+export const BadConcatError = createError('FST_CHUNKED_UPLOAD_BAD_CONCAT', '%s', 400)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** An error plus the short entry-level code it maps to. */

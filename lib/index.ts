@@ -17,8 +17,13 @@ import { TmpFileWriter } from './writers/tmp-file.js'
 import { receiveMultipart } from './transports/multipart.js'
 import { receiveRaw } from './transports/raw.js'
 import { Channel, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
+import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transports/resumable.js'
+import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
+/** Set on requests to a resumable endpoint: their bodies are left unread for the endpoint. */
+const kResumable = Symbol('fastify-chunked-upload.resumable')
+type MaybeResumable = FastifyRequest & { [kResumable]?: true }
 
 /** The upload set of a request, or null on routes without allowUpload. */
 function uploadsOf (request: FastifyRequest): Uploads | null {
@@ -48,12 +53,15 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const live = new Set<Uploads>()
   /** Channel sockets open, closed with 1001 at shutdown. */
   const sockets = new Map<Uploads, WsSocket>()
-  /** Finished channel entries waiting for their ref. */
+  /** Finished channel and resumable entries waiting for their ref. */
   const refs = new RefStore(settings.entryTtl)
+  /** Resumable uploads in progress, across requests. */
+  const resumables = new ResumableRegistry()
 
   fastify.decorateRequest('uploads', null as unknown as Uploads)
 
   fastify.addContentTypeParser('multipart/form-data', async (request: FastifyRequest, payload: IncomingMessage) => {
+    if ((request as MaybeResumable)[kResumable] === true) return payload
     const uploads = uploadsOf(request)
     if (uploads === null) throw new NoUploadConfigError(request.method, request.url)
     return await receiveMultipart(uploads, request, payload, settings)
@@ -62,6 +70,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // Any content type without a parser of its own is a raw upload on an upload route;
   // elsewhere it gets Fastify's usual 415.
   fastify.addContentTypeParser('*', async (request: FastifyRequest, payload: IncomingMessage) => {
+    if ((request as MaybeResumable)[kResumable] === true) return payload
     const uploads = uploadsOf(request)
     if (uploads === null) throw new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(request.headers['content-type'])
     await receiveRaw(uploads, request, payload)
@@ -99,10 +108,12 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       for (const [uploadName, config] of uploads.configs) {
         if (!Object.hasOwn(body, uploadName)) continue
         const value = body[uploadName]
-        const submitted = typeof value === 'string' ? [value] : value
-        if (!Array.isArray(submitted) || !submitted.every((ref) => typeof ref === 'string')) {
+        const given = typeof value === 'string' ? [value] : value
+        if (!Array.isArray(given) || !given.every((ref) => typeof ref === 'string')) {
           throw new UnknownRefError(JSON.stringify(value), uploadName)
         }
+        // A resumable upload may be named by its URL: its id is the ref.
+        const submitted = given.map((ref) => ref.includes('/') ? idOfUrl(ref) : ref)
         if (uploads.acceptedCount(uploadName) + submitted.length > config.maxEntries) {
           throw withUploadCode(new TooManyFilesError(uploadName, config.maxEntries), 'too_many_files')
         }
@@ -117,13 +128,64 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       }
     }
 
-    route.onRequest = [...hooks(route.onRequest), startUploads]
+    const userHooks = { onRequest: hooks(route.onRequest), preParsing: hooks(route.preParsing), preValidation: hooks(route.preValidation), preHandler: hooks(route.preHandler) }
+    route.onRequest = [...userHooks.onRequest, startUploads]
     route.onSend = [...hooks(route.onSend), closeIfBodyUnread]
-    if (!settings.channel) return
-    const userHooks = { onRequest: hooks(route.onRequest).slice(0, -1), preParsing: hooks(route.preParsing), preValidation: hooks(route.preValidation), preHandler: hooks(route.preHandler) }
+    const resumableConfigs = new Map([...configs].filter(([, config]) => config.resumable))
+    if (!settings.channel && resumableConfigs.size === 0) return
     route.preHandler = [...userHooks.preHandler, claimRefs]
-    addChannel(this, route, configs, where, userHooks)
+    if (settings.channel) addChannel(this, route, configs, where, userHooks)
+    if (resumableConfigs.size > 0) addResumable(this, route, resumableConfigs, userHooks)
   })
+
+  /**
+   * The route's resumable endpoint (tus 1.0, IETF draft): the route's path plus the
+   * suffix, and upload URLs under it, behind the route's own hooks.
+   */
+  function addResumable (
+    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>,
+    userHooks: Pick<RouteOptions, 'onRequest' | 'preParsing' | 'preValidation' | 'preHandler'>
+  ): void {
+    const endpoint = new ResumableEndpoint(configs, resumables, {
+      refs,
+      owner: settings.owner,
+      expiry: settings.resumableExpiry,
+      maxLifetime: settings.resumableMaxLifetime,
+      staging: TmpFileWriter,
+      stagingOptions: { dir: tmpDir }
+    })
+    function markResumable (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
+      (request as MaybeResumable)[kResumable] = true
+      reply.header('tus-resumable', TUS_VERSION)
+      done()
+    }
+    // CORS: whoever allowed the origin (@fastify/cors, say), the page may read the protocol's headers.
+    function exposeHeaders (_request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
+      if (reply.getHeader('access-control-allow-origin') !== undefined) {
+        const exposed = reply.getHeader('access-control-expose-headers')
+        reply.header('access-control-expose-headers', exposed === undefined ? EXPOSED_HEADERS : `${String(exposed)}, ${EXPOSED_HEADERS}`)
+      }
+      done(null, payload)
+    }
+    const base = (route.routePath.endsWith('/') ? route.routePath.slice(0, -1) : route.routePath) + settings.resumableSuffix
+    const common = {
+      exposeHeadRoute: false,
+      logLevel: route.logLevel,
+      config: route.config,
+      onRequest: [markResumable, ...hooks(userHooks.onRequest)],
+      preParsing: userHooks.preParsing,
+      preValidation: userHooks.preValidation,
+      preHandler: userHooks.preHandler,
+      onSend: exposeHeaders
+    }
+    const options = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => await endpoint.options(request, reply)
+    instance.route({ ...common, method: 'OPTIONS', url: base, handler: options } as RouteOptions)
+    instance.route({ ...common, method: 'POST', url: base, handler: async (request, reply) => await endpoint.post(request, reply) } as RouteOptions)
+    instance.route({ ...common, method: 'OPTIONS', url: `${base}/:id`, handler: options } as RouteOptions)
+    instance.route({
+      ...common, method: ['HEAD', 'PATCH', 'DELETE', 'POST'], url: `${base}/:id`, handler: async (request, reply) => await endpoint.upload(request, reply)
+    } as RouteOptions)
+  }
 
   /**
    * The route's WebSocket channel: GET on its path plus the suffix, behind the route's
@@ -180,6 +242,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // preClose: uploads still reading stop now, so their requests can answer and drain.
   // Channel sockets hear why their entries stopped, then close with 1001 (going away).
   fastify.addHook('preClose', async () => {
+    await resumables.shutdown()
     await Promise.all([...live].map(async (uploads) => {
       await uploads.abort(shuttingDown())
       sockets.get(uploads)?.close(1001, 'server shutting down')

@@ -89,6 +89,8 @@ export interface UploadConfig {
   progress?: (uploadName: string, entry: UploadEntry, request: FastifyRequest) => void | Promise<void>
   /** `'fail'` (default): a failing entry fails the request. `'continue'`: the handler runs and reads `request.uploads.errors()`. */
   onEntryError?: 'fail' | 'continue'
+  /** Also accept this upload name over the route's resumable endpoint (tus 1.0 and the IETF draft). Default false. */
+  resumable?: boolean
 }
 
 /** The route option: upload names to their configs. */
@@ -118,8 +120,14 @@ export interface ChunkedUploadOptions {
    * with the same owner (compared with `===`). Default: nobody, refs are bearer tokens.
    */
   owner?: (request: FastifyRequest) => unknown
-  /** How long a finished channel entry waits for its ref to be consumed, in ms. Default 300_000. */
+  /** How long a finished channel or resumable entry waits for its ref to be consumed, in ms. Default 300_000. */
   entryTtl?: number
+  /** The resumable endpoint's path is the route's path plus this. Default `'/tus'`. */
+  resumableSuffix?: string
+  /** A resumable upload without any request or byte for this long expires (its writer gets 'cancel'), in ms. Default 3_600_000. */
+  resumableExpiry?: number
+  /** The longest a resumable upload may take from creation to its last byte, in ms. Default 86_400_000. */
+  resumableMaxLifetime?: number
 }
 
 /** An error recorded against an upload name or an entry. */

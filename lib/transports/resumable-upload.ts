@@ -1,0 +1,174 @@
+// One resumable upload: an entry that lives across requests. It holds the upload's
+// length, metadata and timers, lets one request at a time write to it (a newer request
+// pre-empts the older one), and appends a request body to the entry with backpressure.
+// A client that goes away detaches: what the writer accepted stays, the entry lives on.
+import type { Readable } from 'node:stream'
+import type { ResolvedConfig } from '../config.js'
+import type { Entry } from '../entry.js'
+
+/** How an append ended. */
+export type AppendEnd = 'end' | 'stopped' | 'aborted' | 'timeout' | 'limit' | 'failed'
+
+/** Why an upload is gone: what later requests for it are told (410). */
+export type GoneReason = 'terminated' | 'expired' | 'failed' | 'consumed' | 'concatenated' | 'shut down' | 'cancelled'
+
+interface Holder { stop: () => void, released: Promise<void> }
+
+export interface UploadInit {
+  entry: Entry
+  config: ResolvedConfig
+  owner: unknown
+  length: number | undefined
+  metadata: string | undefined
+  /** 'partial' uploads are staged for a later 'final' one; 'final' ones are concatenations. */
+  concat: 'partial' | 'final' | undefined
+  concatHeader: string | undefined
+  /** Idle time (no request, no byte) before the upload expires, and its longest life, in ms. */
+  expiry: number
+  maxLifetime: number
+  /** Called once when the upload expires. */
+  onExpire: (upload: ResumableUpload) => void
+}
+
+export class ResumableUpload {
+  readonly entry: Entry
+  readonly config: ResolvedConfig
+  readonly owner: unknown
+  readonly metadata: string | undefined
+  readonly concat: 'partial' | 'final' | undefined
+  readonly concatHeader: string | undefined
+  /** Known length of the whole upload; undefined while deferred. */
+  length: number | undefined
+  readonly #expiry: number
+  readonly #deadline: number
+  #expiresAt = 0
+  readonly #idleTimer: NodeJS.Timeout
+  readonly #lifeTimer: NodeJS.Timeout
+  #holder: Holder | undefined
+
+  constructor (init: UploadInit) {
+    this.entry = init.entry
+    this.config = init.config
+    this.owner = init.owner
+    this.length = init.length
+    this.metadata = init.metadata
+    this.concat = init.concat
+    this.concatHeader = init.concatHeader
+    this.#expiry = init.expiry
+    this.#deadline = Date.now() + init.maxLifetime
+    const expire = (): void => {
+      this.stopTimers()
+      init.onExpire(this)
+    }
+    this.#idleTimer = setTimeout(expire, init.expiry)
+    this.#lifeTimer = setTimeout(expire, init.maxLifetime)
+    // Waiting uploads alone must not keep the process alive.
+    this.#idleTimer.unref()
+    this.#lifeTimer.unref()
+    this.touch()
+  }
+
+  get id (): string { return this.entry.ref }
+
+  /** Bytes that went through settled `writeChunk` calls: the one truthful offset. */
+  get offset (): number { return this.entry.bytesReceived }
+
+  get complete (): boolean { return this.entry.status === 'done' }
+
+  /** When the upload expires if nothing happens (idle time, capped by its lifetime). */
+  get expiresAt (): number { return this.#expiresAt }
+
+  /** Activity: the idle clock starts again. */
+  touch (): void {
+    this.#expiresAt = Math.min(Date.now() + this.#expiry, this.#deadline)
+    this.#idleTimer.refresh()
+  }
+
+  stopTimers (): void {
+    clearTimeout(this.#idleTimer)
+    clearTimeout(this.#lifeTimer)
+  }
+
+  /**
+   * Waits until no other request holds the upload, asking any holder to stop (it
+   * stops reading at once, and lets go once its writer call in flight settled).
+   * Returns the release function. No polling: each waiter awaits the holder's release.
+   */
+  async acquire (stop: () => void = () => {}): Promise<() => void> {
+    while (this.#holder !== undefined) {
+      const holder = this.#holder
+      holder.stop()
+      await holder.released
+    }
+    let release!: () => void
+    const released = new Promise<void>((resolve) => { release = resolve })
+    const holder: Holder = { stop, released }
+    this.#holder = holder
+    return () => {
+      if (this.#holder === holder) this.#holder = undefined
+      this.touch()
+      release()
+    }
+  }
+}
+
+export interface AppendOptions {
+  /** Most bytes this append may bring. */
+  limit: number
+  /** Client silence that ends the append, in ms. */
+  idle: number
+  /** Registers the function that stops the append (pre-emption). */
+  onStop: (stop: () => void) => void
+}
+
+/**
+ * Feeds a request body to the entry, one buffer at a time, reading the next only once
+ * `writeChunk` settled. Resolves with how it ended; never rejects.
+ */
+export async function append (upload: ResumableUpload, body: Readable, options: AppendOptions): Promise<AppendEnd> {
+  const { entry } = upload
+  if (body.readableEnded) return 'end'
+  if (body.destroyed) return 'aborted'
+  return await new Promise<AppendEnd>((resolve) => {
+    let received = 0
+    let writing = false
+    let ending: AppendEnd | undefined
+    const timer = setTimeout(() => end('timeout'), options.idle)
+    function end (how: AppendEnd): void {
+      ending ??= how
+      // A writer call in flight finishes first: the offset must be settled when we answer.
+      if (writing) return
+      clearTimeout(timer)
+      body.off('data', onData)
+      body.off('end', onEnd)
+      body.off('close', onClose)
+      body.off('error', onClose)
+      body.pause()
+      resolve(ending)
+    }
+    function onData (chunk: Buffer): void {
+      timer.refresh()
+      if (received + chunk.length > options.limit) return end('limit')
+      received += chunk.length
+      writing = true
+      body.pause()
+      entry.write(chunk).then(() => {
+        writing = false
+        if (ending !== undefined) return end(ending)
+        upload.touch()
+        body.resume()
+      }, () => {
+        writing = false
+        end('failed')
+      })
+    }
+    function onEnd (): void { end('end') }
+    function onClose (): void { end(body.readableEnded ? 'end' : 'aborted') }
+    options.onStop(() => end('stopped'))
+    body.on('data', onData)
+    body.once('end', onEnd)
+    body.once('close', onClose)
+    body.once('error', onClose)
+    body.resume()
+  })
+}

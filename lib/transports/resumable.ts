@@ -1,0 +1,495 @@
+// Resumable HTTP uploads: tus 1.0 (creation, creation-with-upload, creation-defer-length,
+// termination, expiration, checksum, concatenation) and the IETF "Resumable Uploads for
+// HTTP" draft (interop versions 5 to 8), on one endpoint per upload route. Each upload
+// is one entry that lives across requests; its offset is always the bytes its writer
+// accepted.
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import type { Readable } from 'node:stream'
+import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { UploadWriter } from '../../types/index.js'
+import { mediaType, parseAccept, safeBasename, type OwnerFn, type ResolvedConfig } from '../config.js'
+import type { Entry } from '../entry.js'
+import {
+  BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, FinalUploadError, NoUploadNameError, OffsetMismatchError,
+  ResumableMediaTypeError, ResumableVersionError, ShuttingDownError, TooLargeError, TooManyFilesError, UnexpectedFieldError,
+  UploadCompletedError, UploadGoneError, UploadLengthError, UploadNotFoundError, withUploadCode, type EntryFailure
+} from '../errors.js'
+import type { RefStore } from '../refs.js'
+import { Uploads } from '../uploads.js'
+import {
+  CHECKSUM_ALGORITHMS, INTEROP_VERSIONS, TUS_VERSION, booleanHeader, checksumHeader, concatHeader, idOfUrl, integerHeader, mediaTypeOf,
+  metadataHeader, type Checksum
+} from './resumable-headers.js'
+import { ResumableUpload, append, type GoneReason } from './resumable-upload.js'
+
+const TUS_EXTENSIONS = 'creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation'
+const TUS_CONTENT_TYPE = 'application/offset+octet-stream'
+const IETF_CONTENT_TYPE = 'application/partial-upload'
+/** An append with Upload-Checksum is held in memory until its digest is checked. */
+export const CHECKSUM_BODY_LIMIT = 16 * 1024 * 1024
+/** Partial uploads (for concatenation) an owner may hold per upload name, per `maxEntries`. */
+const PARTIALS_PER_ENTRY = 16
+/** Ids of uploads that ended, remembered so later requests get 410 rather than 404. */
+const GONE_MEMORY = 10_000
+/** Headers a browser page may read from our answers (CORS). */
+export const EXPOSED_HEADERS = [
+  'Location', 'Upload-Offset', 'Upload-Length', 'Upload-Defer-Length', 'Upload-Metadata', 'Upload-Expires', 'Upload-Concat',
+  'Tus-Resumable', 'Tus-Version', 'Tus-Extension', 'Tus-Max-Size', 'Tus-Checksum-Algorithm',
+  'Upload-Complete', 'Upload-Limit', 'Upload-Draft-Interop-Version'
+].join(', ')
+
+export interface ResumableSettings {
+  refs: RefStore
+  owner: OwnerFn
+  expiry: number
+  maxLifetime: number
+  /** Where partial uploads are staged until their final upload concatenates them. */
+  staging: UploadWriter
+  stagingOptions: unknown
+}
+
+/** The request's dialect: tus 1.0, or an interop version of the IETF draft. */
+type Dialect = { ietf: false } | { ietf: true, version: string }
+
+/** An upload's own upload set: told when a request claims its entry, or its ref expires. */
+class UploadHome extends Uploads {
+  onForsake: (() => void) | undefined
+  override forsake (entry: Entry): void {
+    super.forsake(entry)
+    this.onForsake?.()
+  }
+}
+
+/** Every resumable upload of the plugin, by id, and the ids of recent ended ones. */
+export class ResumableRegistry {
+  readonly #uploads = new Map<string, ResumableUpload>()
+  readonly #gone = new Map<string, GoneReason>()
+
+  get size (): number { return this.#uploads.size }
+
+  add (upload: ResumableUpload): void {
+    this.#uploads.set(upload.id, upload)
+  }
+
+  find (id: string): ResumableUpload | GoneReason | undefined {
+    return this.#uploads.get(id) ?? this.#gone.get(id)
+  }
+
+  remove (upload: ResumableUpload, reason: GoneReason): void {
+    if (this.#uploads.get(upload.id) !== upload) return
+    upload.stopTimers()
+    this.#uploads.delete(upload.id)
+    this.#gone.set(upload.id, reason)
+    if (this.#gone.size > GONE_MEMORY) this.#gone.delete(this.#gone.keys().next().value!)
+  }
+
+  /** Live uploads of one owner for one upload config, partial or not. */
+  count (owner: unknown, config: ResolvedConfig, partial: boolean): number {
+    let count = 0
+    for (const upload of this.#uploads.values()) {
+      if (upload.owner === owner && routeConfigOf(upload) === config && (upload.concat === 'partial') === partial) count++
+    }
+    return count
+  }
+
+  /** Shutdown: unfinished uploads are cancelled, staged partials removed. */
+  async shutdown (): Promise<void> {
+    const failure = withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
+    await Promise.all([...this.#uploads.values()].map(async (upload) => {
+      this.remove(upload, 'shut down')
+      if (upload.complete && upload.concat === 'partial') await upload.entry.discard()
+      else await upload.entry.cancel(failure)
+    }))
+  }
+}
+
+/** The handlers of one route's resumable endpoint. */
+export class ResumableEndpoint {
+  readonly #configs: ReadonlyMap<string, ResolvedConfig>
+  readonly #registry: ResumableRegistry
+  readonly #settings: ResumableSettings
+
+  constructor (configs: ReadonlyMap<string, ResolvedConfig>, registry: ResumableRegistry, settings: ResumableSettings) {
+    this.#configs = configs
+    this.#registry = registry
+    this.#settings = settings
+  }
+
+  get maxSize (): number {
+    let max = 0
+    for (const config of this.#configs.values()) max = Math.max(max, config.maxFileSize)
+    return max
+  }
+
+  /** OPTIONS: what this endpoint supports. */
+  async options (_request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    reply.code(204).headers({
+      'tus-version': TUS_VERSION,
+      'tus-extension': TUS_EXTENSIONS,
+      'tus-max-size': this.maxSize,
+      'tus-checksum-algorithm': [...CHECKSUM_ALGORITHMS].join(','),
+      'accept-patch': `${IETF_CONTENT_TYPE}, ${TUS_CONTENT_TYPE}`,
+      'upload-limit': `max-size=${this.maxSize}`
+    })
+    await reply.send()
+  }
+
+  /** POST on the endpoint: a creation, unless X-HTTP-Method-Override says otherwise. */
+  async post (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const method = methodOf(request)
+    if (method !== 'POST') throw new UploadNotFoundError()
+    const dialect = dialectOf(request, reply)
+    const config = this.#chooseConfig(request)
+    const concat = concatHeader(request.headers)
+    if (concat?.kind === 'final') return await this.#createFinal(request, reply, dialect, config, concat.parts)
+    const partial = concat?.kind === 'partial'
+    const { headers } = request
+    const complete = dialect.ietf ? booleanHeader(headers, 'upload-complete') : undefined
+    let length = integerHeader(headers, 'upload-length')
+    const deferred = headers['upload-defer-length']
+    if (dialect.ietf) {
+      // Without Upload-Length, a request that says it is complete carries the whole upload.
+      if (length === undefined && complete === true) length = integerHeader(headers, 'content-length') ?? 0
+    } else if (deferred !== undefined) {
+      if (deferred !== '1') throw new UploadLengthError('Upload-Defer-Length must be 1')
+      if (length !== undefined) throw new UploadLengthError('Send Upload-Length or Upload-Defer-Length, not both')
+    } else if (length === undefined) {
+      throw new UploadLengthError('A creation needs Upload-Length or Upload-Defer-Length: 1')
+    }
+    if (length !== undefined && length > config.maxFileSize) throw this.#tooLarge(reply, config, '')
+    const metadata = metadataHeader(headers)
+    const owner = await this.#settings.owner(request)
+    const cap = partial ? config.maxEntries * PARTIALS_PER_ENTRY : config.maxEntries
+    if (this.#registry.count(owner, config, partial) >= cap) {
+      throw withUploadCode(new TooManyFilesError(config.uploadName, cap), 'too_many_files')
+    }
+    const values = metadata?.values
+    const upload = await this.#open(request, partial ? this.#stagingConfig(config) : config, owner, {
+      clientName: safeBasename(values?.get('filename') ?? values?.get('name')),
+      clientType: mediaType(values?.get('filetype') ?? values?.get('type')),
+      clientSize: length
+    }, { length, metadata: metadata?.raw, concat: partial ? 'partial' : undefined, concatHeader: partial ? 'partial' : undefined, hold: !partial })
+    reply.header('location', `${pathOf(request)}/${upload.id}`)
+    if (hasBody(request)) {
+      await this.#append(upload, request, reply, dialect, 201)
+      return
+    }
+    if (upload.length === 0) await this.#finish(upload)
+    this.#describe(upload, reply, dialect)
+    await reply.code(201).send()
+  }
+
+  /** Requests on an upload URL: HEAD, PATCH, DELETE (or POST with X-HTTP-Method-Override). */
+  async upload (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const method = methodOf(request)
+    const dialect = dialectOf(request, reply)
+    const upload = await this.#find(request)
+    if (method === 'HEAD') return await this.#head(upload, reply, dialect)
+    if (method === 'PATCH') return await this.#append(upload, request, reply, dialect, 204)
+    if (method === 'DELETE') return await this.#terminate(upload, reply)
+    throw new UploadNotFoundError()
+  }
+
+  async #find (request: FastifyRequest): Promise<ResumableUpload> {
+    const found = this.#registry.find((request.params as { id: string }).id)
+    if (found === undefined) throw new UploadNotFoundError()
+    if (typeof found === 'string') throw new UploadGoneError(found)
+    // Another owner's upload does not exist, as far as this request can tell.
+    if (found.owner !== await this.#settings.owner(request) || ![...this.#configs.values()].includes(routeConfigOf(found))) {
+      throw new UploadNotFoundError()
+    }
+    return found
+  }
+
+  async #head (upload: ResumableUpload, reply: FastifyReply, dialect: Dialect): Promise<void> {
+    // A writer call in flight settles first (the holder is asked to stop): the offset
+    // reported here is one the next append accepts.
+    const release = await upload.acquire()
+    release()
+    this.#describe(upload, reply, dialect)
+    reply.header('cache-control', 'no-store')
+    if (upload.metadata !== undefined) reply.header('upload-metadata', upload.metadata)
+    if (upload.concatHeader !== undefined) reply.header('upload-concat', upload.concatHeader)
+    if (upload.length === undefined) reply.header('upload-defer-length', '1')
+    else reply.header('upload-length', upload.length)
+    await reply.code(200).send()
+  }
+
+  async #terminate (upload: ResumableUpload, reply: FastifyReply): Promise<void> {
+    const release = await upload.acquire()
+    try {
+      this.#registry.remove(upload, 'terminated')
+      if (upload.complete) {
+        this.#settings.refs.forget(upload.entry)
+        await upload.entry.discard()
+      } else {
+        await upload.entry.cancel()
+      }
+    } finally {
+      release()
+    }
+    await reply.code(204).send()
+  }
+
+  /** An append (PATCH, or the body of a creation): bytes at the upload's offset. */
+  async #append (upload: ResumableUpload, request: FastifyRequest, reply: FastifyReply, dialect: Dialect, status: 201 | 204): Promise<void> {
+    let stop: () => void = () => {}
+    const release = await upload.acquire(() => stop())
+    try {
+      const { headers } = request
+      const body = request.body as Readable | undefined
+      if (upload.concat === 'final') throw new FinalUploadError()
+      const type = mediaTypeOf(headers)
+      // Interop version 5 (draft -03) sends no type on appends; every later one says partial-upload.
+      const typeOk = type === TUS_CONTENT_TYPE || type === IETF_CONTENT_TYPE || (dialect.ietf && dialect.version === '5' && type === '')
+      if (!typeOk && (status === 204 || hasBody(request))) {
+        throw new ResumableMediaTypeError(dialect.ietf ? IETF_CONTENT_TYPE : TUS_CONTENT_TYPE)
+      }
+      const offset = status === 201 ? 0 : integerHeader(headers, 'upload-offset')
+      if (offset === undefined) throw new UploadLengthError('An append needs Upload-Offset')
+      if (offset !== upload.offset) return await this.#mismatch(upload, reply, dialect, offset)
+      const contentLength = integerHeader(headers, 'content-length')
+      if (upload.complete) {
+        if (contentLength !== undefined && contentLength > 0) throw new UploadCompletedError()
+        this.#describe(upload, reply, dialect)
+        await reply.code(status).send()
+        return
+      }
+      this.#declareLength(upload, integerHeader(headers, 'upload-length'))
+      const complete = dialect.ietf ? booleanHeader(headers, 'upload-complete') : undefined
+      if (complete === true && contentLength !== undefined) this.#declareLength(upload, offset + contentLength)
+      const room = (upload.length ?? upload.config.maxFileSize) - offset
+      if (contentLength !== undefined && contentLength > room) throw this.#tooLarge(reply, upload.config, 'close')
+      const checksum = checksumHeader(headers)
+      const how = body === undefined
+        ? 'end'
+        : checksum !== undefined
+          ? await this.#appendChecked(upload, body, checksum, room, reply)
+          : await append(upload, body, { limit: room, idle: upload.config.chunkTimeout, onStop: (fn) => { stop = fn } })
+      if (how === 'failed') throw this.#failed(upload)
+      // However the append ended, the last byte finishes the upload.
+      if (how === 'end' && complete === true) this.#declareLength(upload, upload.offset)
+      if (upload.length === upload.offset) await this.#finish(upload)
+      if (how === 'timeout') {
+        // The spec's advice: a timed-out append ends with its connection.
+        request.raw.destroy()
+        return
+      }
+      if (how === 'limit') throw this.#tooLarge(reply, upload.config, 'close')
+      // Pre-empted or cut: answer with what was kept; the connection cannot be reused.
+      if (how !== 'end') reply.header('connection', 'close')
+      this.#describe(upload, reply, dialect)
+      await reply.code(status).send()
+    } finally {
+      release()
+    }
+  }
+
+  /** With Upload-Checksum: the whole body is held and checked before any byte reaches the writer. */
+  async #appendChecked (upload: ResumableUpload, body: Readable, checksum: Checksum, room: number, reply: FastifyReply): Promise<'end' | 'aborted' | 'failed'> {
+    const limit = Math.min(room, CHECKSUM_BODY_LIMIT)
+    const chunks: Buffer[] = []
+    let size = 0
+    try {
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        size += chunk.length
+        if (size > limit) {
+          reply.header('connection', 'close')
+          throw size > room ? this.#tooLarge(reply, upload.config, 'close') : new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
+        }
+        chunks.push(chunk)
+      }
+    } catch (error) {
+      if ((error as { statusCode?: number }).statusCode !== undefined) throw error
+      return 'aborted'
+    }
+    const data = Buffer.concat(chunks)
+    const digest = createHash(checksum.algorithm).update(data).digest('base64')
+    if (digest !== checksum.digest) throw new ChecksumMismatchError()
+    try {
+      await upload.entry.write(data)
+    } catch {
+      return 'failed'
+    }
+    upload.touch()
+    return 'end'
+  }
+
+  async #mismatch (upload: ResumableUpload, reply: FastifyReply, dialect: Dialect, offset: number): Promise<void> {
+    reply.header('upload-offset', upload.offset).header('connection', 'close')
+    if (!dialect.ietf) throw new OffsetMismatchError(offset, upload.offset)
+    await reply.code(409).type('application/problem+json').send({
+      type: 'https://iana.org/assignments/http-problem-types#mismatching-upload-offset',
+      title: 'offset from request does not match offset of resource',
+      'expected-offset': upload.offset,
+      'provided-offset': offset
+    })
+  }
+
+  #declareLength (upload: ResumableUpload, length: number | undefined): void {
+    if (length === undefined || length === upload.length) return
+    if (upload.length !== undefined) throw new UploadLengthError('The upload length cannot change once known')
+    if (length < upload.offset) throw new UploadLengthError('The upload length cannot be less than its offset')
+    if (length > upload.config.maxFileSize) throw new TooLargeError(upload.entry.clientName, upload.config.uploadName, upload.config.maxFileSize)
+    upload.length = length
+    upload.entry.declareSize(length)
+  }
+
+  async #finish (upload: ResumableUpload): Promise<void> {
+    try {
+      await upload.entry.finish()
+    } catch {
+      throw this.#failed(upload)
+    }
+    // A finished upload waits for its ref (refs' entryTtl); a partial one for its final upload.
+    if (upload.concat !== 'partial') upload.stopTimers()
+  }
+
+  /** The entry ended during an append: a writer failure, or an end someone else caused. */
+  #failed (upload: ResumableUpload): Error {
+    const { entry } = upload
+    if (entry.status === 'failed') {
+      this.#registry.remove(upload, 'failed')
+      return entry.failure!
+    }
+    const found = this.#registry.find(upload.id)
+    return new UploadGoneError(typeof found === 'string' ? found : 'cancelled')
+  }
+
+  #tooLarge (reply: FastifyReply, config: ResolvedConfig, connection: '' | 'close'): Error {
+    reply.header('upload-limit', `max-size=${config.maxFileSize}`)
+    if (connection === 'close') reply.header('connection', 'close')
+    return withUploadCode(new TooLargeError('this upload', config.uploadName, config.maxFileSize), 'too_large')
+  }
+
+  /** Offset, expiry and completeness, as every answer about the upload carries them. */
+  #describe (upload: ResumableUpload, reply: FastifyReply, dialect: Dialect): void {
+    reply.header('upload-offset', upload.offset)
+    if (!upload.complete) reply.header('upload-expires', new Date(upload.expiresAt).toUTCString())
+    if (dialect.ietf) {
+      reply.header('upload-draft-interop-version', dialect.version)
+      reply.header('upload-complete', upload.complete ? '?1' : '?0')
+      reply.header('upload-limit', `max-size=${upload.config.maxFileSize}`)
+    }
+  }
+
+  #chooseConfig (request: FastifyRequest): ResolvedConfig {
+    const names = [...this.#configs.keys()]
+    const asked = (request.query as Record<string, unknown> | undefined)?.upload
+    if (typeof asked === 'string') {
+      const config = this.#configs.get(asked)
+      if (config === undefined) throw new UnexpectedFieldError(asked, names.join(', '))
+      return config
+    }
+    if (names.length > 1) throw new NoUploadNameError(names.join(', '))
+    return this.#configs.get(names[0]!)!
+  }
+
+  /** Partials are staged (they reach the route's writer through their final upload): any type, no validate. */
+  #stagingConfig (config: ResolvedConfig): ResolvedConfig {
+    const { staging, stagingOptions } = this.#settings
+    return { ...config, accept: parseAccept('any'), validate: undefined, progress: undefined, writer: () => [staging, stagingOptions], base: config }
+  }
+
+  /** Validates and starts an entry for a new upload, and registers the upload. */
+  async #open (
+    request: FastifyRequest, config: ResolvedConfig, owner: unknown, info: Parameters<Uploads['announce']>[1],
+    shape: { length: number | undefined, metadata: string | undefined, concat: 'partial' | 'final' | undefined, concatHeader: string | undefined, hold: boolean }
+  ): Promise<ResumableUpload> {
+    const home = new UploadHome(new Map([[config.uploadName, config]]), request)
+    if (shape.hold) home.holdFinished(this.#settings.refs, owner)
+    const entry = await home.announce(config, info)
+    if (entry.failure !== undefined) throw entry.failure
+    await entry.start()
+    const upload = new ResumableUpload({
+      entry,
+      config,
+      owner,
+      ...shape,
+      expiry: this.#settings.expiry,
+      maxLifetime: this.#settings.maxLifetime,
+      onExpire: (expired) => {
+        this.#registry.remove(expired, 'expired')
+        // Neither rejects: both settle once the writer is closed or the file removed.
+        if (expired.complete) expired.entry.discard()
+        else expired.entry.cancel()
+      }
+    })
+    // Claimed by a request (consumed), or its ref expired: the upload URL is gone.
+    home.onForsake = () => this.#registry.remove(upload, 'consumed')
+    this.#registry.add(upload)
+    return upload
+  }
+
+  /** `Upload-Concat: final;…`: the partials' bytes, in order, through the route's writer. */
+  async #createFinal (request: FastifyRequest, reply: FastifyReply, dialect: Dialect, config: ResolvedConfig, urls: string[]): Promise<void> {
+    const owner = await this.#settings.owner(request)
+    const parts = urls.map((url) => {
+      const part = this.#registry.find(idOfUrl(url))
+      if (typeof part !== 'object' || part.concat !== 'partial' || part.owner !== owner || routeConfigOf(part) !== config) {
+        throw new BadConcatError(`${url} is not a partial upload of this endpoint`)
+      }
+      if (!part.complete) throw new BadConcatError(`${url} is not complete (concatenation-unfinished is not supported)`)
+      return part
+    })
+    const length = parts.reduce((sum, part) => sum + part.length!, 0)
+    if (length > config.maxFileSize) throw this.#tooLarge(reply, config, '')
+    if (this.#registry.count(owner, config, false) >= config.maxEntries) {
+      throw withUploadCode(new TooManyFilesError(config.uploadName, config.maxEntries), 'too_many_files')
+    }
+    const values = metadataHeader(request.headers)?.values
+    const upload = await this.#open(request, config, owner, {
+      clientName: safeBasename(values?.get('filename') ?? values?.get('name')),
+      clientType: mediaType(values?.get('filetype') ?? values?.get('type')),
+      clientSize: length
+    }, { length, metadata: request.headers['upload-metadata'] as string | undefined, concat: 'final', concatHeader: request.headers['upload-concat'] as string, hold: true })
+    try {
+      for (const part of parts) {
+        const { path } = part.entry.meta() as { path: string }
+        for await (const chunk of createReadStream(path, { highWaterMark: config.chunkSize })) {
+          await upload.entry.write(chunk as Buffer)
+        }
+      }
+    } catch {
+      throw this.#failed(upload)
+    }
+    await this.#finish(upload)
+    for (const part of parts) {
+      this.#registry.remove(part, 'concatenated')
+      await part.entry.discard()
+    }
+    reply.header('location', `${pathOf(request)}/${upload.id}`)
+    this.#describe(upload, reply, dialect)
+    await reply.code(201).send()
+  }
+}
+
+/** The route's own config of an upload (a partial one is staged under a copy of it). */
+function routeConfigOf (upload: ResumableUpload): ResolvedConfig {
+  return upload.config.base ?? upload.config
+}
+
+function methodOf (request: FastifyRequest): string {
+  const override = request.headers['x-http-method-override']
+  return typeof override === 'string' ? override.trim().toUpperCase() : request.method
+}
+
+/** tus 1.0 needs `Tus-Resumable: 1.0.0`; the IETF draft an interop version we speak. Otherwise 412. */
+function dialectOf (request: FastifyRequest, reply: FastifyReply): Dialect {
+  const interop = request.headers['upload-draft-interop-version']
+  if (typeof interop === 'string' && INTEROP_VERSIONS.has(interop.trim())) return { ietf: true, version: interop.trim() }
+  if (interop === undefined && request.headers['tus-resumable'] === TUS_VERSION) return { ietf: false }
+  reply.header('tus-version', TUS_VERSION)
+  throw new ResumableVersionError()
+}
+
+function hasBody (request: FastifyRequest): boolean {
+  const { headers } = request
+  return headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0')
+}
+
+/** The request's path, without its query: the endpoint (or upload) URL as the client used it. */
+function pathOf (request: FastifyRequest): string {
+  return request.url.split('?', 1)[0]!
+}
