@@ -4,12 +4,22 @@
 //                       the handler hashes them. Bad files are reported next to the
 //                       good ones (onEntryError: 'continue').
 //   POST /upload/echo   any file goes to EchoWriter, a custom writer that only counts
-//                       and logs its chunks. Any bad file fails the whole request.
+//                       and logs its chunks (and, with ?slow=1, takes its time, so that
+//                       you can watch the progress and cancel). Any bad file fails the
+//                       whole request.
+//
+// Both routes also have a WebSocket channel (`channel: true`): GET /upload/files/ws and
+// /upload/echo/ws. The page sends files over either, with the client library
+// (fastify-chunked-upload/client, served at /client.js): over the channel, the files
+// land first and the page then posts their refs to the route, whose handler consumes
+// them as if they had come in that request.
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { resolve } from 'node:path'
+import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
+import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import chunkedUpload, { defineWriter } from 'fastify-chunked-upload'
 
@@ -18,19 +28,24 @@ export const LIMITS = {
   echo: { maxEntries: 5, maxFileSize: 10_000_000 }
 }
 
+/** With ?slow=1, EchoWriter waits this long on every chunk: a slow destination to watch. */
+export const SLOW_CHUNK_MS = 25
+
 /**
  * A writer that stores nothing: it logs every chunk it gets, and the total when it is
- * closed. Its meta is what a consumer sees: the byte and chunk counts.
+ * closed. Its meta is what a consumer sees: the byte and chunk counts. With a `delay`,
+ * every chunk takes that long, like a slow destination.
  */
 export const EchoWriter = defineWriter({
-  init ({ log }) {
-    return { log, total: 0, chunks: 0 }
+  init ({ log, delay = 0 }) {
+    return { log, delay, total: 0, chunks: 0 }
   },
   meta (state) {
     return { total: state.total, chunks: state.chunks }
   },
-  writeChunk (data, state) {
+  async writeChunk (data, state) {
     state.log.info({ size: data.length }, 'echo writer: chunk')
+    if (state.delay > 0) await sleep(state.delay)
     return { ...state, total: state.total + data.length, chunks: state.chunks + 1 }
   },
   close (state, reason) {
@@ -48,18 +63,22 @@ async function sha256Of (path) {
 }
 
 const STATIC = {
-  '/': ['index.html', 'text/html; charset=utf-8'],
-  '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-  '/style.css': ['style.css', 'text/css; charset=utf-8']
+  '/': [new URL('./public/index.html', import.meta.url), 'text/html; charset=utf-8'],
+  '/app.js': [new URL('./public/app.js', import.meta.url), 'text/javascript; charset=utf-8'],
+  '/style.css': [new URL('./public/style.css', import.meta.url), 'text/css; charset=utf-8'],
+  // the client library, as the package exports it (dist/client/index.js: `npm run build`)
+  '/client.js': [new URL(import.meta.resolve('fastify-chunked-upload/client')), 'text/javascript; charset=utf-8']
 }
 
 /** The demo app, not listening yet. `options` go to Fastify (default: `{ logger: true }`). */
 export async function buildDemo (options = { logger: true }) {
   const app = Fastify(options)
-  await app.register(chunkedUpload)
+  // The plugin before @fastify/websocket: at shutdown it tells each socket why its
+  // uploads stopped, and closes it with 1001, before @fastify/websocket closes the rest.
+  await app.register(chunkedUpload, { channel: true })
+  await app.register(websocket)
 
-  for (const [url, [file, type]] of Object.entries(STATIC)) {
-    const path = new URL(`./public/${file}`, import.meta.url)
+  for (const [url, [path, type]] of Object.entries(STATIC)) {
     app.get(url, async (request, reply) => reply.type(type).send(await readFile(path)))
   }
 
@@ -84,8 +103,12 @@ export async function buildDemo (options = { logger: true }) {
       echo: {
         accept: 'any',
         ...LIMITS.echo,
-        // one writer per entry, with its options: here a logger that names the file
-        writer: (uploadName, entry, request) => [EchoWriter, { log: request.log.child({ file: entry.clientName }) }]
+        // one writer per entry, with its options: here a logger that names the file.
+        // Over the channel, `request` is the socket's upgrade request (its query too).
+        writer: (uploadName, entry, request) => [EchoWriter, {
+          log: request.log.child({ file: entry.clientName }),
+          delay: request.query.slow === '1' ? SLOW_CHUNK_MS : 0
+        }]
       }
     }
   }, async (request) => {

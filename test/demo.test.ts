@@ -1,57 +1,24 @@
 // The demo app (`npm run demo`), run as a user runs it: `node examples/demo.js` in a
-// child process, spoken to over HTTP. It loads the built plugin (dist/): build first.
-import { spawn, type ChildProcess } from 'node:child_process'
+// child process, spoken to over HTTP and over its WebSocket channels (with the client
+// library from dist/, as the page uses it). It loads the built package: build first.
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
+import { WebSocket } from 'ws'
+import { startDemo, until } from './kit/client-kit.js'
 
-interface LogLine { msg?: string, url?: string, file?: string, size?: number, total?: number, chunks?: number, reason?: string }
-interface Demo { url: string, logs: () => LogLine[] }
+/** The client library as the package exports it (dist/client/index.js), which the page loads too. */
+const CLIENT = 'fastify-chunked-upload/client'
+const { upload } = await import(CLIENT) as typeof import('../client/index.js')
 
 function sha256 (data: Buffer): string {
   return createHash('sha256').update(data).digest('hex')
 }
 
-async function waitFor<T> (what: string, fn: () => T | undefined, ms = 15_000): Promise<T> {
-  const until = Date.now() + ms
-  for (;;) {
-    const value = fn()
-    if (value !== undefined) return value
-    if (Date.now() > until) throw new Error(`timed out waiting for ${what}`)
-    await sleep(20)
-  }
-}
-
-async function stop (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  child.kill('SIGTERM')
-  const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-  await exited
-  clearTimeout(timer)
-}
-
-/** Starts the demo on a free port, with its own temp directory; stopped at teardown. */
-async function startDemo (tmp: string): Promise<Demo> {
-  const child = spawn(process.execPath, ['examples/demo.js'], {
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', TMPDIR: tmp },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
-  t.teardown(() => stop(child))
-  let stdout = ''
-  let stderr = ''
-  child.stdout!.setEncoding('utf8').on('data', (text: string) => { stdout += text })
-  child.stderr!.setEncoding('utf8').on('data', (text: string) => { stderr += text })
-  const logs = (): LogLine[] => stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine)
-  const url = await waitFor('the demo to print its URL', () => {
-    if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}): ${stderr}`)
-    return logs().find((line) => line.url !== undefined)?.url
-  })
-  return { url, logs }
-}
+const waitFor = <T>(what: string, fn: () => T | undefined): Promise<T> => until(what, fn, 15_000)
 
 function form (field: string, files: Array<{ name: string, type: string, data: Buffer }>, fields: Record<string, string> = {}): FormData {
   const body = new FormData()
@@ -73,9 +40,9 @@ async function encoded (body: FormData): Promise<{ body: Buffer, headers: Record
 
 const tmp = await mkdtemp(join(tmpdir(), 'fcu-demo-'))
 t.teardown(() => rm(tmp, { recursive: true, force: true }))
-const { url, logs } = await startDemo(tmp)
+const { url, logs } = await startDemo(t, tmp)
 
-t.test('GET / serves the page with its two upload forms', async (t) => {
+t.test('GET / serves the page with its two upload forms, the transport switch, and the client library', async (t) => {
   const response = await fetch(url)
   t.equal(response.status, 200)
   t.match(response.headers.get('content-type'), /^text\/html/)
@@ -84,12 +51,61 @@ t.test('GET / serves the page with its two upload forms', async (t) => {
   t.match(html, /<input type="file" name="files" multiple/)
   t.match(html, /<form id="echo-form" action="\/upload\/echo"/)
   t.match(html, /<input type="file" name="echo" multiple/)
-  for (const [path, type] of [['/app.js', /^text\/javascript/], ['/style.css', /^text\/css/]] as const) {
+  t.match(html, /<input type="radio" name="transport" value="websocket" checked>/)
+  t.match(html, /<input type="radio" name="transport" value="http">/)
+  for (const [path, type] of [['/app.js', /^text\/javascript/], ['/style.css', /^text\/css/], ['/client.js', /^text\/javascript/]] as const) {
     const asset = await fetch(`${url}${path}`)
     t.equal(asset.status, 200, path)
     t.match(asset.headers.get('content-type'), type, `${path} content type`)
-    await asset.arrayBuffer()
+    const text = await asset.text()
+    if (path === '/app.js') t.match(text, /^import \{ upload \} from '\/client\.js'$/m, 'the page uses the client library')
+    if (path === '/client.js') {
+      t.match(text, /^export async function upload ?\(/m, 'the built client library')
+      t.notMatch(text, /^\s*import\b/m, 'which imports nothing, so a browser loads it as is')
+    }
   }
+})
+
+t.test('over the channel: files land on the socket, their refs are submitted, the handler hashes them', async (t) => {
+  const text = Buffer.from('hello over the channel\n')
+  const image = randomBytes(300_000)
+  const files = [new File([text], 'hello.txt', { type: 'text/plain' }), new File([image], 'photo.png', { type: 'image/png' }), new File([randomBytes(10)], 'report.pdf', { type: 'application/pdf' })]
+  const done: string[] = []
+  const result = await upload(`${url}/upload/files`, files, {
+    uploadName: 'files', WebSocket, submit: true, fields: { note: 'by socket' }, onProgress: (file, p) => { if (p.status === 'done') done.push(file.name) }
+  })
+  t.match(result.files, [
+    { name: 'hello.txt', ok: true, ref: String },
+    { name: 'photo.png', ok: true, ref: String },
+    { name: 'report.pdf', ok: false, code: 'not_accepted' }
+  ])
+  t.same(done.sort(), ['hello.txt', 'photo.png'])
+  t.equal(result.status, 200)
+  t.same(result.response, {
+    note: 'by socket',
+    files: [
+      { name: 'hello.txt', type: 'text/plain', size: text.length, sha256: sha256(text) },
+      { name: 'photo.png', type: 'image/png', size: image.length, sha256: sha256(image) }
+    ],
+    errors: []
+  })
+  t.ok(logs().some((line) => line.req?.url === '/upload/files/ws'), 'the upgrade went to the route\'s channel')
+})
+
+t.test('over the channel, with ?slow=1: EchoWriter takes its time, and a cancel closes it with cancel', async (t) => {
+  const big = new File([randomBytes(3_000_000)], 'slow.bin')
+  const small = new File([Buffer.from('quick')], 'quick.txt', { type: 'text/plain' })
+  const cancel = new AbortController()
+  const started = Date.now()
+  const result = await upload(`${url}/upload/echo?slow=1`, [{ file: big, signal: cancel.signal }, small], {
+    uploadName: 'echo', WebSocket, submit: true, onProgress: (file, p) => { if (file === big && p.progress >= 10) cancel.abort() }
+  })
+  t.match(result.files, [{ name: 'slow.bin', ok: false, code: 'cancelled' }, { name: 'quick.txt', ok: true }])
+  t.match(result.response, { files: [{ name: 'quick.txt', total: 5, chunks: 1 }] })
+  const closed = await waitFor('the close log line', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'slow.bin'))
+  t.equal(closed.reason, 'cancel', 'the cancelled entry\'s writer is closed with cancel')
+  t.ok(closed.chunks! >= 4, 'it got chunks first')
+  t.ok(Date.now() - started >= 4 * 25, 'each chunk took the writer 25 ms')
 })
 
 t.test('the temp-file route reports name, type, size and sha256 of each file', async (t) => {

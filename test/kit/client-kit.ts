@@ -1,5 +1,6 @@
 // Test helpers for the client library: the real plugin with its channel on 127.0.0.1,
 // files of any size, and a `ws` WebSocket that records what crosses it both ways.
+import { spawn, type ChildProcess } from 'node:child_process'
 import websocket from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
@@ -169,6 +170,42 @@ export async function until<T> (what: string, fn: () => T | undefined | false, m
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
     await sleep(10)
   }
+}
+
+/** A line of the demo's JSON log. */
+export interface LogLine { msg?: string, url?: string, file?: string, size?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
+export interface Demo { url: string, logs: () => LogLine[] }
+
+async function stop (child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise((resolve) => child.once('exit', resolve))
+  child.kill('SIGTERM')
+  const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
+  await exited
+  clearTimeout(timer)
+}
+
+/**
+ * The demo as a user runs it (`node examples/demo.js`, which loads the built package
+ * from dist/) on a free 127.0.0.1 port, with `tmp` as its temp directory; its JSON log
+ * is readable as it goes. Stopped at teardown.
+ */
+export async function startDemo (t: Test, tmp: string): Promise<Demo> {
+  const child = spawn(process.execPath, ['examples/demo.js'], {
+    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', TMPDIR: tmp },
+    stdio: ['ignore', 'pipe', 'pipe']
+  })
+  t.teardown(() => stop(child))
+  let stdout = ''
+  let stderr = ''
+  child.stdout!.setEncoding('utf8').on('data', (text: string) => { stdout += text })
+  child.stderr!.setEncoding('utf8').on('data', (text: string) => { stderr += text })
+  const logs = (): LogLine[] => stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine)
+  const url = await until('the demo to print its URL', () => {
+    if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}): ${stderr}`)
+    return logs().find((line) => line.url !== undefined)?.url
+  }, 15_000)
+  return { url, logs }
 }
 
 export { Recorder }
