@@ -240,10 +240,7 @@ export class ResumableEndpoint {
       const { headers } = request
       const body = request.body as Readable | undefined
       if (upload.concat === 'final') throw new FinalUploadError()
-      const type = mediaTypeOf(headers)
-      // Interop version 5 (draft -03) sends no type on appends; every later one says partial-upload.
-      const typeOk = type === TUS_CONTENT_TYPE || type === IETF_CONTENT_TYPE || (dialect.ietf && dialect.version === '5' && type === '')
-      if (!typeOk && (status === 204 || hasBody(request))) {
+      if (!appendTypeOk(mediaTypeOf(headers), dialect) && (status === 204 || hasBody(request))) {
         throw new ResumableMediaTypeError(dialect.ietf ? IETF_CONTENT_TYPE : TUS_CONTENT_TYPE)
       }
       const offset = status === 201 ? 0 : integerHeader(headers, 'upload-offset')
@@ -273,6 +270,7 @@ export class ResumableEndpoint {
       if (upload.length === upload.offset) await this.#finish(upload)
       if (how === 'timeout') {
         // The spec's advice: a timed-out append ends with its connection.
+        reply.hijack()
         request.raw.destroy()
         return
       }
@@ -463,6 +461,15 @@ export class ResumableEndpoint {
     this.#describe(upload, reply, dialect)
     await reply.code(201).send()
   }
+}
+
+/**
+ * tus appends are application/offset+octet-stream; the draft's application/partial-upload,
+ * except that interop version 5 (draft -03) sent none or the tus type.
+ */
+function appendTypeOk (type: string, dialect: Dialect): boolean {
+  if (!dialect.ietf) return type === TUS_CONTENT_TYPE
+  return type === IETF_CONTENT_TYPE || (dialect.version === '5' && (type === '' || type === TUS_CONTENT_TYPE))
 }
 
 /** The route's own config of an upload (a partial one is staged under a copy of it). */
