@@ -44,6 +44,7 @@ describe('the allowUpload route option', () => {
       }
     }, async () => 'ok')
     expect(app.post).type.not.toBeCallableWith('/p', { allowUpload: { avatar: { maxEntries: 2 } } }, async () => 'ok')
+    expect(app.post).type.toBeCallableWith('/p', { allowUpload: { video: { accept: ['video/*'], resumable: true } } }, async () => 'ok')
     expect(app.post).type.not.toBeCallableWith('/p', { allowUpload: { avatar: { accept: 'any', onEntryError: 'ignore' } } }, async () => 'ok')
   })
 
@@ -53,6 +54,7 @@ describe('the allowUpload route option', () => {
       channel: true, channelSuffix: '/ws', channelWindow: 16, entryTtl: 60_000, owner: (request: FastifyRequest) => request.headers['x-user']
     })
     expect(app.register).type.not.toBeCallableWith(chunkedUpload, { channel: 'yes' })
+    expect(app.register).type.toBeCallableWith(chunkedUpload, { resumableSuffix: '/tus', resumableExpiry: 60_000, resumableMaxLifetime: 3_600_000 })
   })
 })
 
