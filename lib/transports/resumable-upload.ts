@@ -119,6 +119,8 @@ export interface AppendOptions {
   idle: number
   /** Registers the function that stops the append (pre-emption). */
   onStop: (stop: () => void) => void
+  /** Where the bytes go: the entry's writer, unless they must be staged first (checksums). */
+  sink?: (chunk: Buffer) => Promise<void>
 }
 
 /**
@@ -127,6 +129,7 @@ export interface AppendOptions {
  */
 export async function append (upload: ResumableUpload, body: Readable, options: AppendOptions): Promise<AppendEnd> {
   const { entry } = upload
+  const sink = options.sink ?? (async (chunk: Buffer) => await entry.write(chunk))
   if (body.readableEnded) return 'end'
   if (body.destroyed) return 'aborted'
   return await new Promise<AppendEnd>((resolve) => {
@@ -152,7 +155,7 @@ export async function append (upload: ResumableUpload, body: Readable, options: 
       received += chunk.length
       writing = true
       body.pause()
-      entry.write(chunk).then(() => {
+      sink(chunk).then(() => {
         writing = false
         if (ending !== undefined) return end(ending)
         upload.touch()

@@ -21,7 +21,7 @@ import {
   CHECKSUM_ALGORITHMS, INTEROP_VERSIONS, TUS_VERSION, booleanHeader, checksumHeader, concatHeader, idOfUrl, integerHeader, mediaTypeOf,
   metadataHeader, type Checksum
 } from './resumable-headers.js'
-import { ResumableUpload, append, type GoneReason } from './resumable-upload.js'
+import { ResumableUpload, append, type AppendEnd, type GoneReason } from './resumable-upload.js'
 
 const TUS_EXTENSIONS = 'creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation'
 const TUS_CONTENT_TYPE = 'application/offset+octet-stream'
@@ -259,11 +259,17 @@ export class ResumableEndpoint {
       const room = (upload.length ?? upload.config.maxFileSize) - offset
       if (contentLength !== undefined && contentLength > room) throw this.#tooLarge(reply, upload.config, 'close')
       const checksum = checksumHeader(headers)
+      const onStop = (fn: () => void): void => { stop = fn }
       const how = body === undefined
         ? 'end'
         : checksum !== undefined
-          ? await this.#appendChecked(upload, body, checksum, room, reply)
-          : await append(upload, body, { limit: room, idle: upload.config.chunkTimeout, onStop: (fn) => { stop = fn } })
+          ? await this.#appendChecked(upload, body, checksum, room, onStop)
+          : await append(upload, body, { limit: room, idle: upload.config.chunkTimeout, onStop })
+      if (how === 'mismatch') throw new ChecksumMismatchError()
+      if (how === 'too large') {
+        reply.header('connection', 'close')
+        throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
+      }
       if (how === 'failed') throw this.#failed(upload)
       // However the append ended, the last byte finishes the upload.
       if (how === 'end' && complete === true) this.#declareLength(upload, upload.offset)
@@ -284,33 +290,24 @@ export class ResumableEndpoint {
     }
   }
 
-  /** With Upload-Checksum: the whole body is held and checked before any byte reaches the writer. */
-  async #appendChecked (upload: ResumableUpload, body: Readable, checksum: Checksum, room: number, reply: FastifyReply): Promise<'end' | 'aborted' | 'failed'> {
-    const limit = Math.min(room, CHECKSUM_BODY_LIMIT)
+  /**
+   * With Upload-Checksum: the body is held (idle limit and pre-emption as for any append)
+   * and checked before any byte reaches the writer.
+   */
+  async #appendChecked (upload: ResumableUpload, body: Readable, checksum: Checksum, room: number, onStop: (stop: () => void) => void): Promise<AppendEnd | 'mismatch' | 'too large'> {
     const chunks: Buffer[] = []
-    let size = 0
-    try {
-      for await (const chunk of body as AsyncIterable<Buffer>) {
-        size += chunk.length
-        if (size > limit) {
-          reply.header('connection', 'close')
-          throw size > room ? this.#tooLarge(reply, upload.config, 'close') : new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
-        }
-        chunks.push(chunk)
-      }
-    } catch (error) {
-      if ((error as { statusCode?: number }).statusCode !== undefined) throw error
-      return 'aborted'
-    }
+    const held = async (chunk: Buffer): Promise<void> => { chunks.push(chunk) }
+    const how = await append(upload, body, { limit: Math.min(room, CHECKSUM_BODY_LIMIT), idle: upload.config.chunkTimeout, onStop, sink: held })
+    if (how === 'limit' && room > CHECKSUM_BODY_LIMIT) return 'too large'
+    // Cut, stopped or timed out: a partial body cannot be checked, so nothing is kept.
+    if (how !== 'end') return how
     const data = Buffer.concat(chunks)
-    const digest = createHash(checksum.algorithm).update(data).digest('base64')
-    if (digest !== checksum.digest) throw new ChecksumMismatchError()
+    if (createHash(checksum.algorithm).update(data).digest('base64') !== checksum.digest) return 'mismatch'
     try {
       await upload.entry.write(data)
     } catch {
       return 'failed'
     }
-    upload.touch()
     return 'end'
   }
 
