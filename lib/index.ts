@@ -30,6 +30,9 @@ function uploadsOf (request: FastifyRequest): Uploads | null {
   return request.uploads as Uploads | null
 }
 
+/** What the channel needs of @fastify/websocket's decorator (without depending on its types). */
+type WithWebsocketServer = FastifyInstance & { websocketServer: { clients?: Set<unknown> } }
+
 /** A `ws` socket as the channel route's handler gets it. */
 interface WsSocket extends ChannelSocket {
   readonly protocol: string
@@ -214,6 +217,9 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       if (socket.protocol !== SUBPROTOCOL) return socket.close(1002, `use subprotocol ${SUBPROTOCOL}`)
       live.add(uploads)
       sockets.set(uploads, socket)
+      // @fastify/websocket's own preClose closes the sockets it tracks, without a code, and
+      // may run before ours: this one is ours to close (1001, after telling its entries).
+      ;(instance as WithWebsocketServer).websocketServer.clients?.delete(socket)
       // The channel lives as long as the socket's listeners hold it.
       new Channel(socket, uploads, settings.channelWindow) // eslint-disable-line no-new
       socket.once('close', () => {

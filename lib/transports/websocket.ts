@@ -102,7 +102,9 @@ export class Channel {
     }
     if (Check(AnnounceSchema, message)) return this.#onAnnounce(message)
     if (Check(CancelSchema, message)) return this.#onCancel(message.id)
-    this.#refuse('bad_message', 'Unknown or malformed message: see PROTOCOL.md')
+    // A readable id names the file the client got wrong (a name too long, a bad size…).
+    const id = (message as { id?: unknown } | null)?.id
+    this.#refuse('bad_message', 'Unknown or malformed message: see PROTOCOL.md', Check(Id, id) ? { id } : {})
   }
 
   #onAnnounce (message: Announce): void {
@@ -168,7 +170,8 @@ export class Channel {
 
   #onFrame (frame: Buffer): void {
     if (frame.length <= HEADER_BYTES) {
-      return this.#refuse('bad_frame', `A chunk frame is a ${HEADER_BYTES}-byte header and at least one byte`)
+      const id = frame.length >= 4 ? { id: frame.readUInt32BE(0) } : {}
+      return this.#refuse('bad_frame', `A chunk frame is a ${HEADER_BYTES}-byte header and at least one byte`, id)
     }
     const id = frame.readUInt32BE(0)
     const offset = frame.readUInt32BE(4) * 2 ** 32 + frame.readUInt32BE(8)
@@ -257,6 +260,9 @@ export class Channel {
 
   #sendFailure (id: number, entry: Entry, code = entry.failure!.uploadCode): void {
     const failure = entry.failure
-    this.#send({ type: 'error', id, code, error: failure?.code ?? 'FST_CHUNKED_UPLOAD_CANCELLED', message: failure?.message ?? 'Discarded' })
+    const error = failure?.code ?? 'FST_CHUNKED_UPLOAD_CANCELLED'
+    // The client can tell a server going away from a cancel, and stop announcing.
+    if (error === 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN') code = 'shutting_down'
+    this.#send({ type: 'error', id, code, error, message: failure?.message ?? 'Discarded' })
   }
 }
