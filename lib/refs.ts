@@ -16,8 +16,6 @@ export class RefStore {
     this.#ttl = ttl
   }
 
-  get size (): number { return this.#parked.size }
-
   /** Keeps a finished entry for `ttl` ms; parking it again restarts the clock. */
   park (entry: Entry, owner: unknown, home: EntryHome): void {
     this.forget(entry)

@@ -408,12 +408,16 @@ t.test('websocket: an announce the server cannot read fails that file only (the 
   t.match(result.files, [{ ok: false, code: 'bad_message', message: /malformed/ }, { name: 'b.bin', ok: true }])
 })
 
-t.test('websocket: a server that breaks the protocol (a stand-in: the plugin cannot be made to) fails the files', async (t) => {
+t.test('websocket: a server that breaks the protocol, or cannot read a message (stand-ins: the plugin does neither to this client) fails the files', async (t) => {
   // The only server here that is not the plugin: one that answers an announce with a
-  // binary message, which no version of the protocol sends.
+  // binary message, which no version of the protocol sends, or with an error naming no
+  // file (PROTOCOL.md: a message the server could not read), which fails them all.
   const server = createServer()
   const wss = new WebSocketServer({ server, handleProtocols: () => SUBPROTOCOL })
-  wss.on('connection', (socket) => socket.on('message', () => socket.send(Buffer.from('not json'))))
+  wss.on('connection', (socket, request) => socket.on('message', () => {
+    if (request.url === '/unreadable') socket.send(JSON.stringify({ type: 'error', code: 'bad_message', message: 'could not read it' }))
+    else socket.send(Buffer.from('not json'))
+  }))
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => {
     for (const client of wss.clients) client.terminate()
@@ -424,6 +428,8 @@ t.test('websocket: a server that breaks the protocol (a stand-in: the plugin can
   const port = (server.address() as { port: number }).port
   const result = await upload(`ws://127.0.0.1:${port}/anything`, [file('a.bin', 10)], { uploadName: 'files', WebSocket })
   t.match(result.files, [{ ok: false, code: 'protocol_error', message: 'the server sent a message that is not JSON' }])
+  const unreadable = await upload(`ws://127.0.0.1:${port}/unreadable`, [file('a.bin', 10), file('b.bin', 10)], { uploadName: 'files', WebSocket, concurrency: 1 })
+  t.match(unreadable.files, [{ ok: false, code: 'bad_message', message: 'could not read it' }, { ok: false, code: 'bad_message' }])
 })
 
 t.test('http: one multipart request, progress from the bytes sent, the handler\'s answer as response', async (t) => {

@@ -66,8 +66,6 @@ export class ResumableRegistry {
   readonly #uploads = new Map<string, ResumableUpload>()
   readonly #gone = new Map<string, GoneReason>()
 
-  get size (): number { return this.#uploads.size }
-
   add (upload: ResumableUpload): void {
     this.#uploads.set(upload.id, upload)
   }
