@@ -94,7 +94,7 @@ export interface Setup extends App {
   endpoint: string
   /** Every answer the endpoint gave through `tus()`, for checks across a whole test. */
   replies: Reply[]
-  /** Requests as the server saw them: `METHOD path offset`. */
+  /** Requests as they arrived: `METHOD path offset`, and `→ location` for a creation. */
   seen: string[]
   /** A request to the endpoint (a path relative to the server, or a full URL), logged. */
   tus: (method: string, path: string, headers?: Headers, body?: Buffer | string) => Promise<Reply>
@@ -129,9 +129,16 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
   const seen: string[] = []
   const replies: Reply[] = []
   const started = await startApp(t, (app) => {
+    const lines = new WeakMap<object, number>()
     app.addHook('onRequest', async (request) => {
       const offset = request.headers['upload-offset']
-      seen.push(`${request.method} ${request.url.split('?')[0]!}${offset === undefined ? '' : ` ${String(offset)}`}`)
+      lines.set(request, seen.push(`${request.method} ${request.url.split('?')[0]!}${offset === undefined ? '' : ` ${String(offset)}`}`) - 1)
+    })
+    // A creation is logged as it arrived, with the upload it made once answered.
+    app.addHook('onSend', async (request, reply) => {
+      const location = reply.getHeader('location')
+      const line = lines.get(request)
+      if (request.method === 'POST' && location !== undefined && line !== undefined) seen[line] += ` → ${String(location)}`
     })
     options.before?.(app)
     const writer = options.tmp === true ? {} : { writer: recorder.factory }
