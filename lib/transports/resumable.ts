@@ -170,7 +170,16 @@ export class ResumableEndpoint {
     }, { length, metadata: metadata?.raw, concat: partial ? 'partial' : undefined, concatHeader: partial ? 'partial' : undefined, hold: !partial })
     reply.header('location', `${pathOf(request)}/${upload.id}`)
     if (hasBody(request)) {
-      await this.#append(upload, request, reply, dialect, 201)
+      let how: AppendEnd | undefined
+      try {
+        how = await this.#append(upload, request, reply, dialect, 201)
+      } catch (error) {
+        // Refused (its body, type, checksum…): the client never got the upload's URL.
+        await this.#abandon(upload)
+        throw error
+      }
+      // Cut before the answer: nobody knows this upload's URL, so nobody can resume it.
+      if (how === 'aborted' || how === 'timeout') await this.#abandon(upload)
       return
     }
     if (upload.length === 0) await this.#finish(upload)
@@ -184,7 +193,10 @@ export class ResumableEndpoint {
     const dialect = dialectOf(request, reply)
     const upload = await this.#find(request)
     if (method === 'HEAD') return await this.#head(upload, reply, dialect)
-    if (method === 'PATCH') return await this.#append(upload, request, reply, dialect, 204)
+    if (method === 'PATCH') {
+      await this.#append(upload, request, reply, dialect, 204)
+      return
+    }
     if (method === 'DELETE') return await this.#terminate(upload, reply)
     throw new UploadNotFoundError()
   }
@@ -214,6 +226,14 @@ export class ResumableEndpoint {
     await reply.code(200).send()
   }
 
+  /** An upload whose creation failed: it ends now, with its writer. */
+  async #abandon (upload: ResumableUpload): Promise<void> {
+    this.#registry.remove(upload, 'terminated')
+    if (!upload.complete) return await upload.entry.cancel()
+    this.#settings.refs.forget(upload.entry)
+    await upload.entry.discard()
+  }
+
   async #terminate (upload: ResumableUpload, reply: FastifyReply): Promise<void> {
     const release = await upload.acquire()
     try {
@@ -231,7 +251,7 @@ export class ResumableEndpoint {
   }
 
   /** An append (PATCH, or the body of a creation): bytes at the upload's offset. */
-  async #append (upload: ResumableUpload, request: FastifyRequest, reply: FastifyReply, dialect: Dialect, status: 201 | 204): Promise<void> {
+  async #append (upload: ResumableUpload, request: FastifyRequest, reply: FastifyReply, dialect: Dialect, status: 201 | 204): Promise<AppendEnd | undefined> {
     let stop: () => void = () => {}
     const release = await upload.acquire(() => stop())
     try {
@@ -243,17 +263,20 @@ export class ResumableEndpoint {
       }
       const offset = status === 201 ? 0 : integerHeader(headers, 'upload-offset')
       if (offset === undefined) throw new UploadLengthError('An append needs Upload-Offset')
-      if (offset !== upload.offset) return await this.#mismatch(upload, reply, dialect, offset)
+      if (offset !== upload.offset) {
+        await this.#mismatch(upload, reply, dialect, offset)
+        return undefined
+      }
       const contentLength = integerHeader(headers, 'content-length')
       if (upload.complete) {
         if (contentLength !== undefined && contentLength > 0) throw new UploadCompletedError()
         this.#describe(upload, reply, dialect)
         await reply.code(status).send()
-        return
+        return undefined
       }
-      this.#declareLength(upload, integerHeader(headers, 'upload-length'))
+      this.#declareLength(upload, integerHeader(headers, 'upload-length'), reply)
       const complete = dialect.ietf ? booleanHeader(headers, 'upload-complete') : undefined
-      if (complete === true && contentLength !== undefined) this.#declareLength(upload, offset + contentLength)
+      if (complete === true && contentLength !== undefined) this.#declareLength(upload, offset + contentLength, reply)
       const room = (upload.length ?? upload.config.maxFileSize) - offset
       if (contentLength !== undefined && contentLength > room) throw this.#tooLarge(reply, upload.config, 'close')
       const checksum = checksumHeader(headers)
@@ -270,19 +293,20 @@ export class ResumableEndpoint {
       }
       if (how === 'failed') throw this.#failed(upload)
       // However the append ended, the last byte finishes the upload.
-      if (how === 'end' && complete === true) this.#declareLength(upload, upload.offset)
+      if (how === 'end' && complete === true) this.#declareLength(upload, upload.offset, reply)
       if (upload.length === upload.offset) await this.#finish(upload)
       if (how === 'timeout') {
         // The spec's advice: a timed-out append ends with its connection.
         reply.hijack()
         request.raw.destroy()
-        return
+        return how
       }
       if (how === 'limit') throw this.#tooLarge(reply, upload.config, 'close')
       // Pre-empted or cut: answer with what was kept; the connection cannot be reused.
       if (how !== 'end') reply.header('connection', 'close')
       this.#describe(upload, reply, dialect)
       await reply.code(status).send()
+      return how
     } finally {
       release()
     }
@@ -320,11 +344,11 @@ export class ResumableEndpoint {
     })
   }
 
-  #declareLength (upload: ResumableUpload, length: number | undefined): void {
+  #declareLength (upload: ResumableUpload, length: number | undefined, reply: FastifyReply): void {
     if (length === undefined || length === upload.length) return
     if (upload.length !== undefined) throw new UploadLengthError('The upload length cannot change once known')
     if (length < upload.offset) throw new UploadLengthError('The upload length cannot be less than its offset')
-    if (length > upload.config.maxFileSize) throw new TooLargeError(upload.entry.clientName, upload.config.uploadName, upload.config.maxFileSize)
+    if (length > upload.config.maxFileSize) throw this.#tooLarge(reply, upload.config, 'close')
     upload.length = length
     upload.entry.declareSize(length)
   }
