@@ -1,10 +1,17 @@
-// The upload client. Bodies are generated on the fly: one preallocated 1 MiB buffer
-// of random bytes, written again and again (never read from disk), wrapped in a
-// multipart head and tail for multipart contenders. Sent with node:http, with
-// backpressure, and a Content-Length so every contender sees a sized body.
+// The upload clients. Bodies are generated on the fly: one preallocated 1 MiB buffer
+// of random bytes, written again and again (never read from disk).
+// - HTTP (`upload`): wrapped in a multipart head and tail for multipart contenders,
+//   sent with node:http, with backpressure, and a Content-Length so every contender
+//   sees a sized body.
+// - The plugin's channel (`uploadChannel`): the real client library
+//   (fastify-chunked-upload/client, i.e. dist/client/index.js) with the ws package
+//   injected, given a file-like object whose reads cost no copy, `submit: true`.
+// - A bare WebSocket route (`uploadBareWs`): 64 KiB binary frames, then "end".
 import { randomBytes, randomFillSync } from 'node:crypto'
 import http from 'node:http'
 import { performance } from 'node:perf_hooks'
+import WebSocket from 'ws'
+import { upload as clientUpload } from 'fastify-chunked-upload/client'
 
 export const MiB = 1024 ** 2
 const CHUNK = randomFillSync(Buffer.allocUnsafe(MiB))
@@ -91,4 +98,106 @@ export async function getJson (port, path) {
   const res = await fetch(`http://127.0.0.1:${port}${path}`)
   if (!res.ok) throw new Error(`GET ${path}: ${res.status}`)
   return await res.json()
+}
+
+/**
+ * The client library reads a file with slice(start, end).arrayBuffer(). To cost it no
+ * more than the other clients (which write views of CHUNK, never copying), every
+ * read of n bytes resolves with the same ArrayBuffer: CHUNK's first n bytes. Nobody
+ * checks the content, only the size.
+ */
+const pieces = new Map()
+function piece (n) {
+  let buffer = pieces.get(n)
+  if (buffer === undefined) {
+    buffer = new Uint8Array(n)
+    for (let at = 0; at < n; at += CHUNK.length) buffer.set(CHUNK.subarray(0, Math.min(CHUNK.length, n - at)), at)
+    buffer = buffer.buffer
+    if (pieces.size < 16) pieces.set(n, buffer)
+  }
+  return buffer
+}
+
+/** What the client library takes as a file: a name, a size, a type, slice().arrayBuffer(). */
+function syntheticFile (size) {
+  return {
+    name: 'blob.bin',
+    size,
+    type: 'application/octet-stream',
+    lastModified: Date.now(),
+    slice: (start, end) => ({ arrayBuffer: async () => piece(end - start) })
+  }
+}
+
+/**
+ * Sends `size` bytes over the plugin's channel (ws://…/upload/ws) with the client
+ * library, which then POSTs the ref to /upload (`submit: true`); the handler consumes
+ * the entry and answers its size. Never rejects: resolves like `upload`.
+ */
+export async function uploadChannel ({ port, size, timeoutMs = 300_000 }) {
+  const t0 = performance.now()
+  try {
+    const result = await clientUpload(`http://127.0.0.1:${port}/upload`, [syntheticFile(size)], {
+      uploadName: 'file',
+      WebSocket,
+      submit: true,
+      signal: AbortSignal.timeout(timeoutMs)
+    })
+    const file = result.files[0]
+    const stored = result.response?.size ?? -1
+    const ok = file.ok && result.status === 200 && stored === size
+    return { ok, ms: performance.now() - t0, status: result.status ?? 0, size: stored, error: ok ? undefined : JSON.stringify({ file, response: result.response }).slice(0, 300) }
+  } catch (error) {
+    return { ok: false, ms: performance.now() - t0, status: 0, size: -1, error: String(error?.message ?? error) }
+  }
+}
+
+const WS_FRAME = 64 * 1024
+/** The client waits for its buffer to empty when this much is buffered. */
+const WS_HIGH_WATER = MiB
+
+/**
+ * Sends `size` bytes to a bare WebSocket route (ws://…/upload/ws) as 64 KiB binary
+ * frames, then a text frame "end"; the server answers {"size"} and closes. Waits for
+ * the send buffer to flush whenever 1 MiB is buffered. Never rejects.
+ */
+export function uploadBareWs ({ port, size, timeoutMs = 300_000 }) {
+  return new Promise((resolve) => {
+    const t0 = performance.now()
+    let settled = false
+    const finish = (result) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      const ok = result.status === 101 && result.size === size
+      resolve({ ok, ms: performance.now() - t0, ...result })
+      // Answered: the server closes too. Otherwise (timeout, error) drop the socket now.
+      if (ok && ws.readyState === WebSocket.OPEN) ws.close(1000)
+      else if (ws.readyState !== WebSocket.CLOSED) ws.terminate()
+    }
+    const ws = new WebSocket(`ws://127.0.0.1:${port}/upload/ws`)
+    const timer = setTimeout(() => finish({ status: 0, size: -1, error: `client timeout after ${timeoutMs} ms` }), timeoutMs)
+    ws.on('error', (error) => finish({ status: 0, size: -1, error: error.message }))
+    ws.on('close', (code, reason) => finish({ status: 0, size: -1, error: `closed ${code} ${reason}` }))
+    ws.on('message', (data) => {
+      let body
+      try {
+        body = JSON.parse(data.toString())
+      } catch {
+        body = {}
+      }
+      finish({ status: 101, size: body.size ?? -1, error: body.size === size ? undefined : data.toString().slice(0, 300) })
+    })
+    ws.on('open', async () => {
+      for (let pos = 0; pos < size;) {
+        if (ws.readyState !== WebSocket.OPEN) return
+        const at = pos % CHUNK.length
+        const frame = CHUNK.subarray(at, at + Math.min(WS_FRAME, size - pos))
+        pos += frame.length
+        if (ws.bufferedAmount < WS_HIGH_WATER) ws.send(frame)
+        else await new Promise((resolve) => ws.send(frame, resolve))
+      }
+      if (ws.readyState === WebSocket.OPEN) ws.send('end')
+    })
+  })
 }

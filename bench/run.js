@@ -1,5 +1,6 @@
 // The benchmark runner (and the client). Starts a fresh server process per
-// (contender, scenario, run), drives it from this process with bench/client.js,
+// (contender, scenario, run), drives it from this process with bench/client.js
+// (node:http, the plugin's client library over its WebSocket channel, or bare ws),
 // asks the server for its CPU time and peak RSS, and prints medians.
 //
 //   npm run bench                                   full run (3 runs, 1 GiB, 200 × 4 MiB)
@@ -17,7 +18,8 @@ import { dirname, join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { MiB, getJson, upload } from './client.js'
+import { MiB, getJson, upload, uploadBareWs, uploadChannel } from './client.js'
+import { bufferutilStatus } from './ws-native.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
 const env = process.env
@@ -34,16 +36,30 @@ const CONTENDERS = [
   { id: 'chunked-upload-raw', name: 'fastify-chunked-upload (raw body)', server: 'chunked-upload.js', format: 'raw' },
   { id: 'fastify-multipart', name: '@fastify/multipart 10 (pipeline to file)', server: 'fastify-multipart.js', format: 'multipart' },
   { id: 'bare-pipe', name: 'bare pipe (raw body → file)', server: 'bare-pipe.js', format: 'raw' },
+  { id: 'chunked-upload-channel', name: 'fastify-chunked-upload (WebSocket channel + submit ref)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1' } },
+  { id: 'bare-ws', name: 'bare ws route (64 KiB binary frames → file)', server: 'bare-ws.js', format: 'ws' },
   // Diagnostic only, run when named in BENCH_CONTENDERS: the plugin with chunkSize 1 MiB,
   // so Node's 64 KiB socket reads are not split at the default 64_000 bytes.
   { id: 'chunked-upload-1m', name: 'fastify-chunked-upload (multipart, chunkSize 1 MiB)', server: 'chunked-upload.js', format: 'multipart', env: { BENCH_CHUNK_SIZE: String(MiB) }, optional: true },
-  { id: 'chunked-upload-raw-1m', name: 'fastify-chunked-upload (raw body, chunkSize 1 MiB)', server: 'chunked-upload.js', format: 'raw', env: { BENCH_CHUNK_SIZE: String(MiB) }, optional: true }
+  { id: 'chunked-upload-raw-1m', name: 'fastify-chunked-upload (raw body, chunkSize 1 MiB)', server: 'chunked-upload.js', format: 'raw', env: { BENCH_CHUNK_SIZE: String(MiB) }, optional: true },
+  // Diagnostic only: the channel with a larger channelWindow (default 8 frames), or
+  // larger chunks (and so larger frames).
+  { id: 'chunked-upload-channel-w32', name: 'fastify-chunked-upload (WebSocket channel, channelWindow 32)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1', BENCH_CHANNEL_WINDOW: '32' }, optional: true },
+  { id: 'chunked-upload-channel-w128', name: 'fastify-chunked-upload (WebSocket channel, channelWindow 128)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1', BENCH_CHANNEL_WINDOW: '128' }, optional: true },
+  { id: 'chunked-upload-channel-256k', name: 'fastify-chunked-upload (WebSocket channel, chunkSize 256 KiB)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1', BENCH_CHUNK_SIZE: String(256 * 1024) }, optional: true }
 ].filter((c) => env.BENCH_CONTENDERS === undefined ? !c.optional : env.BENCH_CONTENDERS.split(',').includes(c.id))
 
 const SCENARIOS = [
   { id: 'A', title: `A: one ${fmtSize(SIZE_A)} upload`, count: 1, size: SIZE_A },
   { id: 'B', title: `B: ${COUNT_B} concurrent ${fmtSize(SIZE_B)} uploads`, count: COUNT_B, size: SIZE_B }
 ].filter((s) => env.BENCH_SCENARIOS === undefined || env.BENCH_SCENARIOS.split(',').includes(s.id))
+
+/** One upload with the contender's client (HTTP, the plugin's channel, or a bare WebSocket). */
+function send (contender, options) {
+  if (contender.format === 'channel') return uploadChannel(options)
+  if (contender.format === 'ws') return uploadBareWs(options)
+  return upload({ ...options, format: contender.format })
+}
 
 function fmtSize (bytes) {
   return bytes >= 1024 ** 3 && bytes % 1024 ** 3 === 0 ? `${bytes / 1024 ** 3} GiB` : `${+(bytes / MiB).toFixed(2)} MiB`
@@ -127,14 +143,14 @@ async function measure (contender, scenario, run) {
   try {
     const idle = await getJson(server.port, '/__bench/stats')
     for (let i = 0; i < WARMUP; i++) {
-      const r = await upload({ port: server.port, format: contender.format, size: MiB, agent })
+      const r = await send(contender, { port: server.port, size: MiB, agent })
       if (!r.ok) throw new Error(`${label}: warm-up upload failed: ${r.status} ${r.error}`)
     }
     const before = await getJson(server.port, '/__bench/stats')
     const clientCpu0 = process.cpuUsage()
     const t0 = performance.now()
     const results = await Promise.all(Array.from({ length: scenario.count }, () =>
-      upload({ port: server.port, format: contender.format, size: scenario.size, agent, timeoutMs: TIMEOUT_MS })))
+      send(contender, { port: server.port, size: scenario.size, agent, timeoutMs: TIMEOUT_MS })))
     const wallS = (performance.now() - t0) / 1000
     const clientCpu = process.cpuUsage(clientCpu0)
     const after = await getJson(server.port, '/__bench/stats')
@@ -155,6 +171,7 @@ async function measure (contender, scenario, run) {
       peakRssAfterWarmupMiB: before.peakRssMiB,
       idleRssMiB: idle.rssMiB,
       loadavg1: os.loadavg()[0],
+      serverBufferutil: after.bufferutil.status,
       leftoverFiles: after.leftoverFiles,
       failures: failed.length,
       failureSamples: failed.slice(0, 3).map((r) => ({ status: r.status, size: r.size, error: r.error })),
@@ -203,6 +220,7 @@ function summarise (measurements) {
         serverCpuS: median(ms.map((m) => m.serverCpuS)),
         serverCpuSPerGiB: median(ms.map((m) => m.serverCpuS / ((scenario.count * scenario.size) / 1024 ** 3))),
         clientCpuS: median(ms.map((m) => m.clientCpuS)),
+        clientCpuSPerGiB: median(ms.map((m) => m.clientCpuS / ((scenario.count * scenario.size) / 1024 ** 3))),
         peakRssMiB: median(ms.map((m) => m.peakRssMiB)),
         peakRssMiBMax: Math.max(...ms.map((m) => m.peakRssMiB)),
         idleRssMiB: median(ms.map((m) => m.idleRssMiB)),
@@ -212,6 +230,7 @@ function summarise (measurements) {
         peakGrowthMiB: median(ms.map((m) => m.peakRssMiB - m.idleRssMiB)),
         p95LatencyMs: median(ms.map((m) => m.latencyMs.p95)),
         failures: ms.reduce((n, m) => n + m.failures, 0),
+        serverBufferutil: [...new Set(ms.map((m) => m.serverBufferutil))].join(','),
         leftoverFiles: Math.max(...ms.map((m) => m.leftoverFiles))
       }
     }
@@ -235,6 +254,22 @@ function checks (summary) {
     add('chunked-upload (multipart) ÷ @fastify/multipart, throughput', vsMp, '≥ 1.00×', Number.isNaN(vsMp) ? NaN : vsMp >= 1)
     add('chunked-upload (multipart) ÷ bare pipe, throughput', vsBare, '≥ 0.85×', Number.isNaN(vsBare) ? NaN : vsBare >= 0.85)
     add('chunked-upload (raw body) ÷ bare pipe, throughput', rawVsBare, '≥ 0.85×', Number.isNaN(rawVsBare) ? NaN : rawVsBare >= 0.85)
+    // The WebSocket channel: against the bare HTTP pipe and a bare ws route, same run.
+    const ch = s['chunked-upload-channel']
+    if (ch !== undefined) {
+      const chVsBare = ratio(ch, s['bare-pipe'])
+      const chVsWs = ratio(ch, s['bare-ws'])
+      if (scenario.id === 'A') {
+        add('chunked-upload-channel ÷ bare pipe, throughput', chVsBare, '≥ 0.80×', Number.isNaN(chVsBare) ? NaN : chVsBare >= 0.8)
+        add('chunked-upload-channel ÷ bare ws route, throughput', chVsWs, '≥ 1.50×', Number.isNaN(chVsWs) ? NaN : chVsWs >= 1.5)
+      } else {
+        out.push({ scenario: scenario.id, what: 'chunked-upload-channel ÷ bare pipe, throughput (info)', value: chVsBare, target: '—', verdict: 'info' })
+        out.push({ scenario: scenario.id, what: 'chunked-upload-channel ÷ bare ws route, throughput (info)', value: chVsWs, target: '—', verdict: 'info' })
+        add(`chunked-upload-channel peak RSS, ${scenario.count} sockets (MiB, median; max ${ch.peakRssMiBMax.toFixed(1)})`, ch.peakRssMiB, '< 150', ch.peakRssMiB < 150)
+      }
+      add('chunked-upload-channel failures (all runs)', ch.failures, '0', ch.failures === 0)
+      add('chunked-upload-channel leftover temp files (max)', ch.leftoverFiles, '0', ch.leftoverFiles === 0)
+    }
     for (const id of ['chunked-upload', 'chunked-upload-raw']) {
       if (s[id] === undefined) continue
       if (scenario.id === 'A') {
@@ -256,15 +291,23 @@ function markdown (summary, checkList) {
     const s = summary[scenario.id]
     const bare = s['bare-pipe']
     const mp = s['fastify-multipart']
+    const bareWs = s['bare-ws']
     lines.push(`### ${scenario.title} — median of ${RUNS} run(s)`, '')
-    lines.push('| contender | MiB/s (min–max) | server CPU s | server CPU s/GiB | peak RSS MiB | idle RSS MiB | peak − idle MiB | p95 latency ms | failures | leftover files | ÷ @fastify/multipart | ÷ bare pipe |')
-    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    lines.push('| contender | MiB/s (min–max) | server CPU s | server CPU s/GiB | client CPU s/GiB | peak RSS MiB | idle RSS MiB | peak − idle MiB | p95 latency ms | failures | leftover files | ÷ @fastify/multipart | ÷ bare pipe | ÷ bare ws |')
+    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
     for (const contender of CONTENDERS) {
       const r = s[contender.id]
       if (r === undefined) continue
-      lines.push(`| ${contender.name} | ${f(r.mibPerS)} (${f(r.mibPerSMin)}–${f(r.mibPerSMax)}) | ${f(r.serverCpuS, 2)} | ${f(r.serverCpuSPerGiB, 2)} | ${f(r.peakRssMiB)} | ${f(r.idleRssMiB)} | ${f(r.peakGrowthMiB)} | ${f(r.p95LatencyMs, 0)} | ${r.failures} | ${r.leftoverFiles} | ${f(ratio(r, mp), 2)}× | ${f(ratio(r, bare), 2)}× |`)
+      lines.push(`| ${contender.name} | ${f(r.mibPerS)} (${f(r.mibPerSMin)}–${f(r.mibPerSMax)}) | ${f(r.serverCpuS, 2)} | ${f(r.serverCpuSPerGiB, 2)} | ${f(r.clientCpuSPerGiB, 2)} | ${f(r.peakRssMiB)} | ${f(r.idleRssMiB)} | ${f(r.peakGrowthMiB)} | ${f(r.p95LatencyMs, 0)} | ${r.failures} | ${r.leftoverFiles} | ${f(ratio(r, mp), 2)}× | ${f(ratio(r, bare), 2)}× | ${f(ratio(r, bareWs), 2)}× |`)
     }
     lines.push('')
+  }
+  // Servers of WebSocket contenders say whether ws found bufferutil's native code.
+  const wsFormats = new Set(['channel', 'ws'])
+  const wsServers = Object.values(summary).flatMap((byContender) => Object.entries(byContender))
+    .filter(([id]) => wsFormats.has(CONTENDERS.find((c) => c.id === id)?.format))
+  if (wsServers.length > 0) {
+    lines.push(`ws masking with bufferutil: client ${bufferutilStatus().status}; servers ${[...new Set(wsServers.map(([, r]) => r.serverBufferutil))].join(', ')}`, '')
   }
   lines.push('### Targets', '')
   lines.push('| scenario | check | value | target | verdict |')
@@ -283,9 +326,11 @@ async function main () {
     cpuModel: os.cpus()[0]?.model,
     totalMemMiB: Math.round(os.totalmem() / MiB),
     loadavgAtStart: os.loadavg(),
-    tmpdir: os.tmpdir()
+    tmpdir: os.tmpdir(),
+    // This process is the client of every contender; ws is loaded by bench/client.js.
+    clientBufferutil: bufferutilStatus()
   }
-  console.error(`bench: ${RUNS} run(s); scenarios ${SCENARIOS.map((s) => s.title).join('; ')}; ${CONTENDERS.length} contenders; node ${machine.node}, ${machine.cpus} CPUs, load ${machine.loadavgAtStart.map((l) => l.toFixed(2)).join(' ')}`)
+  console.error(`bench: ${RUNS} run(s); scenarios ${SCENARIOS.map((s) => s.title).join('; ')}; ${CONTENDERS.length} contenders; node ${machine.node}, ${machine.cpus} CPUs, load ${machine.loadavgAtStart.map((l) => l.toFixed(2)).join(' ')}; client ws bufferutil: ${machine.clientBufferutil.status}`)
   const measurements = []
   for (let run = 1; run <= RUNS; run++) {
     for (const scenario of SCENARIOS) {

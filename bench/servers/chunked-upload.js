@@ -3,6 +3,10 @@
 // this one route. The stored size is read back with stat() before the plugin removes
 // the temp file after consume. BENCH_CHUNK_SIZE (bytes) overrides the route's
 // chunkSize, for diagnosis only; unset, the plugin's default applies.
+// BENCH_CHANNEL=1 registers @fastify/websocket and the plugin with `channel: true`:
+// files then come over GET /upload/ws, and the client POSTs their refs as JSON
+// ({ "file": "<ref>" }) to this same route, whose handler consumes them as above.
+// BENCH_CHANNEL_WINDOW overrides the plugin's channelWindow, for diagnosis only.
 import { stat } from 'node:fs/promises'
 import Fastify from 'fastify'
 import chunkedUpload from 'fastify-chunked-upload'
@@ -10,7 +14,10 @@ import { MAX_FILE_SIZE, makeTmpDir, serve } from './common.js'
 
 const dir = makeTmpDir('chunked-upload')
 const app = Fastify()
-await app.register(chunkedUpload, { tmpDir: dir })
+const channel = process.env.BENCH_CHANNEL === '1'
+if (channel) await app.register((await import('@fastify/websocket')).default)
+const channelWindow = process.env.BENCH_CHANNEL_WINDOW === undefined ? {} : { channelWindow: Number(process.env.BENCH_CHANNEL_WINDOW) }
+await app.register(chunkedUpload, { tmpDir: dir, channel, ...channelWindow })
 
 const chunkSize = process.env.BENCH_CHUNK_SIZE === undefined ? {} : { chunkSize: Number(process.env.BENCH_CHUNK_SIZE) }
 

@@ -5,6 +5,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { bufferutilStatus } from '../ws-native.js'
 
 export const MAX_FILE_SIZE = 2 * 1024 ** 3
 
@@ -74,6 +75,8 @@ export function stats (dir) {
     maxExternalMiB: maxMemory.external / 1024 ** 2,
     maxArrayBuffersMiB: maxMemory.arrayBuffers / 1024 ** 2,
     contextSwitches: contextSwitches(),
+    /** Whether ws (servers with @fastify/websocket) masks with bufferutil's native code. */
+    bufferutil: bufferutilStatus(),
     /** Files left in the upload dir: should be 0 between uploads. */
     leftoverFiles: readdirSync(dir).length
   }
