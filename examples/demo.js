@@ -13,10 +13,16 @@
 // (fastify-chunked-upload/client, served at /client.js): over the channel, the files
 // land first and the page then posts their refs to the route, whose handler consumes
 // them as if they had come in that request.
+//
+// Both upload names are also `resumable: true`: each route has a tus endpoint
+// (POST /upload/files/tus, then HEAD/PATCH/DELETE /upload/files/tus/<id>; the same
+// under /upload/echo). The page's third mode uploads there with Uppy (@uppy/core and
+// @uppy/tus, bundled for the browser by esbuild on first request, served at /uppy.js),
+// then posts the upload URLs to the route, like refs.
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
 import { readFile } from 'node:fs/promises'
-import { resolve } from 'node:path'
+import { dirname, resolve } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { fileURLToPath } from 'node:url'
 import websocket from '@fastify/websocket'
@@ -33,25 +39,28 @@ export const SLOW_CHUNK_MS = 25
 
 /**
  * A writer that stores nothing: it logs every chunk it gets, and the total when it is
- * closed. Its meta is what a consumer sees: the byte and chunk counts. With a `delay`,
- * every chunk takes that long, like a slow destination.
+ * closed. Its meta is what a consumer sees: the byte and chunk counts, and the SHA-256
+ * of the bytes it was given. With a `delay`, every chunk takes that long, like a slow
+ * destination.
  */
 export const EchoWriter = defineWriter({
   init ({ log, delay = 0 }) {
-    return { log, delay, total: 0, chunks: 0 }
+    return { log, delay, total: 0, chunks: 0, hash: createHash('sha256') }
   },
   meta (state) {
-    return { total: state.total, chunks: state.chunks }
+    return { total: state.total, chunks: state.chunks, sha256: state.hash.copy().digest('hex') }
   },
   async writeChunk (data, state) {
     state.log.info({ size: data.length }, 'echo writer: chunk')
     if (state.delay > 0) await sleep(state.delay)
+    state.hash.update(data)
     return { ...state, total: state.total + data.length, chunks: state.chunks + 1 }
   },
   close (state, reason) {
     // reason: 'done', 'cancel', or { error } when writeChunk threw
     const how = typeof reason === 'string' ? reason : 'error'
-    state.log.info({ total: state.total, chunks: state.chunks, reason: how }, 'echo writer: closed')
+    const sha256 = state.hash.copy().digest('hex')
+    state.log.info({ total: state.total, chunks: state.chunks, sha256, reason: how }, 'echo writer: closed')
     return state
   }
 })
@@ -66,8 +75,34 @@ const STATIC = {
   '/': [new URL('./public/index.html', import.meta.url), 'text/html; charset=utf-8'],
   '/app.js': [new URL('./public/app.js', import.meta.url), 'text/javascript; charset=utf-8'],
   '/style.css': [new URL('./public/style.css', import.meta.url), 'text/css; charset=utf-8'],
+  '/resumable.js': [new URL('./public/resumable.js', import.meta.url), 'text/javascript; charset=utf-8'],
   // the client library, as the package exports it (dist/client/index.js: `npm run build`)
   '/client.js': [new URL(import.meta.resolve('fastify-chunked-upload/client')), 'text/javascript; charset=utf-8']
+}
+
+/** What /uppy.js serves: Uppy's core and its tus plugin, as one browser module. */
+const UPPY_ENTRY = "export { default as Uppy } from '@uppy/core'\nexport { default as Tus } from '@uppy/tus'\n"
+
+/**
+ * Bundles @uppy/core and @uppy/tus for the browser (which cannot import bare npm
+ * names), in memory, with esbuild (a devDependency, loaded only here).
+ */
+export async function bundleUppy () {
+  const esbuild = await import('esbuild')
+  try {
+    const result = await esbuild.build({
+      stdin: { contents: UPPY_ENTRY, resolveDir: dirname(fileURLToPath(import.meta.url)), sourcefile: 'uppy.js', loader: 'js' },
+      bundle: true,
+      format: 'esm',
+      platform: 'browser',
+      target: 'es2022',
+      write: false,
+      logLevel: 'silent'
+    })
+    return Buffer.from(result.outputFiles[0].contents)
+  } finally {
+    await esbuild.stop() // its service process has nothing more to do
+  }
 }
 
 /** The demo app, not listening yet. `options` go to Fastify (default: `{ logger: true }`). */
@@ -81,10 +116,19 @@ export async function buildDemo (options = { logger: true }) {
   for (const [url, [path, type]] of Object.entries(STATIC)) {
     app.get(url, async (request, reply) => reply.type(type).send(await readFile(path)))
   }
+  // Bundled on the first request (the page asks when its resumable mode is chosen), once.
+  let uppy
+  app.get('/uppy.js', async (request, reply) => {
+    uppy ??= bundleUppy().catch((error) => {
+      uppy = undefined // the next request tries again
+      throw error
+    })
+    return reply.type('text/javascript; charset=utf-8').send(await uppy)
+  })
 
   app.post('/upload/files', {
     allowUpload: {
-      files: { accept: ['image/*', '.txt'], ...LIMITS.files, onEntryError: 'continue' }
+      files: { accept: ['image/*', '.txt'], ...LIMITS.files, onEntryError: 'continue', resumable: true }
     }
   }, async (request) => {
     // Every entry is settled by now. Each temp file is removed once its callback returns:
@@ -103,8 +147,10 @@ export async function buildDemo (options = { logger: true }) {
       echo: {
         accept: 'any',
         ...LIMITS.echo,
+        resumable: true,
         // one writer per entry, with its options: here a logger that names the file.
-        // Over the channel, `request` is the socket's upgrade request (its query too).
+        // Over the channel, `request` is the socket's upgrade request (its query too);
+        // on the resumable endpoint, the creation request (POST /upload/echo/tus?slow=1).
         writer: (uploadName, entry, request) => [EchoWriter, {
           log: request.log.child({ file: entry.clientName }),
           delay: request.query.slow === '1' ? SLOW_CHUNK_MS : 0
@@ -116,7 +162,8 @@ export async function buildDemo (options = { logger: true }) {
       name: entry.clientName,
       type: entry.clientType,
       total: meta.total,
-      chunks: meta.chunks
+      chunks: meta.chunks,
+      sha256: meta.sha256
     }))
     return { files, errors: request.uploads.errors() }
   })

@@ -42,7 +42,7 @@ const tmp = await mkdtemp(join(tmpdir(), 'fcu-demo-'))
 t.teardown(() => rm(tmp, { recursive: true, force: true }))
 const { url, logs } = await startDemo(t, tmp)
 
-t.test('GET / serves the page with its two upload forms, the transport switch, and the client library', async (t) => {
+t.test('GET / serves the page with its two upload forms, the transport switch, the client library and the Uppy bundle', async (t) => {
   const response = await fetch(url)
   t.equal(response.status, 200)
   t.match(response.headers.get('content-type'), /^text\/html/)
@@ -53,12 +53,19 @@ t.test('GET / serves the page with its two upload forms, the transport switch, a
   t.match(html, /<input type="file" name="echo" multiple/)
   t.match(html, /<input type="radio" name="transport" value="websocket" checked>/)
   t.match(html, /<input type="radio" name="transport" value="http">/)
-  for (const [path, type] of [['/app.js', /^text\/javascript/], ['/style.css', /^text\/css/], ['/client.js', /^text\/javascript/]] as const) {
+  t.match(html, /<input type="radio" name="transport" value="resumable">/)
+  const assets = [['/app.js', /^text\/javascript/], ['/style.css', /^text\/css/], ['/client.js', /^text\/javascript/], ['/resumable.js', /^text\/javascript/], ['/uppy.js', /^text\/javascript/]] as const
+  for (const [path, type] of assets) {
     const asset = await fetch(`${url}${path}`)
     t.equal(asset.status, 200, path)
     t.match(asset.headers.get('content-type'), type, `${path} content type`)
     const text = await asset.text()
     if (path === '/app.js') t.match(text, /^import \{ upload \} from '\/client\.js'$/m, 'the page uses the client library')
+    if (path === '/resumable.js') t.match(text, /^import \{ Tus, Uppy \} from '\/uppy\.js'$/m, 'the resumable mode uses the bundle')
+    if (path === '/uppy.js') {
+      t.match(text, /^export \{[^}]*\bTus\b[^}]*\bUppy\b[^}]*\}/m, '@uppy/core and @uppy/tus, bundled by esbuild')
+      t.notMatch(text, /^\s*import\b/m, 'with nothing left to import')
+    }
     if (path === '/client.js') {
       t.match(text, /^export async function upload ?\(/m, 'the built client library')
       t.notMatch(text, /^\s*import\b/m, 'which imports nothing, so a browser loads it as is')
@@ -106,6 +113,66 @@ t.test('over the channel, with ?slow=1: EchoWriter takes its time, and a cancel 
   t.equal(closed.reason, 'cancel', 'the cancelled entry\'s writer is closed with cancel')
   t.ok(closed.chunks! >= 4, 'it got chunks first')
   t.ok(Date.now() - started >= 4 * 25, 'each chunk took the writer 25 ms')
+})
+
+/** The tus 1.0 headers of a creation: length and metadata (base64 values). */
+function tusCreation (length: number, metadata: Record<string, string>): Record<string, string> {
+  return {
+    'tus-resumable': '1.0.0',
+    'upload-length': String(length),
+    'upload-metadata': Object.entries(metadata).map(([key, value]) => `${key} ${Buffer.from(value).toString('base64')}`).join(',')
+  }
+}
+
+async function tusPatch (uploadUrl: string, offset: number, data: Buffer): Promise<Response> {
+  return await fetch(uploadUrl, {
+    method: 'PATCH',
+    headers: { 'tus-resumable': '1.0.0', 'upload-offset': String(offset), 'content-type': 'application/offset+octet-stream' },
+    body: data
+  })
+}
+
+t.test('the resumable endpoint (tus): a file in two PATCHes, its upload URL submitted, the handler hashes the stored file', async (t) => {
+  const image = randomBytes(300_000)
+  const created = await fetch(`${url}/upload/files/tus`, { method: 'POST', headers: tusCreation(image.length, { filename: 'tus.png', filetype: 'image/png' }) })
+  t.equal(created.status, 201)
+  const uploadUrl = new URL(created.headers.get('location')!, url).href
+  t.match(uploadUrl, /\/upload\/files\/tus\/[0-9a-f-]{36}$/)
+  const first = await tusPatch(uploadUrl, 0, image.subarray(0, 100_000))
+  t.equal(first.status, 204)
+  t.equal(first.headers.get('upload-offset'), '100000')
+  const head = await fetch(uploadUrl, { method: 'HEAD', headers: { 'tus-resumable': '1.0.0' } })
+  t.equal(head.headers.get('upload-offset'), '100000', 'the server says where to go on')
+  t.equal((await tusPatch(uploadUrl, 100_000, image.subarray(100_000))).headers.get('upload-offset'), String(image.length))
+
+  const refused = await fetch(`${url}/upload/files/tus`, { method: 'POST', headers: tusCreation(10, { filename: 'report.pdf', filetype: 'application/pdf' }) })
+  t.equal(refused.status, 415, 'the route\'s accept rule applies at creation')
+  t.match(await refused.json(), { code: 'FST_CHUNKED_UPLOAD_NOT_ACCEPTED' })
+
+  const response = await fetch(`${url}/upload/files`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ note: 'by tus', files: [uploadUrl] }) })
+  t.equal(response.status, 200)
+  t.same(await response.json(), {
+    note: 'by tus',
+    files: [{ name: 'tus.png', type: 'image/png', size: image.length, sha256: sha256(image) }],
+    errors: []
+  })
+  const gone = await fetch(uploadUrl, { method: 'HEAD', headers: { 'tus-resumable': '1.0.0' } })
+  t.equal(gone.status, 410, 'consumed: the upload URL is gone')
+})
+
+t.test('the resumable endpoint with ?slow=1: EchoWriter takes its time, and a tus DELETE closes it with cancel', async (t) => {
+  const data = randomBytes(200_000)
+  const created = await fetch(`${url}/upload/echo/tus?slow=1`, { method: 'POST', headers: tusCreation(1_000_000, { filename: 'deleted.bin' }) })
+  t.equal(created.status, 201)
+  const uploadUrl = new URL(created.headers.get('location')!, url).href
+  const started = Date.now()
+  t.equal((await tusPatch(uploadUrl, 0, data)).status, 204)
+  const chunks = logs().filter((line) => line.msg === 'echo writer: chunk' && line.file === 'deleted.bin').length
+  t.ok(chunks >= 4 && Date.now() - started >= chunks * 25, `the slow writer took its ${chunks} chunks`)
+  const deleted = await fetch(uploadUrl, { method: 'DELETE', headers: { 'tus-resumable': '1.0.0' } })
+  t.equal(deleted.status, 204)
+  const closed = await waitFor('the close log line', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'deleted.bin'))
+  t.match(closed, { reason: 'cancel', total: data.length, chunks, sha256: sha256(data) }, 'closed with cancel, after what it got')
 })
 
 t.test('the temp-file route reports name, type, size and sha256 of each file', async (t) => {
@@ -168,15 +235,15 @@ t.test('the echo route counts the bytes and logs every chunk', async (t) => {
   const result = await response.json() as { files: Array<{ name: string, type: string, total: number, chunks: number }>, errors: unknown[] }
   t.match(result, {
     files: [
-      { name: 'a.bin', type: 'application/octet-stream', total: a.length },
-      { name: 'b.txt', type: 'text/plain', total: 4, chunks: 1 }
+      { name: 'a.bin', type: 'application/octet-stream', total: a.length, sha256: sha256(a) },
+      { name: 'b.txt', type: 'text/plain', total: 4, chunks: 1, sha256: sha256(b) }
     ],
     errors: []
   })
   t.ok(result.files[0]!.chunks >= Math.ceil(a.length / 64_000), 'no chunk exceeds the default chunkSize')
 
   const closed = await waitFor('the close log line', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'a.bin'))
-  t.match(closed, { total: a.length, chunks: result.files[0]!.chunks, reason: 'done' })
+  t.match(closed, { total: a.length, chunks: result.files[0]!.chunks, reason: 'done', sha256: sha256(a) })
   const chunks = logs().filter((line) => line.msg === 'echo writer: chunk' && line.file === 'a.bin')
   t.equal(chunks.length, result.files[0]!.chunks, 'one log line per chunk')
   t.equal(chunks.reduce((sum, line) => sum + line.size!, 0), a.length, 'the logged chunk sizes add up')

@@ -1,6 +1,23 @@
 // Sends each form's files with the client library, over the WebSocket channel or HTTP,
-// with a progress bar and a cancel button per file, then shows what the handler consumed.
+// or with Uppy to the route's resumable (tus) endpoint, with a progress bar and a cancel
+// button per file, then shows what the handler consumed.
 import { upload } from '/client.js'
+
+/** The resumable mode (Uppy), loaded when first chosen. */
+let resumable
+function loadResumable () {
+  resumable ??= import('/resumable.js').catch((error) => {
+    resumable = undefined // try again next time
+    throw error
+  })
+  return resumable
+}
+
+const TRANSPORTS = {
+  websocket: 'the WebSocket channel',
+  http: 'HTTP',
+  resumable: 'the resumable endpoint (tus, with Uppy)'
+}
 
 const sizeFormat = new Intl.NumberFormat('en', { maximumFractionDigits: 1 })
 
@@ -52,13 +69,14 @@ const views = {
     const note = response.note === '' || response.note === undefined ? '' : ` Note: “${response.note}”.`
     return { rows, summary: `${response.files.length} stored, ${errors.length} not.${note}` }
   },
-  // /upload/echo: { files: [{ name, type, total, chunks }] }
+  // /upload/echo: { files: [{ name, type, total, chunks, sha256 }] }
   'echo-form' (response, results) {
     const rows = response.files.map((file) => row('ok', [
-      file.name, file.type || '?', { text: file.total.toLocaleString('en'), className: 'num' }, { text: String(file.chunks), className: 'num' }
+      file.name, file.type || '?', { text: file.total.toLocaleString('en'), className: 'num' }, { text: String(file.chunks), className: 'num' },
+      { text: file.sha256, className: 'hash' }
     ]))
     for (const error of clientFailures(results)) {
-      rows.push(row('failed', [error.clientName, '', '', `${error.code}: ${ERROR_TEXT[error.code] ?? 'refused'}`]))
+      rows.push(row('failed', [error.clientName, '', '', '', `${error.code}: ${ERROR_TEXT[error.code] ?? 'refused'}`]))
     }
     const total = response.files.reduce((sum, file) => sum + file.total, 0)
     return { rows, summary: `${response.files.length} files, ${formatSize(total)} echoed: see the chunks in the server log.` }
@@ -135,11 +153,13 @@ async function submit (form) {
   if (transport === 'http') for (const { line } of lines.values()) line.querySelector('.cancel').title = 'Over HTTP this cancels the whole request'
   button.disabled = true
   status.className = 'status'
-  status.textContent = `Uploading over ${transport === 'http' ? 'HTTP' : 'the WebSocket channel'}…`
+  status.textContent = `Uploading over ${TRANSPORTS[transport]}…`
   table.hidden = true
   const slow = form.querySelector('input[name="slow"]')?.checked === true
   try {
-    const result = await upload(form.action + (slow ? '?slow=1' : ''), files.map((file) => ({ file, signal: lines.get(file).signal })), {
+    // Resumable: Uppy to {route}/tus, then the upload URLs to the route. Same arguments, same result.
+    const send = transport === 'resumable' ? (await loadResumable()).uploadResumable : upload
+    const result = await send(form.action + (slow ? '?slow=1' : ''), files.map((file) => ({ file, signal: lines.get(file).signal })), {
       uploadName: input.name,
       transport,
       submit: true, // over the channel: post the refs to the route, and return its answer
@@ -162,6 +182,13 @@ async function submit (form) {
     button.disabled = false
     input.value = ''
   }
+}
+
+// Choosing the resumable mode loads it (and the Uppy bundle) ahead of the first upload.
+for (const radio of document.querySelectorAll('input[name="transport"]')) {
+  radio.addEventListener('change', () => {
+    if (radio.checked && radio.value === 'resumable') loadResumable().catch(() => {}) // an upload would say why
+  })
 }
 
 for (const form of document.querySelectorAll('form')) {
