@@ -77,7 +77,7 @@ function requestsOf (s: Setup, url: string): string[] {
 function pieces (data: Buffer, size: number): Readable {
   const parts: Buffer[] = []
   for (let at = 0; at < data.length; at += size) parts.push(data.subarray(at, at + size))
-  return Readable.from(parts)
+  return Readable.from(parts, { objectMode: false })
 }
 
 for (const protocol of ['tus-v1', 'ietf-draft-03', 'ietf-draft-05'] as const) {

@@ -243,6 +243,24 @@ t.test('a creation-with-upload refused for its body (415, 413, 400, 460) leaves 
   }
 })
 
+t.test('a creation-with-upload cut or silent before its answer ends with its writer (nobody has its URL) and frees its slot', async (t) => {
+  const s = await setupResumable(t, { maxEntries: 1, chunkTimeout: 300 }, { faults: { chunkDelay: 1 } })
+  const cut = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 50_000, 'content-type': OCTETS, 'content-length': 50_000 })
+  cut.req.write(bytes(20_000))
+  t.ok(await eventually(() => accepted(s) > 0), 'bytes reached the writer')
+  cut.req.destroy()
+  t.equal((await cut.reply).status, 0)
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1, 2000), 'the writer is closed')
+  t.same(s.recorder.reasons(), ['cancel'])
+  const silent = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 50_000, 'content-type': OCTETS, 'content-length': 50_000 })
+  silent.req.write(bytes(1000))
+  t.equal((await silent.reply).status, 0, 'a silent creation is closed after chunkTimeout')
+  t.ok(await eventually(() => s.recorder.records[1]?.closes.length === 1, 2000))
+  t.same(s.recorder.reasons(), ['cancel', 'cancel'])
+  t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'neither holds a maxEntries slot')
+  await s.finish(t)
+})
+
 t.test('PATCH Content-Type: 415 unless application/offset+octet-stream (parameters and case tolerated); nothing written on a 415', async (t) => {
   const s = await setupResumable(t)
   const path = await s.create({ ...TUS, 'upload-length': 40 })
