@@ -138,11 +138,15 @@ t.test('Upload-Metadata: HEAD echoes it exactly as sent; the consumer sees the d
   const consumed = await s.claim({ file: path })
   t.match(consumed.json.files, [{ name: 'résumé 2024.pdf', type: 'application/pdf', size: 10 }])
 
+  const short = await s.create({ ...TUS, 'upload-length': 5, 'upload-metadata': `name ${Buffer.from('a.txt').toString('base64')},type ${Buffer.from('text/plain').toString('base64')}` })
+  await patch(s, short, 0, bytes(5))
+  t.match((await s.claim({ file: short })).json.files, [{ name: 'a.txt', type: 'text/plain' }], 'name and type work as filename and filetype')
+
   for (const bad of ['filename !!!!', 'filename YQ', 'a YQ==,a Yg==', 'filename YQ== extra', ',', 'filename YQ==,']) {
     const reply = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'upload-metadata': bad })
     t.equal(reply.status, 400, `Upload-Metadata ${JSON.stringify(bad)} → 400`)
   }
-  t.equal(s.recorder.records.length, 1, 'no writer for a refused creation')
+  t.equal(s.recorder.records.length, 2, 'no writer for a refused creation')
   await s.finish(t)
 })
 
@@ -196,11 +200,18 @@ t.test('creation-defer-length: Upload-Defer-Length: 1 on HEAD until a PATCH brin
   t.equal(offsetOf(await head(s, other)), 0)
   t.equal((await patch(s, other, 0, bytes(10), { 'upload-length': 100 })).status, 204, 'repeating the same length is fine')
 
+  const below = await s.create({ ...TUS, 'upload-defer-length': 1 })
+  await patch(s, below, 0, bytes(100))
+  t.equal((await patch(s, below, 100, bytes(10), { 'upload-length': 50 })).status, 400, 'a length below the offset is a 400')
+  t.equal(offsetOf(await head(s, below)), 100)
+  t.equal((await head(s, below)).headers['upload-defer-length'], '1', 'and the length stays unknown')
+  await s.tus('DELETE', below, TUS)
+
   for (const headers of [{ 'upload-defer-length': 2 }, { 'upload-defer-length': 1, 'upload-length': 10 }, {}, { 'upload-length': '-1' }, { 'upload-length': 'ten' }]) {
     const reply = await s.tus('POST', '/up/tus', { ...TUS, ...headers })
     t.equal(reply.status, 400, `POST ${JSON.stringify(headers)} → 400`)
   }
-  t.equal(s.recorder.records.length, 2)
+  t.equal(s.recorder.records.length, 3)
   t.same(await s.claim({ file: [path] }).then((r) => r.json.files[0].sha256), sha256(data))
   await s.finish(t)
 })
@@ -258,6 +269,33 @@ t.test('a creation-with-upload cut or silent before its answer ends with its wri
   t.ok(await eventually(() => s.recorder.records[1]?.closes.length === 1, 2000))
   t.same(s.recorder.reasons(), ['cancel', 'cancel'])
   t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'neither holds a maxEntries slot')
+  await s.finish(t)
+})
+
+t.test('a chunked creation-with-upload that reaches its length and goes on: 413, and the upload is discarded with its file', async (t) => {
+  const s = await setupResumable(t, { maxEntries: 1 }, { tmp: true })
+  const creation = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 1000, 'content-type': OCTETS })
+  creation.req.write(bytes(1000))
+  await sleep(100)
+  creation.req.end(bytes(10))
+  const answer = await creation.reply
+  t.equal(answer.status, 413)
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'its file is removed')
+  t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'and its slot is free')
+  await s.finish(t)
+})
+
+t.test('a complete upload: a PATCH without bytes at its length is a 204, with bytes a 400; the upload is unchanged', async (t) => {
+  const s = await setupResumable(t)
+  const data = bytes(100, 15)
+  const path = await s.create({ ...TUS, 'upload-length': 100 })
+  await patch(s, path, 0, data)
+  const empty = await s.tus('PATCH', path, patchHeaders(100, { 'content-length': 0 }))
+  t.equal(empty.status, 204)
+  t.equal(empty.headers['upload-offset'], '100')
+  t.equal((await patch(s, path, 100, bytes(1))).status, 400)
+  t.equal((await patch(s, path, 0, data)).status, 409, 'a repeat of the whole is an offset mismatch')
+  t.equal((await s.claim({ file: path })).json.files[0].sha256, sha256(data))
   await s.finish(t)
 })
 
@@ -319,6 +357,17 @@ t.test('X-HTTP-Method-Override is the method (core: MUST): POST as PATCH, HEAD a
   t.equal(asDelete.status, 204)
   t.equal((await head(s, other)).status, 410)
   t.same(s.recorder.reasons(), ['done', 'cancel'])
+  await s.finish(t)
+})
+
+t.test('a POST on an upload URL without X-HTTP-Method-Override, or an override on the endpoint other than POST, is a 404 and changes nothing', async (t) => {
+  const s = await setupResumable(t)
+  const path = await s.create({ ...TUS, 'upload-length': 100 })
+  t.equal((await s.tus('POST', path, patchHeaders(0), bytes(10))).status, 404, 'POST on an upload URL')
+  t.equal((await s.tus('POST', path, { ...patchHeaders(0), 'x-http-method-override': 'PUT' }, bytes(10))).status, 404, 'overridden to a method it does not serve')
+  t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'x-http-method-override': 'PATCH' })).status, 404, 'the endpoint only creates')
+  t.equal(s.recorder.records.length, 1)
+  t.equal(offsetOf(await head(s, path)), 0)
   await s.finish(t)
 })
 
@@ -440,6 +489,34 @@ t.test('checksum: a held append is pre-empted and timed out like any other, and 
   await s.finish(t)
 })
 
+t.test('checksum: a checksummed body over 16 MiB is a 413 with nothing written; a writer failing after the check is a coded 500, then 410', async (t) => {
+  t.test('over 16 MiB', async (t) => {
+    const s = await setupResumable(t, { maxFileSize: 40 * 1024 * 1024 })
+    const path = await s.create({ ...TUS, 'upload-length': 40 * 1024 * 1024 })
+    const big = open(s.url + path, 'PATCH', patchHeaders(0, { 'upload-checksum': `sha1 ${digest('sha1', Buffer.alloc(0))}` }))
+    const piece = Buffer.alloc(1024 * 1024, 7)
+    for (let i = 0; i < 17; i++) big.req.write(piece)
+    big.req.end()
+    const answer = await big.reply
+    t.equal(answer.status, 413)
+    t.equal(answer.json?.code, 'FST_CHUNKED_UPLOAD_CHECKSUM_BODY_TOO_LARGE')
+    t.equal(accepted(s), 0)
+    t.equal(offsetOf(await head(s, path)), 0)
+    await s.finish(t)
+  })
+  t.test('writer failure', async (t) => {
+    const s = await setupResumable(t, {}, { faults: { throwOnChunk: 1 } })
+    const data = bytes(100, 16)
+    const path = await s.create({ ...TUS, 'upload-length': 100 })
+    const failed = await patch(s, path, 0, data, { 'upload-checksum': `sha1 ${digest('sha1', data)}` })
+    t.equal(failed.status, 500)
+    t.equal(failed.json?.code, 'FST_CHUNKED_UPLOAD_WRITER_FAILURE')
+    t.same(s.recorder.reasons(), ['error'])
+    t.equal((await head(s, path)).status, 410)
+    await s.finish(t)
+  })
+})
+
 t.test('Expect: 100-continue on a creation with upload and on a PATCH; an empty PATCH changes nothing', async (t) => {
   const s = await setupResumable(t)
   const data = bytes(3000, 14)
@@ -478,6 +555,20 @@ t.test('expiration: an idle unfinished upload expires, its writer gets cancel, a
   t.same(s.recorder.reasons(), ['cancel'])
   t.equal((await head(s, path)).status, 410, 'HEAD → 410 (expiration: SHOULD 404 or 410)')
   t.equal((await patch(s, path, 100, bytes(10))).status, 410)
+  await s.finish(t)
+})
+
+t.test('expiration during a stalled PATCH: the writer gets cancel at once, and the PATCH a 410 when it goes on', async (t) => {
+  const s = await setupResumable(t, { chunkTimeout: 10_000 }, { plugin: { resumableExpiry: 300 } })
+  const path = await s.create({ ...TUS, 'upload-length': 10_000 })
+  const stalled = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
+  stalled.req.write(bytes(1000))
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1, 3000), 'expired while the PATCH was silent')
+  t.same(s.recorder.reasons(), ['cancel'])
+  stalled.req.end(bytes(9000))
+  const answer = await stalled.reply
+  t.equal(answer.status, 410)
+  t.equal((await head(s, path)).status, 410)
   await s.finish(t)
 })
 
@@ -781,6 +872,22 @@ t.test('concatenation: a final over maxFileSize is a 413; partials stay usable',
   await s.finish(t)
 })
 
+t.test('concatenation: a final counts toward maxEntries; a writer failing during concatenation is a coded 500, then 410', async (t) => {
+  const s = await setupResumable(t, { maxEntries: 1 }, { faults: { throwOnChunk: 2 } })
+  const a = await s.create({ ...TUS, 'upload-length': 50_000, 'upload-concat': 'partial' })
+  await patch(s, a, 0, bytes(50_000, 1))
+  const busy = await s.create({ ...TUS, 'upload-length': 10 })
+  const full = await s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${a}` })
+  t.equal(full.status, 413, 'maxEntries unfinished uploads already')
+  t.equal(full.json.code, 'FST_CHUNKED_UPLOAD_TOO_MANY_FILES')
+  await s.tus('DELETE', busy, TUS)
+  const failed = await s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${a}` })
+  t.equal(failed.status, 500)
+  t.equal(failed.json.code, 'FST_CHUNKED_UPLOAD_WRITER_FAILURE')
+  t.same(s.recorder.reasons(), ['cancel', 'error'])
+  await s.finish(t)
+})
+
 t.test('concatenation: a partial may be used twice in one final', async (t) => {
   const s = await setupResumable(t)
   const a = await s.create({ ...TUS, 'upload-length': 300, 'upload-concat': 'partial' })
@@ -900,6 +1007,7 @@ t.test('IETF: application/partial-upload is required from interop 6 on; interop 
   }
   const five = await s.create(ietf(5, { 'upload-complete': '?0', 'upload-length': 20 }))
   t.equal((await s.tus('PATCH', five, ietf(5, { 'upload-offset': 0, 'upload-complete': '?0' }), bytes(10))).status, 204)
+  t.equal((await s.tus('PATCH', five, ietf(5, { 'content-type': OCTETS, 'upload-offset': 10, 'upload-complete': '?0' }), bytes(10))).status, 204, 'or with the tus type')
   await s.finish(t)
 })
 
@@ -960,6 +1068,28 @@ t.test('IETF: creation with Upload-Complete: ?1 carries the whole upload (or non
   t.equal(empty.headers['upload-complete'], '?1', 'an empty representation')
   const consumed = await s.claim({ file: [String(whole.headers.location), String(empty.headers.location)] })
   t.same(consumed.json.files.map((f: { size: number }) => f.size), [data.length, 0])
+  await s.finish(t)
+})
+
+t.test('IETF: a creation with Upload-Complete: ?1 and a chunked body (no Content-Length, no Upload-Length) takes the whole body', { todo: 'lead: the length is taken as 0, so the first byte is a 413; see the report' }, async (t) => {
+  const s = await setupResumable(t)
+  const data = bytes(5000, 62)
+  const creation = open(s.endpoint, 'POST', ietf(6, { 'upload-complete': '?1', 'content-type': PARTIAL }))
+  creation.req.write(data.subarray(0, 2000))
+  creation.req.end(data.subarray(2000))
+  const answer = await creation.reply
+  t.equal(answer.status, 201)
+  t.equal(answer.headers['upload-complete'], '?1')
+  if (answer.status === 201) t.equal((await s.claim({ file: String(answer.headers.location) })).json.files[0].sha256, sha256(data))
+  await s.finish(t)
+})
+
+t.test('IETF: a malformed Upload-Complete is ignored, as if absent (draft: other values MUST cause the field to be ignored)', { todo: 'lead: a malformed Upload-Complete is a 400; see the report' }, async (t) => {
+  const s = await setupResumable(t)
+  const path = await s.create(ietf(6, { 'upload-complete': '?0', 'upload-length': 100 }))
+  const reply = await s.tus('PATCH', path, ietf(6, { 'content-type': PARTIAL, 'upload-offset': 0, 'upload-complete': 'yes' }), bytes(10))
+  t.equal(reply.status, 204)
+  t.equal(reply.headers['upload-complete'], '?0')
   await s.finish(t)
 })
 
