@@ -130,7 +130,7 @@ export async function upload (url: string | URL, files: Iterable<FileLike | File
     if (typeof file?.slice !== 'function' || typeof file.name !== 'string' || !Number.isSafeInteger(file.size) || file.size < 0) {
       throw new TypeError(`upload(): item ${index} is not a file (a name, a size and slice())`)
     }
-    return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, unacked: 0, reading: false, progress: 0, bytes: 0, result: undefined }
+    return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, pending: [], frame: undefined, reading: false, progress: 0, bytes: 0, result: undefined }
   })
   const urls = channelUrls(url, options.channelSuffix ?? '/ws')
   options.signal?.throwIfAborted()
@@ -174,8 +174,10 @@ interface Job {
   chunkSize: number
   /** Bytes read and framed (or being read). */
   sent: number
-  /** Chunk frames sent (or being read) and not answered yet. */
-  unacked: number
+  /** End offsets of the chunk frames sent (or being read) and not acknowledged yet, in order. */
+  pending: number[]
+  /** The frame buffer, reused for every chunk: the WebSocket copies what it sends. */
+  frame: Uint8Array | undefined
   reading: boolean
   progress: number
   bytes: number
@@ -190,9 +192,14 @@ function cancelled (job: Job): FileResult {
   return { name: job.file.name, ok: false, code: 'cancelled', message: 'cancelled by the client' }
 }
 
-/** A chunk frame: uint32 id, uint64 offset (big-endian), then the bytes. */
-function chunkFrame (id: number, offset: number, data: ArrayBuffer): Uint8Array {
-  const frame = new Uint8Array(12 + data.byteLength)
+/**
+ * A chunk frame: uint32 id, uint64 offset (big-endian), then the bytes. Written into the
+ * job's frame buffer when it has the size (every chunk but a file's last).
+ */
+function chunkFrame (job: Job, offset: number, data: ArrayBuffer): Uint8Array {
+  const { id } = job
+  if (job.frame?.byteLength !== 12 + data.byteLength) job.frame = new Uint8Array(12 + data.byteLength)
+  const { frame } = job
   const view = new DataView(frame.buffer)
   view.setUint32(0, id)
   view.setUint32(4, Math.floor(offset / 0x1_0000_0000))
@@ -276,8 +283,9 @@ function uploadOverWebSocket (url: string, jobs: Job[], options: UploadOptions, 
       if (job.result !== undefined || finished) return
       job.result = result
       live.delete(job.id)
-      inflight -= job.unacked
-      job.unacked = 0
+      inflight -= job.pending.length
+      job.pending.length = 0
+      job.frame = undefined
       if (result.ok) {
         job.progress = 100
         job.bytes = job.file.size
@@ -321,13 +329,13 @@ function uploadOverWebSocket (url: string, jobs: Job[], options: UploadOptions, 
         const stop = Math.min(start + job.chunkSize, job.file.size)
         job.sent = stop
         job.reading = true
-        job.unacked++
+        job.pending.push(stop)
         inflight++
         job.file.slice(start, stop).arrayBuffer().then((data) => {
           if (data.byteLength !== stop - start) throw new Error(`read ${data.byteLength} bytes at ${start} instead of ${stop - start}: the file changed`)
           job.reading = false
           if (job.result !== undefined || finished) return
-          send(chunkFrame(job.id, start, data))
+          send(chunkFrame(job, start, data))
           pump()
         }).catch((error: unknown) => {
           job.reading = false
@@ -352,8 +360,11 @@ function uploadOverWebSocket (url: string, jobs: Job[], options: UploadOptions, 
           emit(job, 'uploading')
           return pump()
         case 'ack':
-          job.unacked--
-          inflight--
+          // One ack may cover several frames: every frame that ends at or before its offset.
+          while (job.pending.length > 0 && job.pending[0]! <= message.offset!) {
+            job.pending.shift()
+            inflight--
+          }
           job.progress = message.progress!
           job.bytes = message.offset!
           emit(job, 'uploading')

@@ -60,7 +60,7 @@ export const PLUGIN_DEFAULTS = {
   maxFields: 1000,
   maxFieldSize: 1_048_576,
   channelSuffix: '/ws',
-  channelWindow: 8,
+  channelWindow: 32,
   entryTtl: 300_000,
   resumableSuffix: '/tus',
   resumableExpiry: 3_600_000,

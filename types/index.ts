@@ -113,7 +113,7 @@ export interface ChunkedUploadOptions {
   channel?: boolean
   /** The channel's path is the route's path plus this. Default `'/ws'`. */
   channelSuffix?: string
-  /** Chunk frames a channel client may send before their acknowledgement. Default 8. */
+  /** Chunk frames a channel client may send before their acknowledgement. Default 32. */
   channelWindow?: number
   /**
    * Who owns an upload: a finished channel entry's ref can only be consumed by a request

@@ -155,16 +155,17 @@ export class ResumableEndpoint {
     } else if (length === undefined) {
       throw new UploadLengthError('A creation needs Upload-Length or Upload-Defer-Length: 1')
     }
-    if (length !== undefined && length > config.maxFileSize) throw this.#tooLarge(reply, config, '')
     const metadata = metadataHeader(headers)
+    const values = metadata?.values
+    const clientName = safeBasename(values?.get('filename') ?? values?.get('name'))
+    if (length !== undefined && length > config.maxFileSize) throw this.#tooLarge(reply, config, '', clientName)
     const owner = await this.#settings.owner(request)
     const cap = partial ? config.maxEntries * PARTIALS_PER_ENTRY : config.maxEntries
     if (this.#registry.count(owner, config, partial) >= cap) {
       throw withUploadCode(new TooManyFilesError(config.uploadName, cap), 'too_many_files')
     }
-    const values = metadata?.values
     const upload = await this.#open(request, partial ? this.#stagingConfig(config) : config, owner, {
-      clientName: safeBasename(values?.get('filename') ?? values?.get('name')),
+      clientName,
       clientType: mediaType(values?.get('filetype') ?? values?.get('type')),
       clientSize: length
     }, { length, metadata: metadata?.raw, concat: partial ? 'partial' : undefined, concatHeader: partial ? 'partial' : undefined, hold: !partial })
@@ -374,10 +375,10 @@ export class ResumableEndpoint {
     return new UploadGoneError(typeof found === 'string' ? found : 'cancelled')
   }
 
-  #tooLarge (reply: FastifyReply, config: ResolvedConfig, connection: '' | 'close'): Error {
+  #tooLarge (reply: FastifyReply, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload'): Error {
     reply.header('upload-limit', `max-size=${config.maxFileSize}`)
     if (connection === 'close') reply.header('connection', 'close')
-    return withUploadCode(new TooLargeError('this upload', config.uploadName, config.maxFileSize), 'too_large')
+    return withUploadCode(new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
   }
 
   /** Offset, expiry and completeness, as every answer about the upload carries them. */

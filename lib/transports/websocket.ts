@@ -14,6 +14,23 @@ export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 export const HEADER_BYTES = 12
 /** Control messages need room even when chunks are tiny. */
 const MIN_MESSAGE_BYTES = 16 * 1024
+/**
+ * Chunk bytes queued for writers across every channel of the process. Past it, sockets
+ * stop being read (their bytes wait in the kernel), so memory does not grow with the
+ * number of sockets × their windows.
+ */
+const QUEUE_BUDGET = 16 * 1024 * 1024
+let queuedBytes = 0
+/** Channels paused for the budget, resumed once it has room again. */
+const overBudget = new Set<Channel>()
+
+function releaseBudget (bytes: number): void {
+  queuedBytes -= bytes
+  if (queuedBytes >= QUEUE_BUDGET / 2 || overBudget.size === 0) return
+  const waiting = [...overBudget]
+  overBudget.clear()
+  for (const channel of waiting) channel.budgetFreed()
+}
 
 /** The largest message a route's channel accepts: its largest chunk plus the header. */
 export function maxMessageBytes (configs: Iterable<ResolvedConfig>): number {
@@ -53,6 +70,8 @@ interface Slot {
   expected: number
   readonly queue: Buffer[]
   writing: boolean
+  /** Frames written since the last ack. */
+  unacked: number
   /** Client silence: armed only while the entry waits for the client. */
   timer: NodeJS.Timeout | undefined
 }
@@ -70,14 +89,17 @@ export class Channel {
   readonly #finished = new Map<number, Entry>()
   /** Announcements are handled one at a time, so `maxEntries` counts them in order. */
   #announcements = Promise.resolve()
-  /** Frames queued across all slots; the socket is paused at `window`. */
+  /** Frames queued across all slots; the socket is paused at `window`, or when the process-wide budget is spent. */
   #queued = 0
   #paused = false
+  /** One ack per this many written frames at most, and whenever an entry's queue is empty. */
+  readonly #ackEvery: number
 
   constructor (socket: ChannelSocket, uploads: Uploads, window: number) {
     this.#socket = socket
     this.#uploads = uploads
     this.#window = window
+    this.#ackEvery = Math.max(1, Math.floor(window / 4))
     uploads.onEntryReport = (entry) => this.#onReport(entry)
     socket.on('message', (data, isBinary) => {
       if (isBinary) this.#onFrame(data)
@@ -140,7 +162,7 @@ export class Channel {
       return this.#sendFailure(id, entry)
     }
     this.#announcing.delete(id)
-    const slot: Slot = { id, entry, expected: 0, queue: [], writing: false, timer: undefined }
+    const slot: Slot = { id, entry, expected: 0, queue: [], writing: false, unacked: 0, timer: undefined }
     this.#slots.set(id, slot)
     this.#slotOf.set(entry, slot)
     this.#send({ type: 'accepted', id, ref: entry.ref, chunkSize: config.chunkSize, window: this.#window })
@@ -191,11 +213,25 @@ export class Channel {
     slot.expected += chunk.length
     slot.queue.push(chunk)
     this.#queued++
-    if (this.#queued >= this.#window && !this.#paused) {
-      this.#paused = true
-      this.#socket.pause()
-    }
+    queuedBytes += chunk.length
+    this.#throttle()
     this.#pump(slot)
+  }
+
+  /** Stops reading the socket while its window is full or the process-wide budget is spent. */
+  #throttle (): void {
+    if (this.#paused) return
+    if (queuedBytes >= QUEUE_BUDGET) overBudget.add(this)
+    else if (this.#queued < this.#window) return
+    this.#paused = true
+    this.#socket.pause()
+  }
+
+  /** The budget has room again: read on, unless the window is still full. */
+  budgetFreed (): void {
+    if (!this.#paused || this.#queued >= this.#window) return
+    this.#paused = false
+    this.#socket.resume()
   }
 
   /** Hands the slot's queued frames to its entry in order, acking each; finishes at the last byte. */
@@ -205,10 +241,15 @@ export class Channel {
     const { entry } = slot
     try {
       while (slot.queue.length > 0) {
-        await entry.write(slot.queue[0]!)
+        const chunk = slot.queue[0]!
+        await entry.write(chunk)
         slot.queue.shift()
-        this.#dequeued(1)
-        this.#send({ type: 'ack', id: slot.id, offset: entry.bytesReceived, progress: entry.progress })
+        this.#dequeued(1, chunk.length)
+        // Acks are coalesced: one covers every byte up to its offset.
+        if (slot.queue.length === 0 || ++slot.unacked >= this.#ackEvery) {
+          slot.unacked = 0
+          this.#send({ type: 'ack', id: slot.id, offset: entry.bytesReceived, progress: entry.progress })
+        }
       }
       if (entry.bytesReceived === entry.clientSize) await entry.finish()
       else this.#wait(slot)
@@ -233,9 +274,10 @@ export class Channel {
     slot.timer = undefined
   }
 
-  #dequeued (frames: number): void {
+  #dequeued (frames: number, bytes: number): void {
     this.#queued -= frames
-    if (this.#paused && this.#queued < this.#window) {
+    releaseBudget(bytes)
+    if (this.#paused && this.#queued < this.#window && !overBudget.has(this)) {
       this.#paused = false
       this.#socket.resume()
     }
@@ -248,7 +290,9 @@ export class Channel {
     this.#heard(slot)
     this.#slots.delete(slot.id)
     this.#slotOf.delete(entry)
-    this.#dequeued(slot.queue.length)
+    let bytes = 0
+    for (const chunk of slot.queue) bytes += chunk.length
+    this.#dequeued(slot.queue.length, bytes)
     slot.queue.length = 0
     if (entry.status === 'done') {
       this.#finished.set(slot.id, entry)

@@ -110,9 +110,10 @@ export class ProtocolClient {
     let sent = 0
     let offset = 0
     while (offset < data.length) {
-      const acked = this.messages.filter((m) => m.type === 'ack' && m.id === id).length
+      // Acks are coalesced: the last one's offset says how many frames are acknowledged.
+      const acked = Math.ceil(this.ackedOffset(id) / chunkSize)
       if (sent - acked >= window) {
-        await eventually(() => this.messages.filter((m) => (m.type === 'ack' && m.id === id) || (m.id === id && m.type === 'error')).length > acked, 5000)
+        await eventually(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'), 5000)
         if (this.messages.some((m) => m.id === id && m.type === 'error')) return
         continue
       }
@@ -121,6 +122,15 @@ export class ProtocolClient {
       offset += piece.length
       sent++
     }
+  }
+
+  /** The offset of the entry's last ack (0 before the first). */
+  ackedOffset (id: number): number {
+    for (let i = this.messages.length - 1; i >= 0; i--) {
+      const m = this.messages[i]!
+      if (m.type === 'ack' && m.id === id) return m.offset as number
+    }
+    return 0
   }
 
   /** Announces, waits for `accepted`, sends every byte, and returns the entry's outcome. */
