@@ -646,6 +646,47 @@ t.test('a HEAD during a stalled PATCH pre-empts it promptly and reports an offse
   await s.finish(t)
 })
 
+t.test('pre-emption waits for the writer call in flight; a PATCH whose client left while it waited changes nothing', async (t) => {
+  const s = await setupResumable(t, { chunkSize: 1000, chunkTimeout: 30_000 }, { faults: { hangOnChunk: 2 } })
+  const data = bytes(5000, 25)
+  const path = await s.create({ ...TUS, 'upload-length': data.length })
+  const first = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
+  first.req.write(data.subarray(0, 3000))
+  t.ok(await eventually(() => accepted(s) === 1000), 'the writer hangs in its second writeChunk')
+  const left = open(s.url + path, 'PATCH', patchHeaders(1000, { 'content-length': 10 }))
+  left.req.end(bytes(10))
+  await sleep(100)
+  left.req.destroy()
+  const described = head(s, path)
+  await sleep(100)
+  s.recorder.release()
+  // The call in flight is part of a write of one network read: that write completes.
+  const offset = offsetOf(await described)!
+  t.ok(offset >= 2000, `the HEAD answered once the call in flight settled, with its bytes (${offset})`)
+  t.equal(offsetOf(await first.reply), offset, 'the pre-empted PATCH answered the same offset')
+  first.req.destroy()
+  t.equal(accepted(s), offset, 'the PATCH that left wrote nothing')
+  t.equal((await patch(s, path, offset, data.subarray(offset))).status, 204)
+  t.equal((await s.claim({ file: path })).json.files[0].sha256, sha256(data))
+  await s.finish(t)
+})
+
+t.test('a HEAD queued behind a DELETE answers 410, not the offset of the upload the DELETE ended', { todo: 'lead: #head describes the upload after acquire without checking it is still registered; see the report' }, async (t) => {
+  const s = await setupResumable(t, { chunkTimeout: 30_000 }, { faults: { chunkDelay: 300, closeDelay: 200 } })
+  const path = await s.create({ ...TUS, 'upload-length': 10_000 })
+  const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
+  running.req.write(bytes(1000))
+  await sleep(100)
+  const deleted = s.tus('DELETE', path, TUS)
+  await sleep(10)
+  const described = await head(s, path)
+  t.equal((await deleted).status, 204)
+  t.equal(described.status, 410, 'the DELETE came first')
+  t.equal(described.headers['upload-offset'], undefined)
+  running.req.destroy()
+  await s.finish(t)
+})
+
 t.test('a new PATCH pre-empts a half-open one at the same offset it would have been told', async (t) => {
   const s = await setupResumable(t, { chunkSize: 4096, chunkTimeout: 30_000 })
   const data = bytes(60_000, 22)
@@ -888,16 +929,26 @@ t.test('concatenation: a final counts toward maxEntries; a writer failing during
   await s.finish(t)
 })
 
+t.test('concatenation: a complete partial never used expires like an unfinished upload, with its staged file', async (t) => {
+  const s = await setupResumable(t, {}, { plugin: { resumableExpiry: 300 } })
+  const partial = await s.create({ ...TUS, 'upload-length': 100, 'upload-concat': 'partial' })
+  await patch(s, partial, 0, bytes(100))
+  t.equal((await strayFiles(s.dir)).length, 1, 'staged')
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0, 3000), 'removed at expiry')
+  t.equal((await head(s, partial)).status, 410)
+  await s.finish(t)
+})
+
 t.test('concatenation: a partial may be used twice in one final', async (t) => {
   const s = await setupResumable(t)
   const a = await s.create({ ...TUS, 'upload-length': 300, 'upload-concat': 'partial' })
   const b = await s.create({ ...TUS, 'upload-length': 200, 'upload-concat': 'partial' })
   await patch(s, a, 0, bytes(300, 1))
   await patch(s, b, 0, bytes(200, 2))
-  const final = await s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${a} ${b} ${a}` })
+  const final = await s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${a} ${b} ${a}`, 'upload-metadata': `name ${Buffer.from('aba.bin').toString('base64')}` })
   t.equal(final.status, 201)
   const expected = Buffer.concat([bytes(300, 1), bytes(200, 2), bytes(300, 1)])
-  t.equal((await s.claim({ file: String(final.headers.location) })).json.files[0].sha256, sha256(expected))
+  t.match((await s.claim({ file: String(final.headers.location) })).json.files, [{ name: 'aba.bin', sha256: sha256(expected) }])
   await s.finish(t)
 })
 
