@@ -9,9 +9,9 @@ export const TUS_VERSION = '1.0.0'
 export const INTEROP_VERSIONS: ReadonlySet<string> = new Set(['5', '6', '7', '8'])
 export const CHECKSUM_ALGORITHMS: ReadonlySet<string> = new Set(['sha1', 'sha256', 'md5'])
 
+/** Node joins repeated headers it does not know into one string (only set-cookie is an array). */
 function single (headers: IncomingHttpHeaders, name: string): string | undefined {
-  const value = headers[name]
-  return Array.isArray(value) ? value.join(',') : value
+  return headers[name] as string | undefined
 }
 
 /** A non-negative integer header (`Upload-Offset`, `Upload-Length`), as digits only. */
@@ -25,14 +25,13 @@ export function integerHeader (headers: IncomingHttpHeaders, name: string): numb
   return Number(trimmed)
 }
 
-/** A structured-field boolean (`Upload-Complete: ?1`). */
+/**
+ * A structured-field boolean (`Upload-Complete: ?1`). Any other value is ignored, as if
+ * the field were absent (the draft: such values MUST cause the field to be ignored).
+ */
 export function booleanHeader (headers: IncomingHttpHeaders, name: string): boolean | undefined {
-  const value = single(headers, name)
-  if (value === undefined) return undefined
-  const trimmed = value.trim()
-  if (trimmed === '?1') return true
-  if (trimmed === '?0') return false
-  throw new BadResumableHeaderError(name, '?1 or ?0')
+  const value = single(headers, name)?.trim()
+  return value === '?1' ? true : value === '?0' ? false : undefined
 }
 
 export interface Metadata {

@@ -12,7 +12,7 @@ export type AppendEnd = 'end' | 'stopped' | 'aborted' | 'timeout' | 'limit' | 'f
 /** Why an upload is gone: what later requests for it are told (410). */
 export type GoneReason = 'terminated' | 'expired' | 'failed' | 'consumed' | 'concatenated' | 'shut down' | 'cancelled'
 
-interface Holder { stop: () => void, released: Promise<void> }
+interface Holder { stop: (() => void) | undefined, released: Promise<void> }
 
 export interface UploadInit {
   entry: Entry
@@ -94,10 +94,10 @@ export class ResumableUpload {
    * stops reading at once, and lets go once its writer call in flight settled).
    * Returns the release function. No polling: each waiter awaits the holder's release.
    */
-  async acquire (stop: () => void = () => {}): Promise<() => void> {
+  async acquire (stop?: () => void): Promise<() => void> {
     while (this.#holder !== undefined) {
       const holder = this.#holder
-      holder.stop()
+      holder.stop?.()
       await holder.released
     }
     let release!: () => void
@@ -130,7 +130,7 @@ export interface AppendOptions {
 export async function append (upload: ResumableUpload, body: Readable, options: AppendOptions): Promise<AppendEnd> {
   const { entry } = upload
   const sink = options.sink ?? (async (chunk: Buffer) => await entry.write(chunk))
-  if (body.readableEnded) return 'end'
+  // The client may have gone while this append waited for the upload.
   if (body.destroyed) return 'aborted'
   return await new Promise<AppendEnd>((resolve) => {
     let received = 0

@@ -147,8 +147,9 @@ export class ResumableEndpoint {
     let length = integerHeader(headers, 'upload-length')
     const deferred = headers['upload-defer-length']
     if (dialect.ietf) {
-      // Without Upload-Length, a request that says it is complete carries the whole upload.
-      if (length === undefined && complete === true) length = integerHeader(headers, 'content-length') ?? 0
+      // Without Upload-Length, a request that says it is complete carries the whole upload:
+      // its Content-Length, nothing, or (chunked) whatever arrives before its end.
+      if (length === undefined && complete === true) length = hasBody(request) ? integerHeader(headers, 'content-length') : 0
     } else if (deferred !== undefined) {
       if (deferred !== '1') throw new UploadLengthError('Upload-Defer-Length must be 1')
       if (length !== undefined) throw new UploadLengthError('Send Upload-Length or Upload-Defer-Length, not both')
@@ -218,6 +219,7 @@ export class ResumableEndpoint {
     // reported here is one the next append accepts.
     const release = await upload.acquire()
     release()
+    this.#assertLive(upload)
     this.#describe(upload, reply, dialect)
     reply.header('cache-control', 'no-store')
     if (upload.metadata !== undefined) reply.header('upload-metadata', upload.metadata)
@@ -225,6 +227,12 @@ export class ResumableEndpoint {
     if (upload.length === undefined) reply.header('upload-defer-length', '1')
     else reply.header('upload-length', upload.length)
     await reply.code(200).send()
+  }
+
+  /** A request that waited for the upload may find it ended meanwhile (deleted, expired…). */
+  #assertLive (upload: ResumableUpload): void {
+    const found = this.#registry.find(upload.id)
+    if (found !== upload) throw new UploadGoneError(found as GoneReason)
   }
 
   /** An upload whose creation failed: it ends now, with its writer. */
@@ -238,6 +246,7 @@ export class ResumableEndpoint {
   async #terminate (upload: ResumableUpload, reply: FastifyReply): Promise<void> {
     const release = await upload.acquire()
     try {
+      this.#assertLive(upload)
       this.#registry.remove(upload, 'terminated')
       if (upload.complete) {
         this.#settings.refs.forget(upload.entry)
@@ -256,6 +265,7 @@ export class ResumableEndpoint {
     let stop: () => void = () => {}
     const release = await upload.acquire(() => stop())
     try {
+      this.#assertLive(upload)
       const { headers } = request
       const body = request.body as Readable | undefined
       if (upload.concat === 'final') throw new FinalUploadError()
@@ -371,8 +381,8 @@ export class ResumableEndpoint {
       this.#registry.remove(upload, 'failed')
       return entry.failure!
     }
-    const found = this.#registry.find(upload.id)
-    return new UploadGoneError(typeof found === 'string' ? found : 'cancelled')
+    // Whoever else ended it (DELETE, expiry, shutdown) removed it first, saying why.
+    return new UploadGoneError(this.#registry.find(upload.id) as GoneReason)
   }
 
   #tooLarge (reply: FastifyReply, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload'): Error {

@@ -1,0 +1,80 @@
+// Edges of the resumable endpoint the conformance suite does not reach: an append whose
+// client left while it waited for the upload, empty appends and metadata, an IETF
+// append without Upload-Complete, and the bounded memory of ended uploads.
+import t from 'tap'
+import { bytes, eventually, sha256, sleep } from './kit/index.js'
+import { OCTETS, PARTIAL, TUS, ietf, open, setupResumable } from './kit/resumable.js'
+import { ResumableRegistry } from '../lib/transports/resumable.js'
+import type { ResumableUpload } from '../lib/transports/resumable-upload.js'
+
+t.test('an append whose client left while it waited for the upload stores nothing and leaves the upload resumable', async (t) => {
+  const s = await setupResumable(t, { chunkSize: 1_000_000 }, { faults: { chunkDelay: 400 } })
+  const path = await s.create({ ...TUS, 'upload-length': 3000 })
+  // A: 1000 bytes, then silence; its writer call takes 400 ms.
+  const first = open(s.url + path, 'PATCH', { ...TUS, 'content-type': OCTETS, 'upload-offset': 0, 'content-length': 3000 })
+  first.req.write(bytes(1000))
+  await sleep(50)
+  // B pre-empts A, then its own client gives up before A's writer call settled.
+  const second = open(s.url + path, 'PATCH', { ...TUS, 'content-type': OCTETS, 'upload-offset': 1000, 'content-length': 2000 })
+  second.req.write(bytes(10))
+  await sleep(20)
+  second.req.destroy()
+  first.req.destroy()
+  await eventually(() => s.recorder.records[0]!.bytes === 1000, 3000)
+  const head = await s.tus('HEAD', path)
+  t.equal(head.headers['upload-offset'], '1000', 'only what the writer accepted')
+  t.same(s.recorder.records.map((r) => r.closes.length), [0], 'the upload lives on: its writer is not closed')
+  const rest = await s.tus('PATCH', path, { ...TUS, 'content-type': OCTETS, 'upload-offset': 1000 }, bytes(2000, 2))
+  t.equal(rest.status, 204)
+  t.equal(rest.headers['upload-offset'], '3000')
+  t.equal(s.recorder.records[0]!.hash.copy().digest('hex'), sha256(Buffer.concat([bytes(1000), bytes(2000, 2)])))
+  t.same(s.recorder.reasons(), ['done'])
+  await s.finish(t)
+})
+
+t.test('an empty append at the offset answers 204 with the same offset; empty Upload-Metadata is echoed', async (t) => {
+  const s = await setupResumable(t)
+  const path = await s.create({ ...TUS, 'upload-length': 10, 'upload-metadata': '' })
+  const empty = await s.tus('PATCH', path, { ...TUS, 'content-type': OCTETS, 'upload-offset': 0, 'content-length': 0 })
+  t.equal(empty.status, 204)
+  t.equal(empty.headers['upload-offset'], '0')
+  const head = await s.tus('HEAD', path)
+  t.equal(head.headers['upload-metadata'], '', 'echoed exactly as sent')
+  await s.tus('DELETE', path)
+  await s.finish(t)
+})
+
+t.test('IETF: an append without Upload-Complete is an ordinary, incomplete append', async (t) => {
+  const s = await setupResumable(t)
+  const created = await s.tus('POST', '/up/tus', ietf(6, { 'upload-length': 20, 'upload-complete': '?0' }))
+  const path = new URL(String(created.headers.location), s.endpoint).pathname
+  const append = await s.tus('PATCH', path, ietf(6, { 'content-type': PARTIAL, 'upload-offset': 0 }), bytes(5))
+  t.equal(append.status, 204)
+  t.equal(append.headers['upload-complete'], '?0')
+  t.equal(append.headers['upload-offset'], '5')
+  // Interop 5 (draft -03) sends appends without a type; an empty one has no body at all.
+  const bare = await s.tus('PATCH', path, ietf(5, { 'upload-offset': 5 }))
+  t.equal(bare.status, 204)
+  t.equal(bare.headers['upload-offset'], '5')
+  await s.tus('DELETE', path, ietf(6))
+  await s.finish(t)
+})
+
+t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first (404)', async (t) => {
+  const registry = new ResumableRegistry()
+  const fake = (id: string): ResumableUpload => ({ id, stopTimers () {} }) as unknown as ResumableUpload
+  const count = 10_001
+  let live = 0
+  for (let i = 0; i < count; i++) {
+    const upload = fake(`u${i}`)
+    registry.add(upload)
+    if (registry.find(`u${i}`) === upload) live++
+    registry.remove(upload, 'terminated')
+  }
+  t.equal(live, count, 'each was live until removed')
+  t.equal(registry.find('u0'), undefined, 'the oldest is forgotten')
+  t.equal(registry.find('u1'), 'terminated', 'the next one is remembered')
+  t.equal(registry.find(`u${count - 1}`), 'terminated')
+  registry.remove(fake('u1'), 'expired')
+  t.equal(registry.find('u1'), 'terminated', 'removing an upload that is not live changes nothing')
+})
