@@ -458,3 +458,16 @@ t.test('frames are parsed with offsets above 4 GiB (uint64)', async (t) => {
   client.close()
   await afterEach(t, s)
 })
+
+t.test('the process-wide budget: a socket is paused once 16 MiB wait for writers, and resumed as they drain', async (t) => {
+  const s = await setup(t, { chunkSize: 1_000_000, maxFileSize: 50_000_000 }, { faults: { chunkDelay: 15 } })
+  const client = await ProtocolClient.open(s.ws)
+  const data = bytes(40_000_000, 11)
+  // The polite client keeps 32 frames of 1 MB in flight: twice the budget.
+  const outcome = await client.upload(1, data)
+  t.equal(outcome.type, 'done')
+  t.equal(s.recorder.records[0]!.hash.copy().digest('hex'), sha256(data), 'every byte, in order')
+  t.equal(client.messages.filter((m) => m.type === 'error').length, 0, 'throttled, never refused')
+  client.close()
+  await afterEach(t, s)
+})

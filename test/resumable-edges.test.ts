@@ -2,6 +2,7 @@
 // client left while it waited for the upload, empty appends and metadata, an IETF
 // append without Upload-Complete, and the bounded memory of ended uploads.
 import t from 'tap'
+import cors from '@fastify/cors'
 import { bytes, eventually, sha256, sleep } from './kit/index.js'
 import { OCTETS, PARTIAL, TUS, ietf, open, setupResumable } from './kit/resumable.js'
 import { ResumableRegistry } from '../lib/transports/resumable.js'
@@ -77,4 +78,24 @@ t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first
   t.equal(registry.find(`u${count - 1}`), 'terminated')
   registry.remove(fake('u1'), 'expired')
   t.equal(registry.find('u1'), 'terminated', 'removing an upload that is not live changes nothing')
+})
+
+t.test('a multipart body to the endpoint is no upload: 415, and no upload is left behind', async (t) => {
+  const s = await setupResumable(t, { maxEntries: 1 })
+  const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'content-type': 'multipart/form-data; boundary=x' }, '--x--\r\n')
+  t.equal(refused.status, 415)
+  t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'its maxEntries slot is free')
+  await s.finish(t)
+})
+
+t.test('CORS: headers the app already exposes are kept, the protocol\'s are added', async (t) => {
+  const s = await setupResumable(t, {}, { before: (app) => { app.register(cors, { origin: true, exposedHeaders: ['X-Request-Id'] }) } })
+  const created = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, origin: 'http://page.example' })
+  t.equal(created.status, 201)
+  const exposed = String(created.headers['access-control-expose-headers'])
+  t.match(exposed, /^X-Request-Id, /, 'the app\'s own first')
+  t.match(exposed, /Location/)
+  t.match(exposed, /Upload-Offset/)
+  await s.tus('DELETE', new URL(String(created.headers.location), s.endpoint).pathname)
+  await s.finish(t)
 })

@@ -229,9 +229,14 @@ export class Channel {
 
   /** The budget has room again: read on, unless the window is still full. */
   budgetFreed (): void {
-    if (!this.#paused || this.#queued >= this.#window) return
-    this.#paused = false
-    this.#socket.resume()
+    this.#maybeResume()
+  }
+
+  #maybeResume (): void {
+    if (this.#paused && this.#queued < this.#window && !overBudget.has(this)) {
+      this.#paused = false
+      this.#socket.resume()
+    }
   }
 
   /** Hands the slot's queued frames to its entry in order, acking each; finishes at the last byte. */
@@ -277,10 +282,7 @@ export class Channel {
   #dequeued (frames: number, bytes: number): void {
     this.#queued -= frames
     releaseBudget(bytes)
-    if (this.#paused && this.#queued < this.#window && !overBudget.has(this)) {
-      this.#paused = false
-      this.#socket.resume()
-    }
+    this.#maybeResume()
   }
 
   /** The entry reached an end: tell the client, and forget its slot. */
