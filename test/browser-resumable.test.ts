@@ -8,103 +8,20 @@
 // midway, then the same file again, resumes at the server's offset. If the browser
 // cannot start, this test fails; it never skips.
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { chromium } from 'playwright-core'
 import t from 'tap'
-import { startDemo, until, type LogLine } from './kit/client-kit.js'
+import { openDemo, STEP_MS, type TestFile } from './kit/browser.js'
+import { until, type LogLine } from './kit/client-kit.js'
 
-const CHROMIUM = '/usr/bin/chromium'
-const ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-  '--no-first-run', '--disable-component-update', '--disable-sync'
-]
-/** Bound on every browser step. */
-const STEP_MS = 20_000
 const MiB = 1024 * 1024
-
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex')
-
-interface TestFile { name: string, mimeType: string, buffer: Buffer }
 /** The demo's log lines, with the writer's own fields. */
 type DemoLine = LogLine & { sha256?: string, res?: { statusCode?: number }, reqId?: string }
 
-const demoTmp = await mkdtemp(join(tmpdir(), 'fcu-browser-tus-demo-'))
-const userDataDir = await mkdtemp(join(tmpdir(), 'fcu-chromium-tus-'))
-t.teardown(async () => {
-  await rm(demoTmp, { recursive: true, force: true })
-  await rm(userDataDir, { recursive: true, force: true })
-})
-const demo = await startDemo(t, demoTmp)
-const { url } = demo
+const demo = await openDemo(t, 'browser-tus')
+const { page, url, pageErrors, consoleErrors, watchBars, bars, barValue, tableRows, waitForStatus } = demo
 const logs = demo.logs as () => DemoLine[]
-
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 30_000
-})
-t.teardown(() => context.close())
-context.setDefaultTimeout(STEP_MS)
-const page = context.pages()[0] ?? await context.newPage()
-const pageErrors: string[] = []
-const consoleErrors: string[] = []
-page.on('pageerror', (error) => pageErrors.push(error.message))
-page.on('console', (message) => { if (message.type() === 'error') consoleErrors.push(message.text()) })
-await page.goto(url)
-
-// The functions given to page.evaluate run in the page; this project's TypeScript has
-// no DOM types, so they reach the page's globals through `globalThis as any`.
-
-/** Records every value each progress bar of a list takes, by file name, in the page. */
-async function watchBars (list: string): Promise<void> {
-  await page.evaluate((selector) => {
-    const { document, MutationObserver } = globalThis as any
-    const seen: Record<string, number[]> = {}
-    ;(globalThis as any).bars = seen
-    new MutationObserver((records: any[]) => {
-      for (const record of records) {
-        if (record.target.tagName !== 'PROGRESS') continue
-        const name: string = record.target.closest('li').dataset.name
-        ;(seen[name] ??= []).push(record.target.value)
-      }
-    }).observe(document.querySelector(selector), { subtree: true, attributes: true, attributeFilter: ['value'] })
-  }, list)
-}
-
-const bars = (): Promise<Record<string, number[]>> => page.evaluate(() => (globalThis as any).bars)
-
-const barValue = (selector: string): Promise<number> => page.locator(selector).evaluate((bar) => (bar as unknown as { value: number }).value)
-
-/**
- * Drops files on a form's drop zone, as a drag from the desktop would. Their lastModified
- * is fixed: the same bytes dropped again are the same file to Uppy (and to its resume).
- */
-async function dropFiles (form: string, files: TestFile[]): Promise<void> {
-  const payload = files.map((file) => ({ name: file.name, type: file.mimeType, base64: file.buffer.toString('base64') }))
-  await page.evaluate(async ({ form, payload }) => {
-    const { document, DataTransfer, DragEvent, File, fetch } = globalThis as any
-    const transfer = new DataTransfer()
-    for (const file of payload) {
-      const bytes = await (await fetch(`data:application/octet-stream;base64,${file.base64}`)).arrayBuffer()
-      transfer.items.add(new File([bytes], file.name, { type: file.type, lastModified: 1_700_000_000_000 }))
-    }
-    const zone = document.querySelector(`${form} .drop`)
-    for (const type of ['dragenter', 'dragover', 'drop']) {
-      zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }))
-    }
-  }, { form, payload })
-}
-
-/** The rows of a section's results table: cell texts. */
-async function tableRows (section: string): Promise<string[][]> {
-  return await page.$$eval(`${section} table tbody tr`, (rows) => rows.map((row) => [...row.querySelectorAll('td')].map((td) => td.textContent!)))
-}
-
-async function waitForStatus (section: string, pattern: RegExp): Promise<string> {
-  const status = page.locator(`${section} .status`)
-  await status.filter({ hasText: pattern }).waitFor({ timeout: STEP_MS })
-  return (await status.textContent())!
-}
+/** Their lastModified is fixed: the same bytes dropped again are the same file to Uppy (and to its resume). */
+const dropFiles = async (form: string, files: TestFile[]): Promise<void> => await demo.dropFiles(form, files, 1_700_000_000_000)
 
 /** Requests the demo logged (Fastify's "incoming request" lines), as "METHOD url". */
 const requests = (): string[] => logs().flatMap((line) => line.msg === 'incoming request' && line.req !== undefined ? [`${line.req.method} ${line.req.url}`] : [])

@@ -5,95 +5,13 @@
 // handler consumed, and a cancel button cancels a file on the server. If the browser
 // cannot start, this test fails; it never skips.
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtemp, rm } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import { chromium } from 'playwright-core'
 import t from 'tap'
-import { startDemo, until } from './kit/client-kit.js'
-
-const CHROMIUM = '/usr/bin/chromium'
-const ARGS = [
-  '--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-quic',
-  '--no-first-run', '--disable-component-update', '--disable-sync'
-]
-/** Bound on every browser step. */
-const STEP_MS = 20_000
+import { openDemo, STEP_MS, type TestFile } from './kit/browser.js'
+import { until } from './kit/client-kit.js'
 
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex')
 
-interface TestFile { name: string, mimeType: string, buffer: Buffer }
-
-const demoTmp = await mkdtemp(join(tmpdir(), 'fcu-browser-demo-'))
-const userDataDir = await mkdtemp(join(tmpdir(), 'fcu-chromium-'))
-t.teardown(async () => {
-  await rm(demoTmp, { recursive: true, force: true })
-  await rm(userDataDir, { recursive: true, force: true })
-})
-const { url, logs } = await startDemo(t, demoTmp)
-
-const context = await chromium.launchPersistentContext(userDataDir, {
-  executablePath: CHROMIUM, headless: true, args: ARGS, timeout: 30_000
-})
-t.teardown(() => context.close())
-context.setDefaultTimeout(STEP_MS)
-const page = context.pages()[0] ?? await context.newPage()
-const pageErrors: string[] = []
-page.on('pageerror', (error) => pageErrors.push(error.message))
-page.on('console', (message) => { if (message.type() === 'error') pageErrors.push(message.text()) })
-await page.goto(url)
-
-// The functions given to page.evaluate run in the page; this project's TypeScript has
-// no DOM types (the client must typecheck without them), so they reach the page's
-// globals through `globalThis as any`.
-
-/** Records every value each progress bar of a list takes, by file name, in the page. */
-async function watchBars (list: string): Promise<void> {
-  await page.evaluate((selector) => {
-    const { document, MutationObserver } = globalThis as any
-    const seen: Record<string, number[]> = {}
-    ;(globalThis as any).bars = seen
-    new MutationObserver((records: any[]) => {
-      for (const record of records) {
-        if (record.target.tagName !== 'PROGRESS') continue
-        const name: string = record.target.closest('li').dataset.name
-        ;(seen[name] ??= []).push(record.target.value)
-      }
-    }).observe(document.querySelector(selector), { subtree: true, attributes: true, attributeFilter: ['value'] })
-  }, list)
-}
-
-const bars = (): Promise<Record<string, number[]>> => page.evaluate(() => (globalThis as any).bars)
-
-const barValue = (selector: string): Promise<number> => page.locator(selector).evaluate((bar) => (bar as unknown as { value: number }).value)
-
-/** Drops files on a form's drop zone, as a drag from the desktop would. */
-async function dropFiles (form: string, files: TestFile[]): Promise<void> {
-  const payload = files.map((file) => ({ name: file.name, type: file.mimeType, base64: file.buffer.toString('base64') }))
-  await page.evaluate(({ form, payload }) => {
-    const { document, DataTransfer, DragEvent, File, atob } = globalThis as any
-    const transfer = new DataTransfer()
-    for (const file of payload) {
-      const bytes = Uint8Array.from(atob(file.base64) as string, (c) => c.charCodeAt(0))
-      transfer.items.add(new File([bytes], file.name, { type: file.type }))
-    }
-    const zone = document.querySelector(`${form} .drop`)
-    for (const type of ['dragenter', 'dragover', 'drop']) {
-      zone.dispatchEvent(new DragEvent(type, { dataTransfer: transfer, bubbles: true, cancelable: true }))
-    }
-  }, { form, payload })
-}
-
-/** The rows of a section's results table: cell texts. */
-async function tableRows (section: string): Promise<string[][]> {
-  return await page.$$eval(`${section} table tbody tr`, (rows) => rows.map((row) => [...row.querySelectorAll('td')].map((td) => td.textContent!)))
-}
-
-async function waitForStatus (section: string, pattern: RegExp): Promise<string> {
-  const status = page.locator(`${section} .status`)
-  await status.filter({ hasText: pattern }).waitFor({ timeout: STEP_MS })
-  return (await status.textContent())!
-}
+const { page, logs, pageErrors, consoleErrors, watchBars, bars, barValue, dropFiles, tableRows, waitForStatus } = await openDemo(t, 'browser')
 
 t.test('three files dropped and sent over the WebSocket: every bar reaches 100 %, the page shows what the handler consumed', async (t) => {
   const files: TestFile[] = [
@@ -181,5 +99,5 @@ t.test('a large upload cancelled midway with its button: the server closes its w
 })
 
 t.test('the page raised no error', async (t) => {
-  t.same(pageErrors, [])
+  t.same([...pageErrors, ...consoleErrors], [])
 })

@@ -6,7 +6,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
-import { eventually } from './index.js'
+import { eventually, listen } from './index.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 
@@ -21,11 +21,8 @@ export async function startChannelApp (
   await app.register(websocket)
   app.get('/health', async () => ({ ok: true }))
   routes(app)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const address = app.server.address()
-  const port = typeof address === 'object' && address !== null ? address.port : 0
-  t.teardown(() => app.close())
-  return { app, url: `http://127.0.0.1:${port}`, wsUrl: `ws://127.0.0.1:${port}`, port }
+  const started = await listen(t, app)
+  return { ...started, wsUrl: started.url.replace('http:', 'ws:') }
 }
 
 export type ServerMessage = Record<string, any> & { type: string }

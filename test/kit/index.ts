@@ -180,6 +180,11 @@ export async function startApp (
   await app.register(chunkedUpload, options)
   app.get('/health', async () => ({ ok: true }))
   routes(app)
+  return await listen(t, app)
+}
+
+/** Listens on an ephemeral 127.0.0.1 port; closed at teardown. */
+export async function listen (t: Test, app: FastifyInstance): Promise<App> {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : 0
