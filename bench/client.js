@@ -7,9 +7,12 @@
 //   (fastify-chunked-upload/client, i.e. dist/client/index.js) with the ws package
 //   injected, given a file-like object whose reads cost no copy, `submit: true`.
 // - A bare WebSocket route (`uploadBareWs`): 64 KiB binary frames, then "end".
+// - A tus endpoint (`uploadTus`): tus-js-client 4.3.1 given a Buffer, then the upload
+//   URL POSTed to /upload.
 import { randomBytes, randomFillSync } from 'node:crypto'
 import http from 'node:http'
 import { performance } from 'node:perf_hooks'
+import * as tus from 'tus-js-client'
 import WebSocket from 'ws'
 import { upload as clientUpload } from 'fastify-chunked-upload/client'
 
@@ -42,7 +45,7 @@ function drained (req) {
  * resolves with { ok, ms, status, size, error }. ok means 200 and the server
  * reported storing exactly `size` bytes.
  */
-export function upload ({ port, format, size, agent, timeoutMs = 300_000 }) {
+export function upload ({ port, format, size, agent, timeoutMs = 300_000, writeSize = CHUNK.length }) {
   const head = format === 'multipart' ? HEAD : EMPTY
   const tail = format === 'multipart' ? TAIL : EMPTY
   const headers = {
@@ -83,8 +86,9 @@ export function upload ({ port, format, size, agent, timeoutMs = 300_000 }) {
       let left = size
       while (left > 0) {
         if (req.destroyed) return
-        const n = Math.min(left, CHUNK.length)
-        const more = req.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n))
+        const n = Math.min(left, writeSize)
+        const at = (size - left) % CHUNK.length
+        const more = req.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(at, at + n))
         left -= n
         if (!more) await drained(req)
       }
@@ -130,16 +134,28 @@ function syntheticFile (size) {
 }
 
 /**
+ * Diagnosis only (the `-zm` contenders): a ws client whose masking key is always zero,
+ * so ws sends the frame's own bytes instead of a masked copy. RFC 6455 wants the key
+ * unpredictable; this only tells how much of the client's CPU is masking (browsers mask
+ * in native code).
+ */
+class ZeroMaskWebSocket extends WebSocket {
+  constructor (url, protocols, options) {
+    super(url, protocols, { ...options, generateMask: (mask) => mask.fill(0) })
+  }
+}
+
+/**
  * Sends `size` bytes over the plugin's channel (ws://…/upload/ws) with the client
  * library, which then POSTs the ref to /upload (`submit: true`); the handler consumes
  * the entry and answers its size. Never rejects: resolves like `upload`.
  */
-export async function uploadChannel ({ port, size, timeoutMs = 300_000 }) {
+export async function uploadChannel ({ port, size, timeoutMs = 300_000, zeroMask = false }) {
   const t0 = performance.now()
   try {
     const result = await clientUpload(`http://127.0.0.1:${port}/upload`, [syntheticFile(size)], {
       uploadName: 'file',
-      WebSocket,
+      WebSocket: zeroMask ? ZeroMaskWebSocket : WebSocket,
       submit: true,
       signal: AbortSignal.timeout(timeoutMs)
     })
@@ -161,7 +177,7 @@ const WS_HIGH_WATER = MiB
  * frames, then a text frame "end"; the server answers {"size"} and closes. Waits for
  * the send buffer to flush whenever 1 MiB is buffered. Never rejects.
  */
-export function uploadBareWs ({ port, size, timeoutMs = 300_000 }) {
+export function uploadBareWs ({ port, size, timeoutMs = 300_000, zeroMask = false }) {
   return new Promise((resolve) => {
     const t0 = performance.now()
     let settled = false
@@ -175,7 +191,7 @@ export function uploadBareWs ({ port, size, timeoutMs = 300_000 }) {
       if (ok && ws.readyState === WebSocket.OPEN) ws.close(1000)
       else if (ws.readyState !== WebSocket.CLOSED) ws.terminate()
     }
-    const ws = new WebSocket(`ws://127.0.0.1:${port}/upload/ws`)
+    const ws = new (zeroMask ? ZeroMaskWebSocket : WebSocket)(`ws://127.0.0.1:${port}/upload/ws`)
     const timer = setTimeout(() => finish({ status: 0, size: -1, error: `client timeout after ${timeoutMs} ms` }), timeoutMs)
     ws.on('error', (error) => finish({ status: 0, size: -1, error: error.message }))
     ws.on('close', (code, reason) => finish({ status: 0, size: -1, error: `closed ${code} ${reason}` }))
@@ -199,5 +215,87 @@ export function uploadBareWs ({ port, size, timeoutMs = 300_000 }) {
       }
       if (ws.readyState === WebSocket.OPEN) ws.send('end')
     })
+  })
+}
+
+/**
+ * tus-js-client takes a Buffer (its Node BufferSource sends subarrays of it, no copy),
+ * so the body is materialised once per size from CHUNK: a 1 GiB upload costs the runner
+ * 1 GiB of memory, not CPU per upload.
+ */
+const tusBodies = new Map()
+/** Materialises the tus body of this size now (outside a measurement); returns it. */
+export function tusBody (size) {
+  let body = tusBodies.get(size)
+  if (body === undefined) {
+    body = Buffer.allocUnsafe(size)
+    for (let at = 0; at < size; at += CHUNK.length) CHUNK.copy(body, at, 0, Math.min(CHUNK.length, size - at))
+    if (tusBodies.size >= 4) tusBodies.delete(tusBodies.keys().next().value)
+    tusBodies.set(size, body)
+  }
+  return body
+}
+
+/** POSTs `body` as JSON; resolves with { status, body } (body parsed, or { raw }). */
+function postJson ({ port, path, body, agent }) {
+  return new Promise((resolve, reject) => {
+    const data = Buffer.from(JSON.stringify(body))
+    const req = http.request({
+      host: '127.0.0.1', port, method: 'POST', path, agent, headers: { 'content-type': 'application/json', 'content-length': String(data.length) }
+    })
+    req.on('error', reject)
+    req.on('response', (res) => {
+      const chunks = []
+      res.on('data', (chunk) => chunks.push(chunk))
+      res.on('error', reject)
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString()
+        try {
+          resolve({ status: res.statusCode, body: JSON.parse(text), text })
+        } catch {
+          resolve({ status: res.statusCode, body: { raw: text.slice(0, 300) }, text })
+        }
+      })
+    })
+    req.end(data)
+  })
+}
+
+/**
+ * Uploads `size` bytes with tus-js-client (creation POST, then PATCHes of `chunkSize`
+ * bytes, Infinity = one PATCH) to `endpoint`, over `agent` (keep-alive), no retries (a
+ * failure must show), then POSTs { file: [uploadUrl] } to /upload, whose handler stats
+ * and deletes the file and answers its size. Never rejects: resolves like `upload`.
+ */
+export function uploadTus ({ port, size, agent, endpoint, chunkSize = Infinity, timeoutMs = 300_000 }) {
+  return new Promise((resolve) => {
+    const t0 = performance.now()
+    let settled = false
+    const finish = (result) => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      const ok = result.status === 200 && result.size === size
+      resolve({ ok, ms: performance.now() - t0, ...result })
+    }
+    const up = new tus.Upload(tusBody(size), {
+      endpoint: `http://127.0.0.1:${port}${endpoint}`,
+      chunkSize,
+      retryDelays: null,
+      metadata: { filename: 'blob.bin', filetype: 'application/octet-stream' },
+      httpStack: new tus.DefaultHttpStack({ agent }),
+      onError: (error) => finish({ status: error.originalResponse?.getStatus() ?? 0, size: -1, error: String(error.message).slice(0, 300) }),
+      onSuccess: () => {
+        postJson({ port, path: '/upload', body: { file: [up.url] }, agent }).then(
+          ({ status, body, text }) => finish({ status, size: body.size ?? -1, error: status === 200 && body.size === size ? undefined : text.slice(0, 300) }),
+          (error) => finish({ status: 0, size: -1, error: error.message })
+        )
+      }
+    })
+    const timer = setTimeout(() => {
+      up.abort().catch(() => {})
+      finish({ status: 0, size: -1, error: `client timeout after ${timeoutMs} ms` })
+    }, timeoutMs)
+    up.start()
   })
 }

@@ -1,6 +1,7 @@
 // The benchmark runner (and the client). Starts a fresh server process per
 // (contender, scenario, run), drives it from this process with bench/client.js
-// (node:http, the plugin's client library over its WebSocket channel, or bare ws),
+// (node:http, the plugin's client library over its WebSocket channel, bare ws, or
+// tus-js-client for the resumable endpoints),
 // asks the server for its CPU time and peak RSS, and prints medians.
 //
 //   npm run bench                                   full run (3 runs, 1 GiB, 200 × 4 MiB)
@@ -10,15 +11,14 @@
 // BENCH_B_SIZE_MIB (4), BENCH_SCENARIOS (A,B), BENCH_CONTENDERS (comma list of ids),
 // BENCH_CPU_PROF=1 (servers run with --cpu-prof into bench/results/profiles/; slows them),
 // BENCH_OUT (JSON output path, default bench/results/latest.json), BENCH_TIMEOUT_S (180, per upload).
-import { spawn } from 'node:child_process'
-import { mkdirSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import os from 'node:os'
 import { dirname, join } from 'node:path'
 import { performance } from 'node:perf_hooks'
-import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { MiB, getJson, upload, uploadBareWs, uploadChannel } from './client.js'
+import { MiB, getJson, tusBody, upload, uploadBareWs, uploadChannel, uploadTus } from './client.js'
+import { killAll, startServer } from './spawn.js'
 import { bufferutilStatus } from './ws-native.js'
 
 const here = dirname(fileURLToPath(import.meta.url))
@@ -38,6 +38,14 @@ const CONTENDERS = [
   { id: 'bare-pipe', name: 'bare pipe (raw body → file)', server: 'bare-pipe.js', format: 'raw' },
   { id: 'chunked-upload-channel', name: 'fastify-chunked-upload (WebSocket channel + submit ref)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1' } },
   { id: 'bare-ws', name: 'bare ws route (64 KiB binary frames → file)', server: 'bare-ws.js', format: 'ws' },
+  // Resumable uploads (tus 1.0), all driven by tus-js-client 4.3.1 from a Buffer: creation
+  // POST, PATCH(es), then the upload URL POSTed to /upload, whose handler stats and deletes
+  // the file. `pair` is the @tus/server contender with the same chunking; `scenarios` says
+  // where a variant differs from the one-PATCH one (B's 4 MiB uploads are one PATCH anyway).
+  { id: 'chunked-upload-tus', name: 'fastify-chunked-upload resumable (tus, one PATCH)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: Infinity }, pair: 'tus-server' },
+  { id: 'chunked-upload-tus-8m', name: 'fastify-chunked-upload resumable (tus, 8 MiB PATCHes)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: 8 * MiB }, pair: 'tus-server-8m', scenarios: ['A'] },
+  { id: 'tus-server', name: '@tus/server 2 + FileStore in Fastify (tus, one PATCH)', server: 'tus-server.js', format: 'tus', tus: { endpoint: '/files', chunkSize: Infinity } },
+  { id: 'tus-server-8m', name: '@tus/server 2 + FileStore in Fastify (tus, 8 MiB PATCHes)', server: 'tus-server.js', format: 'tus', tus: { endpoint: '/files', chunkSize: 8 * MiB }, scenarios: ['A'] },
   // Diagnostic only, run when named in BENCH_CONTENDERS: the plugin with chunkSize 1 MiB,
   // so Node's 64 KiB socket reads are not split at the default 64_000 bytes.
   { id: 'chunked-upload-1m', name: 'fastify-chunked-upload (multipart, chunkSize 1 MiB)', server: 'chunked-upload.js', format: 'multipart', env: { BENCH_CHUNK_SIZE: String(MiB) }, optional: true },
@@ -46,7 +54,14 @@ const CONTENDERS = [
   // larger chunks (and so larger frames).
   { id: 'chunked-upload-channel-w32', name: 'fastify-chunked-upload (WebSocket channel, channelWindow 32)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1', BENCH_CHANNEL_WINDOW: '32' }, optional: true },
   { id: 'chunked-upload-channel-w128', name: 'fastify-chunked-upload (WebSocket channel, channelWindow 128)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1', BENCH_CHANNEL_WINDOW: '128' }, optional: true },
-  { id: 'chunked-upload-channel-256k', name: 'fastify-chunked-upload (WebSocket channel, chunkSize 256 KiB)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1', BENCH_CHUNK_SIZE: String(256 * 1024) }, optional: true }
+  { id: 'chunked-upload-channel-256k', name: 'fastify-chunked-upload (WebSocket channel, chunkSize 256 KiB)', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1', BENCH_CHUNK_SIZE: String(256 * 1024) }, optional: true },
+  // Diagnostic only: the WebSocket clients with a zero masking key (no masked copy per
+  // frame; not RFC 6455 conformant), to tell the client's masking cost from the rest.
+  { id: 'chunked-upload-channel-zm', name: 'fastify-chunked-upload (WebSocket channel), client zero mask', server: 'chunked-upload.js', format: 'channel', env: { BENCH_CHANNEL: '1' }, zeroMask: true, optional: true },
+  { id: 'bare-ws-zm', name: 'bare ws route, client zero mask', server: 'bare-ws.js', format: 'ws', zeroMask: true, optional: true },
+  // Diagnostic only: the bare pipe fed the way tus-js-client writes a Buffer body (16 KiB
+  // writes, the request's writableHighWaterMark), to tell client cost from server cost.
+  { id: 'bare-pipe-16k', name: 'bare pipe, client writing 16 KiB pieces like tus-js-client', server: 'bare-pipe.js', format: 'raw', writeSize: 16 * 1024, optional: true }
 ].filter((c) => env.BENCH_CONTENDERS === undefined ? !c.optional : env.BENCH_CONTENDERS.split(',').includes(c.id))
 
 const SCENARIOS = [
@@ -56,81 +71,16 @@ const SCENARIOS = [
 
 /** One upload with the contender's client (HTTP, the plugin's channel, or a bare WebSocket). */
 function send (contender, options) {
-  if (contender.format === 'channel') return uploadChannel(options)
-  if (contender.format === 'ws') return uploadBareWs(options)
-  return upload({ ...options, format: contender.format })
+  if (contender.format === 'channel') return uploadChannel({ ...options, zeroMask: contender.zeroMask })
+  if (contender.format === 'ws') return uploadBareWs({ ...options, zeroMask: contender.zeroMask })
+  if (contender.format === 'tus') return uploadTus({ ...options, ...contender.tus })
+  return upload({ ...options, format: contender.format, writeSize: contender.writeSize })
 }
+
+const runsIn = (contender, scenario) => contender.scenarios === undefined || contender.scenarios.includes(scenario.id)
 
 function fmtSize (bytes) {
   return bytes >= 1024 ** 3 && bytes % 1024 ** 3 === 0 ? `${bytes / 1024 ** 3} GiB` : `${+(bytes / MiB).toFixed(2)} MiB`
-}
-
-// ---------------------------------------------------------------------------------
-// Child processes: every one is killed if this process exits, fails or is signalled,
-// and its upload dir removed. (A server also exits by itself when its stdin closes.)
-
-const children = new Map() // child → its upload dir, once known
-function killAll () {
-  for (const [child, dir] of children) {
-    child.kill('SIGKILL')
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
-  }
-  children.clear()
-}
-process.on('exit', killAll)
-for (const signal of ['SIGINT', 'SIGTERM']) {
-  process.on(signal, () => {
-    killAll()
-    process.exit(130)
-  })
-}
-
-async function startServer (contender, label) {
-  const execArgv = []
-  if (CPU_PROF) {
-    const dir = join(here, 'results', 'profiles')
-    mkdirSync(dir, { recursive: true })
-    execArgv.push('--cpu-prof', `--cpu-prof-dir=${dir}`, `--cpu-prof-name=${label}.cpuprofile`)
-  }
-  const child = spawn(process.execPath, [...execArgv, join(here, 'servers', contender.server)], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-    env: { ...env, ...contender.env, BENCH_PARENT: '1' }
-  })
-  children.set(child, undefined)
-  let dir
-  const exited = new Promise((resolve) => child.once('exit', (code, signal) => {
-    children.delete(child)
-    if (dir !== undefined) rmSync(dir, { recursive: true, force: true })
-    resolve({ code, signal })
-  }))
-  const lines = createInterface({ input: child.stdout })
-  const port = await new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${contender.server}: no port within 15 s`)), 15_000)
-    lines.once('line', (line) => {
-      clearTimeout(timer)
-      try {
-        const hello = JSON.parse(line)
-        dir = hello.dir
-        if (children.has(child)) children.set(child, dir)
-        resolve(hello.port)
-      } catch {
-        reject(new Error(`${contender.server}: unexpected first line ${JSON.stringify(line)}`))
-      }
-    })
-    exited.then(({ code, signal }) => reject(new Error(`${contender.server} exited (${code ?? signal}) before listening`)))
-  })
-  lines.on('line', (line) => process.stderr.write(`[${contender.server}] ${line}\n`))
-  return {
-    port,
-    pid: child.pid,
-    async stop () {
-      child.kill('SIGTERM')
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000)
-      const result = await exited
-      clearTimeout(timer)
-      return result
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------
@@ -138,14 +88,17 @@ async function startServer (contender, label) {
 
 async function measure (contender, scenario, run) {
   const label = `${contender.id}-${scenario.id}-r${run}`
-  const server = await startServer(contender, label)
-  const agent = new http.Agent({ keepAlive: false, maxSockets: Infinity })
+  const server = await startServer(contender, label, { cpuProf: CPU_PROF })
+  // tus-js-client's PATCHes (and its creation POST before them) reuse their connection, as
+  // with Node's default agent; every other client opens one connection per upload.
+  const agent = new http.Agent({ keepAlive: contender.format === 'tus', maxSockets: Infinity })
   try {
     const idle = await getJson(server.port, '/__bench/stats')
     for (let i = 0; i < WARMUP; i++) {
       const r = await send(contender, { port: server.port, size: MiB, agent })
       if (!r.ok) throw new Error(`${label}: warm-up upload failed: ${r.status} ${r.error}`)
     }
+    if (contender.format === 'tus') tusBody(scenario.size) // allocated and filled before the clock starts
     const before = await getJson(server.port, '/__bench/stats')
     const clientCpu0 = process.cpuUsage()
     const t0 = performance.now()
@@ -270,6 +223,25 @@ function checks (summary) {
       add('chunked-upload-channel failures (all runs)', ch.failures, '0', ch.failures === 0)
       add('chunked-upload-channel leftover temp files (max)', ch.leftoverFiles, '0', ch.leftoverFiles === 0)
     }
+    // Resumable (tus): against @tus/server with the same chunking and the bare pipe, same run.
+    for (const id of ['chunked-upload-tus', 'chunked-upload-tus-8m']) {
+      const r = s[id]
+      if (r === undefined) continue
+      const pair = CONTENDERS.find((c) => c.id === id).pair
+      const vsTus = ratio(r, s[pair])
+      add(`${id} ÷ ${pair}, throughput`, vsTus, '≥ 1.50×', Number.isNaN(vsTus) ? NaN : vsTus >= 1.5)
+      const vsBare = ratio(r, s['bare-pipe'])
+      if (id === 'chunked-upload-tus' && scenario.id === 'A') add(`${id} ÷ bare pipe, throughput`, vsBare, '≥ 0.85×', Number.isNaN(vsBare) ? NaN : vsBare >= 0.85)
+      else out.push({ scenario: scenario.id, what: `${id} ÷ bare pipe, throughput (info)`, value: vsBare, target: '—', verdict: 'info' })
+      out.push({ scenario: scenario.id, what: `${id} peak RSS (MiB, median; max ${r.peakRssMiBMax.toFixed(1)}; info: compare across BENCH_SIZE_MIB)`, value: r.peakRssMiB, target: '—', verdict: 'info' })
+      add(`${id} failures (all runs)`, r.failures, '0', r.failures === 0)
+      add(`${id} leftover temp files (max)`, r.leftoverFiles, '0', r.leftoverFiles === 0)
+    }
+    for (const id of ['tus-server', 'tus-server-8m']) {
+      if (s[id] === undefined) continue
+      add(`${id} failures (all runs)`, s[id].failures, '0', s[id].failures === 0)
+      add(`${id} leftover files (max)`, s[id].leftoverFiles, '0', s[id].leftoverFiles === 0)
+    }
     for (const id of ['chunked-upload', 'chunked-upload-raw']) {
       if (s[id] === undefined) continue
       if (scenario.id === 'A') {
@@ -293,12 +265,14 @@ function markdown (summary, checkList) {
     const mp = s['fastify-multipart']
     const bareWs = s['bare-ws']
     lines.push(`### ${scenario.title} — median of ${RUNS} run(s)`, '')
-    lines.push('| contender | MiB/s (min–max) | server CPU s | server CPU s/GiB | client CPU s/GiB | peak RSS MiB | idle RSS MiB | peak − idle MiB | p95 latency ms | failures | leftover files | ÷ @fastify/multipart | ÷ bare pipe | ÷ bare ws |')
-    lines.push('|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|')
+    const tus = CONTENDERS.some((c) => c.format === 'tus' && s[c.id] !== undefined)
+    lines.push(`| contender | MiB/s (min–max) | server CPU s | server CPU s/GiB | client CPU s/GiB | peak RSS MiB | idle RSS MiB | peak − idle MiB | p95 latency ms | failures | leftover files | ÷ @fastify/multipart | ÷ bare pipe | ÷ bare ws |${tus ? ' ÷ @tus/server (same chunking) |' : ''}`)
+    lines.push(`|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|${tus ? '---:|' : ''}`)
     for (const contender of CONTENDERS) {
       const r = s[contender.id]
       if (r === undefined) continue
-      lines.push(`| ${contender.name} | ${f(r.mibPerS)} (${f(r.mibPerSMin)}–${f(r.mibPerSMax)}) | ${f(r.serverCpuS, 2)} | ${f(r.serverCpuSPerGiB, 2)} | ${f(r.clientCpuSPerGiB, 2)} | ${f(r.peakRssMiB)} | ${f(r.idleRssMiB)} | ${f(r.peakGrowthMiB)} | ${f(r.p95LatencyMs, 0)} | ${r.failures} | ${r.leftoverFiles} | ${f(ratio(r, mp), 2)}× | ${f(ratio(r, bare), 2)}× | ${f(ratio(r, bareWs), 2)}× |`)
+      const vsTus = tus ? ` ${f(ratio(r, s[contender.pair]), 2)}× |` : ''
+      lines.push(`| ${contender.name} | ${f(r.mibPerS)} (${f(r.mibPerSMin)}–${f(r.mibPerSMax)}) | ${f(r.serverCpuS, 2)} | ${f(r.serverCpuSPerGiB, 2)} | ${f(r.clientCpuSPerGiB, 2)} | ${f(r.peakRssMiB)} | ${f(r.idleRssMiB)} | ${f(r.peakGrowthMiB)} | ${f(r.p95LatencyMs, 0)} | ${r.failures} | ${r.leftoverFiles} | ${f(ratio(r, mp), 2)}× | ${f(ratio(r, bare), 2)}× | ${f(ratio(r, bareWs), 2)}× |${vsTus}`)
     }
     lines.push('')
   }
@@ -335,7 +309,7 @@ async function main () {
   for (let run = 1; run <= RUNS; run++) {
     for (const scenario of SCENARIOS) {
       // Interleave contenders, rotating who goes first so none always gets the same slot.
-      const order = CONTENDERS.map((_, i) => CONTENDERS[(i + run - 1) % CONTENDERS.length])
+      const order = CONTENDERS.map((_, i) => CONTENDERS[(i + run - 1) % CONTENDERS.length]).filter((c) => runsIn(c, scenario))
       for (const contender of order) {
         const m = await measure(contender, scenario, run)
         measurements.push(m)

@@ -7,6 +7,10 @@
 // files then come over GET /upload/ws, and the client POSTs their refs as JSON
 // ({ "file": "<ref>" }) to this same route, whose handler consumes them as above.
 // BENCH_CHANNEL_WINDOW overrides the plugin's channelWindow, for diagnosis only.
+// BENCH_RESUMABLE=1 makes the upload name resumable: tus-js-client uploads to
+// /upload/tus, then POSTs { "file": ["<upload URL>"] } to this same route. maxEntries is
+// then 1024, since every upload of the bench has the same (no) owner and maxEntries
+// bounds an owner's unfinished uploads.
 import { stat } from 'node:fs/promises'
 import Fastify from 'fastify'
 import chunkedUpload from 'fastify-chunked-upload'
@@ -21,8 +25,10 @@ await app.register(chunkedUpload, { tmpDir: dir, channel, ...channelWindow })
 
 const chunkSize = process.env.BENCH_CHUNK_SIZE === undefined ? {} : { chunkSize: Number(process.env.BENCH_CHUNK_SIZE) }
 
+const resumable = process.env.BENCH_RESUMABLE === '1' ? { resumable: true, maxEntries: 1024 } : {}
+
 app.post('/upload', {
-  allowUpload: { file: { accept: 'any', maxFileSize: MAX_FILE_SIZE, maxEntries: 1, ...chunkSize } }
+  allowUpload: { file: { accept: 'any', maxFileSize: MAX_FILE_SIZE, maxEntries: 1, ...chunkSize, ...resumable } }
 }, async (request) => {
   const sizes = await request.uploads.consume('file', async (meta) => (await stat(meta.path)).size)
   if (sizes.length !== 1) return { size: -1, errors: request.uploads.errors() }

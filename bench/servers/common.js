@@ -5,6 +5,7 @@
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { performance } from 'node:perf_hooks'
 import { bufferutilStatus } from '../ws-native.js'
 
 export const MAX_FILE_SIZE = 2 * 1024 ** 3
@@ -82,9 +83,32 @@ export function stats (dir) {
   }
 }
 
+/**
+ * With BENCH_TIMES=1 (bench/patch-overhead.js): the server-side time of every request,
+ * by method, from Node's 'request' event (its headers parsed; before Fastify sees it) to
+ * the response's 'finish' (its last byte handed to the socket). GET /__bench/times
+ * returns them (ms) and starts afresh.
+ */
+function timeRequests (app) {
+  let times = {}
+  app.server.prependListener('request', (req, res) => {
+    const t0 = performance.now()
+    res.once('finish', () => {
+      const list = (times[req.method] ??= [])
+      if (list.length < 1_000_000) list.push(performance.now() - t0)
+    })
+  })
+  app.get('/__bench/times', async () => {
+    const taken = times
+    times = {}
+    return taken
+  })
+}
+
 /** Adds GET /__bench/stats, listens on 127.0.0.1, prints {"port"} on stdout, wires shutdown. */
 export async function serve (app, dir) {
   app.get('/__bench/stats', async () => stats(dir))
+  if (process.env.BENCH_TIMES === '1') timeRequests(app)
   await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 0) })
   let closing = false
   const shutdown = async () => {
