@@ -3,7 +3,7 @@
 // append without Upload-Complete, and the bounded memory of ended uploads.
 import t from 'tap'
 import cors from '@fastify/cors'
-import { bytes, eventually, sha256, sleep } from './kit/index.js'
+import { Recorder, bytes, eventually, sha256, sleep, startApp } from './kit/index.js'
 import { OCTETS, PARTIAL, TUS, ietf, open, setupResumable } from './kit/resumable.js'
 import { ResumableRegistry } from '../lib/transports/resumable.js'
 import type { ResumableUpload } from '../lib/transports/resumable-upload.js'
@@ -98,4 +98,15 @@ t.test('CORS: headers the app already exposes are kept, the protocol\'s are adde
   t.match(exposed, /Upload-Offset/)
   await s.tus('DELETE', new URL(String(created.headers.location), s.endpoint).pathname)
   await s.finish(t)
+})
+
+t.test('a route path with a trailing slash: its endpoint is the path plus the suffix, without a double slash', async (t) => {
+  const recorder = new Recorder()
+  const { url } = await startApp(t, (app) => {
+    app.post('/a/', { allowUpload: { f: { accept: 'any', resumable: true, writer: recorder.factory } } }, async () => ({}))
+  })
+  const created = await fetch(`${url}/a/tus`, { method: 'POST', headers: { ...TUS, 'upload-length': '0' } as Record<string, string> })
+  t.equal(created.status, 201)
+  t.match(created.headers.get('location'), /^\/a\/tus\/[0-9a-f-]{36}$/)
+  recorder.check(t)
 })
