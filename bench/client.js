@@ -28,6 +28,25 @@ const TAIL = Buffer.from(`\r\n--${BOUNDARY}--\r\n`)
 const EMPTY = Buffer.alloc(0)
 
 /** Resolves on 'drain', or when the request is gone (then the writer stops). */
+/**
+ * One upload's outcome, settled once (a timeout, an error and the answer may all come):
+ * resolves `{ ok, ms, ...result }`, `ok` when the status is `okStatus` and the size is
+ * right, then calls `then(ok)`. The caller sets `finish.timer`, cleared on settling.
+ */
+function settleOnce (resolve, { okStatus, size, then }) {
+  const t0 = performance.now()
+  let settled = false
+  const finish = (result) => {
+    if (settled) return
+    settled = true
+    clearTimeout(finish.timer)
+    const ok = result.status === okStatus && result.size === size
+    resolve({ ok, ms: performance.now() - t0, ...result })
+    then?.(ok)
+  }
+  return finish
+}
+
 function drained (req) {
   return new Promise((resolve) => {
     const done = () => {
@@ -53,17 +72,9 @@ export function upload ({ port, format, size, agent, timeoutMs = 300_000, writeS
     'content-length': String(head.length + size + tail.length)
   }
   return new Promise((resolve) => {
-    const t0 = performance.now()
-    let settled = false
-    const finish = (result) => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      const ok = result.status === 200 && result.size === size
-      resolve({ ok, ms: performance.now() - t0, ...result })
-    }
+    const finish = settleOnce(resolve, { okStatus: 200, size })
     const req = http.request({ host: '127.0.0.1', port, method: 'POST', path: '/upload', headers, agent })
-    const timer = setTimeout(() => req.destroy(new Error(`client timeout after ${timeoutMs} ms`)), timeoutMs)
+    finish.timer = setTimeout(() => req.destroy(new Error(`client timeout after ${timeoutMs} ms`)), timeoutMs)
     req.on('error', (error) => finish({ status: 0, size: -1, error: error.message }))
     req.on('response', (res) => {
       const chunks = []
@@ -179,20 +190,17 @@ const WS_HIGH_WATER = MiB
  */
 export function uploadBareWs ({ port, size, timeoutMs = 300_000, zeroMask = false }) {
   return new Promise((resolve) => {
-    const t0 = performance.now()
-    let settled = false
-    const finish = (result) => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      const ok = result.status === 101 && result.size === size
-      resolve({ ok, ms: performance.now() - t0, ...result })
-      // Answered: the server closes too. Otherwise (timeout, error) drop the socket now.
-      if (ok && ws.readyState === WebSocket.OPEN) ws.close(1000)
-      else if (ws.readyState !== WebSocket.CLOSED) ws.terminate()
-    }
+    const finish = settleOnce(resolve, {
+      okStatus: 101,
+      size,
+      then (ok) {
+        // Answered: the server closes too. Otherwise (timeout, error) drop the socket now.
+        if (ok && ws.readyState === WebSocket.OPEN) ws.close(1000)
+        else if (ws.readyState !== WebSocket.CLOSED) ws.terminate()
+      }
+    })
     const ws = new (zeroMask ? ZeroMaskWebSocket : WebSocket)(`ws://127.0.0.1:${port}/upload/ws`)
-    const timer = setTimeout(() => finish({ status: 0, size: -1, error: `client timeout after ${timeoutMs} ms` }), timeoutMs)
+    finish.timer = setTimeout(() => finish({ status: 0, size: -1, error: `client timeout after ${timeoutMs} ms` }), timeoutMs)
     ws.on('error', (error) => finish({ status: 0, size: -1, error: error.message }))
     ws.on('close', (code, reason) => finish({ status: 0, size: -1, error: `closed ${code} ${reason}` }))
     ws.on('message', (data) => {
@@ -269,15 +277,7 @@ function postJson ({ port, path, body, agent }) {
  */
 export function uploadTus ({ port, size, agent, endpoint, chunkSize = Infinity, timeoutMs = 300_000 }) {
   return new Promise((resolve) => {
-    const t0 = performance.now()
-    let settled = false
-    const finish = (result) => {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      const ok = result.status === 200 && result.size === size
-      resolve({ ok, ms: performance.now() - t0, ...result })
-    }
+    const finish = settleOnce(resolve, { okStatus: 200, size })
     const up = new tus.Upload(tusBody(size), {
       endpoint: `http://127.0.0.1:${port}${endpoint}`,
       chunkSize,
@@ -292,7 +292,7 @@ export function uploadTus ({ port, size, agent, endpoint, chunkSize = Infinity, 
         )
       }
     })
-    const timer = setTimeout(() => {
+    finish.timer = setTimeout(() => {
       up.abort().catch(() => {})
       finish({ status: 0, size: -1, error: `client timeout after ${timeoutMs} ms` })
     }, timeoutMs)

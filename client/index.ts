@@ -321,7 +321,13 @@ function uploadOverWebSocket (url: string, jobs: Job[], options: UploadOptions, 
     function pump (): void {
       for (;;) {
         if (finished || inflight >= window) return
-        const job = [...live.values()].find((job) => job.ref !== undefined && !job.reading && job.sent < job.file.size)
+        let job: Job | undefined
+        for (const candidate of live.values()) {
+          if (candidate.ref !== undefined && !candidate.reading && candidate.sent < candidate.file.size) {
+            job = candidate
+            break
+          }
+        }
         if (job === undefined) return
         live.delete(job.id)
         live.set(job.id, job)

@@ -4,7 +4,7 @@ import * as Type from 'typebox/type'
 import { Check, Errors } from 'typebox/schema'
 import type { FastifyRequest } from 'fastify'
 import type { UploadConfig, UploadEntry, WriterFactory, ChunkedUploadOptions } from '../types/index.js'
-import { InvalidConfigError } from './errors.js'
+import { InvalidConfigError, NoUploadNameError, UnexpectedFieldError } from './errors.js'
 
 const Fn = Type.Function([], Type.Any())
 const PositiveInt = Type.Integer({ minimum: 1 })
@@ -220,6 +220,22 @@ export function resolveAllowUpload (
     })
   }
   return resolved
+}
+
+/**
+ * The upload name a request without file parts targets (a raw body, a resumable
+ * creation): the only one, or the one named by the `upload` query parameter.
+ */
+export function chooseConfig (configs: ReadonlyMap<string, ResolvedConfig>, query: unknown): ResolvedConfig {
+  const names = [...configs.keys()]
+  const asked = (query as Record<string, unknown> | undefined)?.upload
+  if (typeof asked === 'string') {
+    const config = configs.get(asked)
+    if (config === undefined) throw new UnexpectedFieldError(asked, names.join(', '))
+    return config
+  }
+  if (names.length > 1) throw new NoUploadNameError(names.join(', '))
+  return configs.get(names[0]!)!
 }
 
 /** Keeps only a safe basename: no directories, no control characters, at most 255 characters. */

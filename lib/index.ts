@@ -42,6 +42,11 @@ interface WsSocket extends ChannelSocket {
   _receiver?: { _maxPayload: number }
 }
 
+/** A route's own path plus a suffix (`/up/` + `/ws` → `/up/ws`), under the same prefix. */
+function pathWithSuffix (routePath: string, suffix: string): string {
+  return (routePath.endsWith('/') ? routePath.slice(0, -1) : routePath) + suffix
+}
+
 const hooks = <T>(value: T | T[] | undefined): T[] => value === undefined ? [] : [value].flat() as T[]
 
 const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function chunkedUpload (fastify, options) {
@@ -170,7 +175,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       }
       done(null, payload)
     }
-    const base = (route.routePath.endsWith('/') ? route.routePath.slice(0, -1) : route.routePath) + settings.resumableSuffix
+    const base = pathWithSuffix(route.routePath, settings.resumableSuffix)
     const common = {
       exposeHeadRoute: false,
       logLevel: route.logLevel,
@@ -228,10 +233,9 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       })
     }
 
-    const base = route.routePath.endsWith('/') ? route.routePath.slice(0, -1) : route.routePath
     instance.route({
       method: 'GET',
-      url: base + settings.channelSuffix,
+      url: pathWithSuffix(route.routePath, settings.channelSuffix),
       exposeHeadRoute: false,
       logLevel: route.logLevel,
       config: route.config,

@@ -3,22 +3,9 @@
 import type { Readable } from 'node:stream'
 import { parse as parseContentDisposition } from 'content-disposition'
 import type { FastifyRequest } from 'fastify'
-import { mediaType, safeBasename, type ResolvedConfig } from '../config.js'
-import { NoUploadNameError, UnexpectedFieldError } from '../errors.js'
+import { chooseConfig, mediaType, safeBasename } from '../config.js'
 import type { Uploads } from '../uploads.js'
 import { HttpBody, drainRest, feedEntry } from './http-body.js'
-
-function chooseConfig (uploads: Uploads, request: FastifyRequest): ResolvedConfig {
-  const names = [...uploads.configs.keys()]
-  const asked = (request.query as Record<string, unknown> | undefined)?.upload
-  if (typeof asked === 'string') {
-    const config = uploads.configs.get(asked)
-    if (config === undefined) throw new UnexpectedFieldError(asked, names.join(', '))
-    return config
-  }
-  if (names.length > 1) throw new NoUploadNameError(names.join(', '))
-  return uploads.configs.get(names[0]!)!
-}
 
 function filenameOf (header: string | undefined): string {
   if (header === undefined) return ''
@@ -37,7 +24,7 @@ function declaredSize (request: FastifyRequest): number | undefined {
 }
 
 export async function receiveRaw (uploads: Uploads, request: FastifyRequest, payload: Readable): Promise<void> {
-  const config = chooseConfig(uploads, request)
+  const config = chooseConfig(uploads.configs, request.query)
   const entry = await uploads.announce(config, {
     clientName: filenameOf(request.headers['content-disposition']),
     clientType: mediaType(request.headers['content-type']),

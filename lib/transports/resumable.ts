@@ -8,11 +8,11 @@ import { createReadStream } from 'node:fs'
 import type { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { UploadWriter } from '../../types/index.js'
-import { mediaType, parseAccept, safeBasename, type OwnerFn, type ResolvedConfig } from '../config.js'
+import { chooseConfig, mediaType, parseAccept, safeBasename, type OwnerFn, type ResolvedConfig } from '../config.js'
 import type { Entry } from '../entry.js'
 import {
-  BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, FinalUploadError, NoUploadNameError, OffsetMismatchError,
-  ResumableMediaTypeError, ResumableVersionError, ShuttingDownError, TooLargeError, TooManyFilesError, UnexpectedFieldError,
+  BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, FinalUploadError, OffsetMismatchError,
+  ResumableMediaTypeError, ResumableVersionError, ShuttingDownError, TooLargeError, TooManyFilesError,
   UploadCompletedError, UploadGoneError, UploadLengthError, UploadNotFoundError, withUploadCode, type EntryFailure
 } from '../errors.js'
 import type { RefStore } from '../refs.js'
@@ -138,7 +138,7 @@ export class ResumableEndpoint {
     const method = methodOf(request)
     if (method !== 'POST') throw new UploadNotFoundError()
     const dialect = dialectOf(request, reply)
-    const config = this.#chooseConfig(request)
+    const config = chooseConfig(this.#configs, request.query)
     const concat = concatHeader(request.headers)
     if (concat?.kind === 'final') return await this.#createFinal(request, reply, dialect, config, concat.parts)
     const partial = concat?.kind === 'partial'
@@ -400,18 +400,6 @@ export class ResumableEndpoint {
       reply.header('upload-complete', upload.complete ? '?1' : '?0')
       reply.header('upload-limit', `max-size=${upload.config.maxFileSize}`)
     }
-  }
-
-  #chooseConfig (request: FastifyRequest): ResolvedConfig {
-    const names = [...this.#configs.keys()]
-    const asked = (request.query as Record<string, unknown> | undefined)?.upload
-    if (typeof asked === 'string') {
-      const config = this.#configs.get(asked)
-      if (config === undefined) throw new UnexpectedFieldError(asked, names.join(', '))
-      return config
-    }
-    if (names.length > 1) throw new NoUploadNameError(names.join(', '))
-    return this.#configs.get(names[0]!)!
   }
 
   /** Partials are staged (they reach the route's writer through their final upload): any type, no validate. */
