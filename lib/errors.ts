@@ -20,7 +20,6 @@ export const WriterFailureError = createError('FST_CHUNKED_UPLOAD_WRITER_FAILURE
 export const CancelledError = createError('FST_CHUNKED_UPLOAD_CANCELLED', 'The upload of "%s" was cancelled', 400)
 export const ShuttingDownError = createError('FST_CHUNKED_UPLOAD_SHUTTING_DOWN', 'The server is shutting down', 503)
 export const WriterTimeoutError = createError('FST_CHUNKED_UPLOAD_WRITER_TIMEOUT', 'Writer call %s took longer than %s ms', 500)
-export const NoUploadConfigError = createError('FST_CHUNKED_UPLOAD_NO_UPLOAD_CONFIG', 'Route %s %s does not accept uploads: give it allowUpload, and register fastify-chunked-upload before the route', 415)
 export const UnknownEntryError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_ENTRY', 'No completed entry "%s" to consume', 404)
 export const InProgressError = createError('FST_CHUNKED_UPLOAD_IN_PROGRESS', 'Cannot consume "%s" while entries are still uploading', 409)
 export const InvalidConfigError = createError('FST_CHUNKED_UPLOAD_INVALID_CONFIG', '%s', 500, TypeError)
@@ -38,6 +37,10 @@ export const UploadLengthError = createError('FST_CHUNKED_UPLOAD_LENGTH', '%s', 
 export const ChecksumMismatchError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_MISMATCH', 'Upload-Checksum does not match the body: nothing was stored', 460)
 export const ChecksumBodyTooLargeError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_BODY_TOO_LARGE', 'An append with Upload-Checksum may carry at most %s bytes', 413)
 export const BadConcatError = createError('FST_CHUNKED_UPLOAD_BAD_CONCAT', '%s', 400)
+export const RouteConflictError = createError<'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT', 500, [string, string, string, string, string]>(
+  'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT',
+  'Routes %s and %s share the %s %s but differ in %s: declare them alike, or give them different paths', 500, TypeError
+)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** An error plus the short entry-level code it maps to. */

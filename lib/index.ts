@@ -1,16 +1,17 @@
-// The plugin: options, onRoute wiring, request decoration, body parsers, shutdown.
+// The plugin: options, onRoute wiring (upload routes and the routes they derive), request decoration, shutdown.
 import { mkdir } from 'node:fs/promises'
-import type { IncomingMessage } from 'node:http'
+import type { Readable } from 'node:stream'
 import { tmpdir } from 'node:os'
 import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
-import { errorCodes } from 'fastify'
 import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types/index.js'
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
+import { DerivedRoutes, carriedFrom, derivedOptions, type Carried } from './derived-routes.js'
 import {
-  AlreadyRegisteredError, ChannelNeedsWebsocketError, NoUploadConfigError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
+  AlreadyRegisteredError, ChannelNeedsWebsocketError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
+import { bodyKind, continueWithoutBody, hasBody } from './route-body.js'
 import { RefStore } from './refs.js'
 import { Uploads } from './uploads.js'
 import { TmpFileWriter } from './writers/tmp-file.js'
@@ -21,9 +22,6 @@ import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transpo
 import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
-/** Set on requests to a resumable endpoint: their bodies are left unread for the endpoint. */
-const kResumable = Symbol('fastify-chunked-upload.resumable')
-type MaybeResumable = FastifyRequest & { [kResumable]?: true }
 
 /** The upload set of a request, or null on routes without allowUpload. */
 function uploadsOf (request: FastifyRequest): Uploads | null {
@@ -47,7 +45,7 @@ function pathWithSuffix (routePath: string, suffix: string): string {
   return (routePath.endsWith('/') ? routePath.slice(0, -1) : routePath) + suffix
 }
 
-const hooks = <T>(value: T | T[] | undefined): T[] => value === undefined ? [] : [value].flat() as T[]
+type PreParsingDone = (error?: Error | null) => void
 
 const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function chunkedUpload (fastify, options) {
   if ((fastify as FastifyInstance & { [kRegistered]?: true })[kRegistered]) throw new AlreadyRegisteredError()
@@ -66,29 +64,19 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   /** Resumable uploads in progress, across requests. */
   const resumables = new ResumableRegistry()
 
+  /** Channels and resumable endpoints, one per path (and constraints). */
+  const derived = new DerivedRoutes()
+
   fastify.decorateRequest('uploads', null as unknown as Uploads)
 
-  fastify.addContentTypeParser('multipart/form-data', async (request: FastifyRequest, payload: IncomingMessage) => {
-    if ((request as MaybeResumable)[kResumable] === true) return payload
-    const uploads = uploadsOf(request)
-    if (uploads === null) throw new NoUploadConfigError(request.method, request.url)
-    return await receiveMultipart(uploads, request, payload, settings)
-  })
-
-  // Any content type without a parser of its own is a raw upload on an upload route;
-  // elsewhere it gets Fastify's usual 415.
-  fastify.addContentTypeParser('*', async (request: FastifyRequest, payload: IncomingMessage) => {
-    if ((request as MaybeResumable)[kResumable] === true) return payload
-    const uploads = uploadsOf(request)
-    if (uploads === null) throw new errorCodes.FST_ERR_CTP_INVALID_MEDIA_TYPE(request.headers['content-type'])
-    await receiveRaw(uploads, request, payload)
-    return undefined
-  })
-
+  // Nothing scope-wide: no content-type parser, no hook on other routes. An upload route
+  // takes its own body (see takeUploadBody); every other route stays Fastify's.
   fastify.addHook('onRoute', function (this: FastifyInstance, route: RouteOptions & { routePath: string }) {
     if (route.allowUpload === undefined) return
     const where = `${[route.method].flat().join(',')} ${route.url}`
     const configs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where)
+    // As declared, before the plugin adds its hooks: what derived routes carry.
+    const carried = carriedFrom(route)
 
     function startUploads (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
       const uploads = new Uploads(configs, request)
@@ -101,6 +89,21 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
         uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).finally(() => live.delete(uploads))
       })
       done()
+    }
+    /**
+     * The route's body, read before any content-type parser could run: multipart and raw
+     * uploads are received here; fields (JSON, text, form) go on to the scope's parsers.
+     * Last of the route's preParsing hooks, it reads what earlier ones made of the payload.
+     */
+    function takeUploadBody (request: FastifyRequest, _reply: FastifyReply, payload: Readable, done: PreParsingDone): void {
+      const kind = bodyKind(request)
+      if (kind === 'none' || kind === 'fields') return done(null)
+      const uploads = uploadsOf(request)!
+      const received = kind === 'multipart' ? receiveMultipart(uploads, request, payload, settings) : receiveRaw(uploads, request, payload)
+      received.then((body) => {
+        request.body = body
+        continueWithoutBody(request, done)
+      }, done)
     }
     function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
       // The rest of the body was not read: the connection cannot carry another request.
@@ -136,14 +139,26 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       }
     }
 
-    const userHooks = { onRequest: hooks(route.onRequest), preParsing: hooks(route.preParsing), preValidation: hooks(route.preValidation), preHandler: hooks(route.preHandler) }
-    route.onRequest = [...userHooks.onRequest, startUploads]
-    route.onSend = [...hooks(route.onSend), closeIfBodyUnread]
+    route.onRequest = [...carried.hooks.onRequest, startUploads]
+    route.preParsing = [...carried.hooks.preParsing, takeUploadBody]
+    route.onSend = [...carried.hooks.onSend, closeIfBodyUnread]
+    const resumableNames = [...configs.values()].some((config) => config.resumable)
+    if (!settings.channel && !resumableNames) return
+    route.preHandler = [...carried.hooks.preHandler, claimRefs]
+    // Fastify's automatic HEAD route for a GET route comes through here too; it carries
+    // no body, so derives nothing (nor does a HEAD route of the app's own).
+    if (route.method === 'HEAD') return
+    const origin = { where, instance: this, constraints: route.constraints, carried, routeConfigs: configs }
+    const channelUrl = pathWithSuffix(route.url, settings.channelSuffix)
+    if (settings.channel && derived.claim(channelUrl, 'upload channel', { ...origin, configs: new Map(configs) })) {
+      addChannel(this, route, configs, where, carried)
+    }
+    // After the channel's claim: a shared channel may have given the route its configs.
     const resumableConfigs = new Map([...configs].filter(([, config]) => config.resumable))
-    if (!settings.channel && resumableConfigs.size === 0) return
-    route.preHandler = [...userHooks.preHandler, claimRefs]
-    if (settings.channel) addChannel(this, route, configs, where, userHooks)
-    if (resumableConfigs.size > 0) addResumable(this, route, resumableConfigs, userHooks)
+    const resumableUrl = pathWithSuffix(route.url, settings.resumableSuffix)
+    if (resumableNames && derived.claim(resumableUrl, 'resumable endpoint', { ...origin, configs: resumableConfigs })) {
+      addResumable(this, route, resumableConfigs, carried)
+    }
   })
 
   /**
@@ -151,8 +166,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
    * suffix, and upload URLs under it, behind the route's own hooks.
    */
   function addResumable (
-    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>,
-    userHooks: Pick<RouteOptions, 'onRequest' | 'preParsing' | 'preValidation' | 'preHandler'>
+    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>, carried: Carried
   ): void {
     const endpoint = new ResumableEndpoint(configs, resumables, {
       refs,
@@ -162,10 +176,15 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       staging: TmpFileWriter,
       stagingOptions: { dir: tmpDir }
     })
-    function markResumable (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
-      (request as MaybeResumable)[kResumable] = true
+    function markResumable (_request: FastifyRequest, reply: FastifyReply, done: () => void): void {
       reply.header('tus-resumable', TUS_VERSION)
       done()
+    }
+    /** The endpoint reads bodies itself: `request.body` is the payload, unread. */
+    function handOverBody (request: FastifyRequest, _reply: FastifyReply, payload: Readable, done: PreParsingDone): void {
+      if (!hasBody(request)) return done(null)
+      request.body = payload
+      continueWithoutBody(request, done)
     }
     // CORS: whoever allowed the origin (@fastify/cors, say), the page may read the protocol's headers.
     function exposeHeaders (_request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
@@ -176,16 +195,8 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       done(null, payload)
     }
     const base = pathWithSuffix(route.routePath, settings.resumableSuffix)
-    const common = {
-      exposeHeadRoute: false,
-      logLevel: route.logLevel,
-      config: route.config,
-      onRequest: [markResumable, ...hooks(userHooks.onRequest)],
-      preParsing: userHooks.preParsing,
-      preValidation: userHooks.preValidation,
-      preHandler: userHooks.preHandler,
-      onSend: exposeHeaders
-    }
+    // Behind everything the route declared (hooks, constraints, errorHandler, …).
+    const common = derivedOptions(carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } })
     const options = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => await endpoint.options(request, reply)
     instance.route({ ...common, method: 'OPTIONS', url: base, handler: options } as RouteOptions)
     instance.route({ ...common, method: 'POST', url: base, handler: async (request, reply) => await endpoint.post(request, reply) } as RouteOptions)
@@ -200,8 +211,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
    * own hooks (its authentication protects the channel too).
    */
   function addChannel (
-    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>, where: string,
-    userHooks: Pick<RouteOptions, 'onRequest' | 'preParsing' | 'preValidation' | 'preHandler'>
+    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>, where: string, carried: Carried
   ): void {
     if (!instance.hasDecorator('websocketServer')) throw new ChannelNeedsWebsocketError(where)
     const maxBytes = maxMessageBytes(configs.values())
@@ -234,15 +244,10 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
 
     instance.route({
+      // Behind everything the route declared (hooks, constraints, errorHandler, …).
+      ...derivedOptions(carried, { first: { onRequest: startChannelUploads }, last: { preHandler: holdFinished } }),
       method: 'GET',
       url: pathWithSuffix(route.routePath, settings.channelSuffix),
-      exposeHeadRoute: false,
-      logLevel: route.logLevel,
-      config: route.config,
-      onRequest: [startChannelUploads, ...hooks(userHooks.onRequest)],
-      preParsing: userHooks.preParsing,
-      preValidation: userHooks.preValidation,
-      preHandler: [...hooks(userHooks.preHandler), holdFinished],
       websocket: true,
       handler: serveChannel
     } as unknown as RouteOptions)
