@@ -1,0 +1,202 @@
+// The routes an upload route derives (its channel, its resumable endpoint): once per path
+// and prefix, and behind everything that protects or shapes the route. Real sockets.
+import websocket from '@fastify/websocket'
+import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type RouteShorthandOptions } from 'fastify'
+import t, { type Test } from 'tap'
+import chunkedUpload, { type AllowUpload, type ChunkedUploadOptions } from '../lib/index.js'
+import { ProtocolClient } from './kit/channel.js'
+import { Recorder, bytes, listen, sha256 } from './kit/index.js'
+import { OCTETS, TUS, send } from './kit/resumable.js'
+
+/** The plugin (channel on) and @fastify/websocket, then the app's routes, listening. */
+async function start (t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}): Promise<{ app: FastifyInstance, url: string, wsUrl: string }> {
+  const app = Fastify()
+  await app.register(chunkedUpload, { channel: true, ...options })
+  await app.register(websocket)
+  routes(app)
+  const started = await listen(t, app)
+  return { ...started, wsUrl: started.url.replace('http:', 'ws:') }
+}
+
+/** Whether a channel socket opens at `url` (closed again at once). */
+async function channelOpens (url: string, headers: Record<string, string> = {}): Promise<string> {
+  try {
+    const client = await ProtocolClient.open(url, undefined, headers)
+    client.socket.close()
+    await client.closed
+    return 'open'
+  } catch (error) {
+    return (error as Error).message
+  }
+}
+
+/** What the route answers: the files it consumed. */
+async function consumeAll (request: FastifyRequest): Promise<unknown> {
+  return await request.uploads.consume('file', (meta: { sha256: string }) => meta.sha256)
+}
+
+t.test('two upload routes on one path share one channel and one resumable endpoint', async (t) => {
+  const recorder = new Recorder()
+  // Declared twice, alike: the same options, the same writer.
+  const allowUpload = (): AllowUpload => ({ file: { accept: 'any', resumable: true, writer: recorder.factory, maxEntries: 2 } })
+  const { url, wsUrl } = await start(t, (app) => {
+    app.post('/files', { allowUpload: allowUpload() }, consumeAll)
+    app.put('/files', { allowUpload: allowUpload() }, consumeAll)
+    // A trailing slash is the same path.
+    app.patch('/files/', { allowUpload: allowUpload() }, consumeAll)
+  })
+  t.equal((await send(`${url}/files/tus`, 'OPTIONS')).status, 204)
+  t.equal(await channelOpens(`${wsUrl}/files/ws`), 'open')
+
+  // An upload through the shared endpoint is claimed by either route.
+  for (const method of ['PUT', 'POST']) {
+    const data = bytes(5000, method.length)
+    const created = await send(`${url}/files/tus`, 'POST', { ...TUS, 'upload-length': data.length, 'content-type': OCTETS }, data)
+    t.equal(created.status, 201)
+    const claimed = await fetch(`${url}/files`, { method, headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: created.headers.location }) })
+    t.same([claimed.status, await claimed.json()], [200, [sha256(data)]], `${method} /files claims it`)
+  }
+  recorder.check(t)
+})
+
+t.test('a GET route with allowUpload and the channel starts (its automatic HEAD route derives nothing)', async (t) => {
+  const { app, url, wsUrl } = await start(t, (app) => {
+    app.get('/gallery', { allowUpload: { file: { accept: 'any', resumable: true } } }, async (request) => ({ uploads: request.uploads !== null }))
+  })
+  t.same(await (await fetch(`${url}/gallery`)).json(), { uploads: true })
+  t.equal((await fetch(`${url}/gallery`, { method: 'HEAD' })).status, 200)
+  t.equal(await channelOpens(`${wsUrl}/gallery/ws`), 'open')
+  t.equal((await send(`${url}/gallery/tus`, 'OPTIONS')).status, 204)
+  t.notOk(app.hasRoute({ method: 'GET', url: '/gallery/ws/ws' }))
+})
+
+t.test('routes derive once per prefix: the same path under two prefixes has two endpoints', async (t) => {
+  const { url } = await start(t, (app) => {
+    const allowUpload = { file: { accept: 'any' as const, resumable: true } }
+    app.post('/files', { allowUpload }, consumeAll)
+    app.register(async (api) => {
+      api.post('/files', { allowUpload }, consumeAll)
+      api.put('/files', { allowUpload }, consumeAll)
+    }, { prefix: '/api' })
+  })
+  t.equal((await send(`${url}/files/tus`, 'OPTIONS')).status, 204)
+  t.equal((await send(`${url}/api/files/tus`, 'OPTIONS')).status, 204)
+})
+
+/** The error that registering these routes gives at startup, if any. */
+async function startupError (routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}): Promise<(Error & { code?: string }) | undefined> {
+  const app = Fastify()
+  try {
+    await app.register(chunkedUpload, options)
+    await app.register(websocket)
+    routes(app)
+    await app.ready()
+    return undefined
+  } catch (error) {
+    return error as Error
+  } finally {
+    await app.close()
+  }
+}
+
+t.test('routes on one path that declare their shared routes differently fail at startup, naming both', async (t) => {
+  const file = { accept: 'any' as const, resumable: true }
+  const auth = async (): Promise<void> => {}
+  const cases: Array<[string, (app: FastifyInstance) => void, ChunkedUploadOptions, RegExp | undefined]> = [
+    ['the same name, declared differently', (app) => {
+      app.post('/c', { allowUpload: { file } }, consumeAll)
+      app.put('/c', { allowUpload: { file: { ...file, maxFileSize: 10 } } }, consumeAll)
+    }, {}, /Routes POST \/c and PUT \/c share the resumable endpoint \/c\/tus but differ in the declaration of upload "file"/],
+    ['other resumable names', (app) => {
+      app.post('/c', { allowUpload: { file } }, consumeAll)
+      app.put('/c', { allowUpload: { file, other: file } }, consumeAll)
+    }, {}, /differ in upload names \(file \/ file, other\)/],
+    ['other hooks', (app) => {
+      app.post('/c', { onRequest: auth, allowUpload: { file } }, consumeAll)
+      app.put('/c', { allowUpload: { file } }, consumeAll)
+    }, {}, /differ in onRequest hooks/],
+    ['another errorHandler', (app) => {
+      app.post('/c', { allowUpload: { file } }, consumeAll)
+      app.put('/c', { errorHandler: async (error: FastifyError, _request: FastifyRequest, reply: FastifyReply) => await reply.send(error), allowUpload: { file } }, consumeAll)
+    }, {}, /differ in errorHandler/],
+    ['other plugins', (app) => {
+      app.register(async (a) => { a.post('/c', { allowUpload: { file } }, consumeAll) })
+      app.register(async (b) => { b.put('/c', { allowUpload: { file } }, consumeAll) })
+    }, {}, /differ in plugin scope/],
+    ['the channel serves every name', (app) => {
+      app.post('/c', { allowUpload: { file: { accept: 'any' } } }, consumeAll)
+      app.put('/c', { allowUpload: { file: { accept: ['.png'] } } }, consumeAll)
+    }, { channel: true }, /share the upload channel \/c\/ws but differ in the declaration of upload "file"/],
+    ['names that derive nothing may differ', (app) => {
+      app.post('/c', { allowUpload: { file, a: { accept: 'any' } } }, consumeAll)
+      app.put('/c', { allowUpload: { file, a: { accept: ['.png'] } } }, consumeAll)
+    }, {}, undefined],
+    ['other constraints derive other routes', (app) => {
+      app.post('/c', { constraints: { host: 'a.test' }, allowUpload: { file } }, consumeAll)
+      app.post('/c', { constraints: { host: 'b.test' }, allowUpload: { file: { ...file, maxFileSize: 10 } } }, consumeAll)
+    }, {}, undefined]
+  ]
+  for (const [name, routes, options, message] of cases) {
+    const error = await startupError(routes, options)
+    if (message === undefined) t.equal(error, undefined, name)
+    else t.match(error, { code: 'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT', message }, name)
+  }
+})
+
+t.test('derived routes carry the route\'s constraints: a host-constrained route\'s endpoints answer on its host only', async (t) => {
+  const { url, wsUrl } = await start(t, (app) => {
+    app.post('/files', { constraints: { host: 'uploads.test' }, allowUpload: { file: { accept: 'any', resumable: true } } }, consumeAll)
+  })
+  t.equal((await send(`${url}/files/tus`, 'OPTIONS', { ...TUS, host: 'uploads.test' })).status, 204)
+  t.equal((await send(`${url}/files/tus`, 'OPTIONS', { ...TUS, host: 'other.test' })).status, 404)
+  const creation = { ...TUS, 'upload-length': 10 }
+  t.equal((await send(`${url}/files/tus`, 'POST', { ...creation, host: 'other.test' })).status, 404)
+  t.equal((await send(`${url}/files/tus`, 'POST', { ...creation, host: 'uploads.test' })).status, 201)
+  t.equal(await channelOpens(`${wsUrl}/files/ws`, { host: 'uploads.test' }), 'open')
+  t.equal(await channelOpens(`${wsUrl}/files/ws`, { host: 'other.test' }), 'status 404')
+})
+
+t.test('derived routes carry the route\'s errorHandler, hooks, bodyLimit and config', async (t) => {
+  const seen: string[] = []
+  const { url, wsUrl } = await start(t, (app) => {
+    const options: RouteShorthandOptions = {
+      bodyLimit: 4321,
+      // Fastify types a route's config as an interface for apps to augment.
+      config: { area: 'files' } as RouteShorthandOptions['config'],
+      onRequest: async (request) => {
+        seen.push(`onRequest ${request.url} bodyLimit=${request.routeOptions.bodyLimit} area=${String((request.routeOptions.config as { area?: string }).area)}`)
+        if (request.headers.authorization !== 'Bearer ok') throw Object.assign(new Error('who are you?'), { statusCode: 401, code: 'APP_UNAUTHORIZED' })
+      },
+      onSend: async (_request, reply, payload) => {
+        reply.header('x-files-route', 'yes')
+        return payload
+      },
+      onError: async (request, _reply, error) => { seen.push(`onError ${request.url} ${String((error as FastifyError).code)}`) },
+      onResponse: async (request, reply) => { seen.push(`onResponse ${request.method} ${request.url} ${reply.statusCode}`) },
+      errorHandler: (error: FastifyError, _request, reply) => { reply.code(error.statusCode ?? 500).send({ shaped: error.code }) },
+      allowUpload: { file: { accept: 'any', resumable: true } }
+    }
+    app.post('/files', options, consumeAll)
+  })
+  const authorized = { ...TUS, authorization: 'Bearer ok' }
+
+  const refused = await send(`${url}/files/tus`, 'POST', { ...TUS, 'upload-length': 10 })
+  t.same([refused.status, refused.json, refused.headers['x-files-route']], [401, { shaped: 'APP_UNAUTHORIZED' }, 'yes'], 'the route\'s hook and errorHandler')
+  const unversioned = await send(`${url}/files/tus`, 'POST', { authorization: 'Bearer ok', 'upload-length': 10 })
+  t.same([unversioned.status, unversioned.json], [412, { shaped: 'FST_CHUNKED_UPLOAD_UNSUPPORTED_VERSION' }], 'the endpoint\'s own errors are shaped too')
+  const created = await send(`${url}/files/tus`, 'POST', { ...authorized, 'upload-length': 10 })
+  t.equal(created.status, 201)
+  t.equal(created.headers['x-files-route'], 'yes')
+  const upload = new URL(String(created.headers.location), url).pathname
+  t.equal((await send(url + upload, 'HEAD', authorized)).status, 200)
+  t.equal(await channelOpens(`${wsUrl}/files/ws`), 'status 401')
+  t.equal(await channelOpens(`${wsUrl}/files/ws`, { authorization: 'Bearer ok' }), 'open')
+
+  t.ok(seen.includes('onRequest /files/tus bodyLimit=4321 area=files'), 'bodyLimit and config')
+  t.ok(seen.includes('onRequest /files/ws bodyLimit=4321 area=files'), 'bodyLimit and config on the channel')
+  t.ok(seen.includes('onError /files/tus APP_UNAUTHORIZED'))
+  t.ok(seen.includes('onError /files/tus FST_CHUNKED_UPLOAD_UNSUPPORTED_VERSION'))
+  for (const line of ['onResponse POST /files/tus 401', 'onResponse POST /files/tus 201', `onResponse HEAD ${upload} 200`]) {
+    t.ok(seen.includes(line), line)
+  }
+})
