@@ -17,9 +17,10 @@ function filenameOf (header: string | undefined): string {
   }
 }
 
-function declaredSize (request: FastifyRequest): number | undefined {
+/** Content-Length, when it describes the payload: not once a preParsing hook replaced it (a gunzip, say). */
+function declaredSize (request: FastifyRequest, payload: Readable): number | undefined {
   const length = request.headers['content-length']
-  if (length === undefined || request.headers['transfer-encoding'] !== undefined) return undefined
+  if (length === undefined || request.headers['transfer-encoding'] !== undefined || payload !== request.raw) return undefined
   return Number(length)
 }
 
@@ -28,7 +29,7 @@ export async function receiveRaw (uploads: Uploads, request: FastifyRequest, pay
   const entry = await uploads.announce(config, {
     clientName: filenameOf(request.headers['content-disposition']),
     clientType: mediaType(request.headers['content-type']),
-    clientSize: declaredSize(request)
+    clientSize: declaredSize(request, payload)
   })
   if (entry.failure !== undefined) {
     // Refused before any byte was read (too large by Content-Length, not accepted, …).

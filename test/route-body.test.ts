@@ -1,0 +1,102 @@
+// How an upload route takes its body without a content-type parser: what hooks and the
+// handler see, what earlier preParsing hooks made of the payload, validation. Real sockets.
+import { Readable } from 'node:stream'
+import { gzipSync, createGunzip } from 'node:zlib'
+import type { FastifyRequest } from 'fastify'
+import t from 'tap'
+import { Type } from 'typebox'
+import { request } from 'undici'
+import { Recorder, bytes, multipart, sha256, startApp } from './kit/index.js'
+
+/** The body-related headers and media type a hook or the handler sees. */
+function view (request: FastifyRequest): Record<string, string> {
+  const { headers } = request
+  return {
+    type: headers['content-type'] ?? 'none',
+    length: headers['content-length'] ?? 'none',
+    encoding: headers['transfer-encoding'] ?? 'none',
+    media: request.mediaType ?? 'none'
+  }
+}
+
+t.test('hooks and the handler see the request\'s real headers, even with the media type read early', async (t) => {
+  const recorder = new Recorder()
+  const seen: Array<Record<string, string>> = []
+  const { url } = await startApp(t, (app) => {
+    // Reading request.mediaType this early makes Fastify keep the parsed type.
+    app.addHook('onRequest', async (request) => { seen.push({ hook: 'onRequest', ...view(request) }) })
+    app.addHook('preValidation', async (request) => { seen.push({ hook: 'preValidation', ...view(request) }) })
+    app.post('/up', {
+      allowUpload: { f: { accept: 'any', writer: recorder.factory } },
+      preHandler: async (request) => { seen.push({ hook: 'preHandler', ...view(request) }) }
+    }, async (request) => ({
+      seen: view(request),
+      files: await request.uploads.consume('f', (meta: { sha256: string }, entry) => ({ type: entry.clientType, sha256: meta.sha256 }))
+    }))
+  })
+  const data = bytes(50_000, 7)
+  const form = multipart([{ name: 'f', filename: 'a.bin', type: 'image/png', data }])
+  const cases: Array<[string, Record<string, string>, () => Buffer | Readable, Record<string, string>, string]> = [
+    ['multipart', { 'content-type': form.contentType }, () => form.body,
+      { type: form.contentType, length: String(form.body.length), encoding: 'none', media: 'multipart/form-data' }, 'image/png'],
+    ['raw, chunked', { 'content-type': 'image/png' }, () => Readable.from([data.subarray(0, 1000), data.subarray(1000)]),
+      { type: 'image/png', length: 'none', encoding: 'chunked', media: 'image/png' }, 'image/png'],
+    ['raw, no content type', {}, () => data,
+      { type: 'none', length: String(data.length), encoding: 'none', media: 'none' }, '']
+  ]
+  for (const [name, headers, body, expected, clientType] of cases) {
+    seen.length = 0
+    const response = await request(`${url}/up`, { method: 'POST', headers, body: body() })
+    t.same(await response.body.json(), { seen: expected, files: [{ type: clientType, sha256: sha256(data) }] }, `${name}: the handler`)
+    t.same(seen, ['onRequest', 'preValidation', 'preHandler'].map((hook) => ({ hook, ...expected })), `${name}: the hooks`)
+  }
+  recorder.check(t)
+})
+
+t.test('the route\'s own preParsing hooks run first: the upload is what they made of the payload', async (t) => {
+  const recorder = new Recorder()
+  const { url } = await startApp(t, (app) => {
+    app.post('/up', {
+      allowUpload: { f: { accept: 'any', writer: recorder.factory } },
+      preParsing: async (request, _reply, payload) => request.headers['content-encoding'] === 'gzip' ? payload.pipe(createGunzip()) : payload
+    }, async (request) => await request.uploads.consume('f', (meta: { sha256: string, bytes: number }) => [meta.bytes, meta.sha256]))
+  })
+  const data = bytes(200_000, 9)
+  for (const [name, headers, body] of [
+    ['raw', { 'content-type': 'application/octet-stream' }, gzipSync(data)],
+    ['multipart', { 'content-type': multipart([{ name: 'f', filename: 'a', data }]).contentType }, gzipSync(multipart([{ name: 'f', filename: 'a', data }]).body)]
+  ] as const) {
+    const response = await request(`${url}/up`, { method: 'POST', headers: { ...headers, 'content-encoding': 'gzip' }, body })
+    t.same(await response.body.json(), [[data.length, sha256(data)]], name)
+  }
+  recorder.check(t)
+})
+
+t.test('a route\'s body schema validates the text fields of a multipart upload', async (t) => {
+  const recorder = new Recorder()
+  const { url } = await startApp(t, (app) => {
+    app.post('/s', {
+      allowUpload: { f: { accept: 'any', writer: recorder.factory } },
+      schema: { body: Type.Object({ title: Type.String({ minLength: 3 }) }) }
+    }, async (request) => ({ body: request.body, files: await request.uploads.consume('f', () => 'file') }))
+  })
+  const post = async (title: string): Promise<{ status: number, json: any }> => {
+    const form = multipart([{ name: 'title', data: title }, { name: 'f', filename: 'a', data: 'x' }])
+    const response = await request(`${url}/s`, { method: 'POST', headers: { 'content-type': form.contentType }, body: form.body })
+    return { status: response.statusCode, json: await response.body.json() }
+  }
+  t.same(await post('hello'), { status: 200, json: { body: { title: 'hello' }, files: ['file'] } })
+  t.match(await post('hi'), { status: 400, json: { code: 'FST_ERR_VALIDATION' } })
+  recorder.check(t)
+})
+
+t.test('a failing upload answers with its error, and the connection serves the next request', async (t) => {
+  const { url } = await startApp(t, (app) => {
+    app.post('/up', { allowUpload: { f: { accept: ['image/png'] } } }, async () => 'not reached')
+  })
+  const refused = await request(`${url}/up`, { method: 'POST', headers: { 'content-type': 'text/csv' }, body: 'a,b' })
+  // text/csv is no field type: a raw upload, refused by accept.
+  t.match([refused.statusCode, await refused.body.json()], [415, { code: 'FST_CHUNKED_UPLOAD_NOT_ACCEPTED' }])
+  const again = await request(`${url}/health`)
+  t.same(await again.body.json(), { ok: true })
+})
