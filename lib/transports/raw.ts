@@ -1,4 +1,4 @@
-// A raw body (any content type Fastify has no other parser for) is one entry: the
+// A raw body (any content type but multipart and the field types, see route-body.ts) is one entry: the
 // route's only upload name, or the one named by the `upload` query parameter.
 import type { Readable } from 'node:stream'
 import { parse as parseContentDisposition } from 'content-disposition'
