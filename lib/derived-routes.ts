@@ -82,8 +82,9 @@ function difference (first: Origin, later: Origin): string | undefined {
 }
 
 /** Constraints as a key: equal constraints, equal keys (a RegExp by its source). */
-function constraintsKey (constraints: RouteOptions['constraints']): string {
-  return JSON.stringify(Object.entries(constraints ?? {}).sort(([a], [b]) => a < b ? -1 : 1), (_key, value: unknown) => value instanceof RegExp ? String(value) : value)
+function constraintsKey (constraints: RouteOptions['constraints'] = {}): string {
+  const entries = Object.keys(constraints).sort().map((name) => [name, constraints[name]])
+  return JSON.stringify(entries, (_key, value: unknown) => value instanceof RegExp ? String(value) : value)
 }
 
 /**

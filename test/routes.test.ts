@@ -131,6 +131,10 @@ t.test('routes on one path that declare their shared routes differently fail at 
       app.post('/c', { allowUpload: { file, a: { accept: 'any' } } }, consumeAll)
       app.put('/c', { allowUpload: { file, a: { accept: ['.png'] } } }, consumeAll)
     }, {}, undefined],
+    ['alike constraints share, a RegExp among them', (app) => {
+      app.post('/c', { constraints: { host: /^up\./, version: '1.0.0' }, allowUpload: { file } }, consumeAll)
+      app.put('/c', { constraints: { version: '1.0.0', host: /^up\./ }, allowUpload: { file } }, consumeAll)
+    }, { channel: true }, undefined],
     ['other constraints derive other routes', (app) => {
       app.post('/c', { constraints: { host: 'a.test' }, allowUpload: { file } }, consumeAll)
       app.post('/c', { constraints: { host: 'b.test' }, allowUpload: { file: { ...file, maxFileSize: 10 } } }, consumeAll)
