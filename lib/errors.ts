@@ -41,6 +41,10 @@ export const RouteConflictError = createError<'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT
   'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT',
   'Routes %s and %s share the %s %s but differ in %s: declare them alike, or give them different paths', 500, TypeError
 )
+export const HookOrderError = createError(
+  'FST_CHUNKED_UPLOAD_HOOK_ORDER',
+  'A preParsing hook was added to %s after fastify-chunked-upload\'s, which takes the body: register the plugin that adds it before fastify-chunked-upload', 500, TypeError
+)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** An error plus the short entry-level code it maps to. */

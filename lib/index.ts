@@ -8,7 +8,7 @@ import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
 import { DerivedRoutes, carriedFrom, derivedOptions, type Carried } from './derived-routes.js'
 import {
-  AlreadyRegisteredError, ChannelNeedsWebsocketError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
+  AlreadyRegisteredError, ChannelNeedsWebsocketError, HookOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
 import { bodyKind, continueWithoutBody, hasBody } from './route-body.js'
@@ -22,6 +22,9 @@ import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transpo
 import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
+/** On a derived route's options: its preParsing hook that takes the body, which must stay last. */
+const kBodyHook = Symbol('fastify-chunked-upload.bodyHook')
+type WithBodyHook = RouteOptions & { [kBodyHook]?: unknown }
 
 /** The upload set of a request, or null on routes without allowUpload. */
 function uploadsOf (request: FastifyRequest): Uploads | null {
@@ -67,11 +70,19 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   /** Channels and resumable endpoints, one per path (and constraints). */
   const derived = new DerivedRoutes()
 
+  /**
+   * Routes whose last preParsing hook takes the body: another plugin's onRoute hook
+   * running after ours must not have put one of its own after it (checked once ready).
+   */
+  const bodyHooks: Array<{ route: RouteOptions, hook: unknown }> = []
+
   fastify.decorateRequest('uploads', null as unknown as Uploads)
 
   // Nothing scope-wide: no content-type parser, no hook on other routes. An upload route
   // takes its own body (see takeUploadBody); every other route stays Fastify's.
   fastify.addHook('onRoute', function (this: FastifyInstance, route: RouteOptions & { routePath: string }) {
+    const derivedBodyHook = (route as WithBodyHook)[kBodyHook]
+    if (derivedBodyHook !== undefined) bodyHooks.push({ route, hook: derivedBodyHook })
     if (route.allowUpload === undefined) return
     const where = `${[route.method].flat().join(',')} ${route.url}`
     const configs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where)
@@ -141,6 +152,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
 
     route.onRequest = [...carried.hooks.onRequest, startUploads]
     route.preParsing = [...carried.hooks.preParsing, takeUploadBody]
+    bodyHooks.push({ route, hook: takeUploadBody })
     route.onSend = [...carried.hooks.onSend, closeIfBodyUnread]
     const resumableNames = [...configs.values()].some((config) => config.resumable)
     if (!settings.channel && !resumableNames) return
@@ -196,7 +208,10 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
     const base = pathWithSuffix(route.routePath, settings.resumableSuffix)
     // Behind everything the route declared (hooks, constraints, errorHandler, …).
-    const common = derivedOptions(carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } })
+    const common = {
+      ...derivedOptions(carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } }),
+      [kBodyHook]: handOverBody
+    }
     const options = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => await endpoint.options(request, reply)
     instance.route({ ...common, method: 'OPTIONS', url: base, handler: options } as RouteOptions)
     instance.route({ ...common, method: 'POST', url: base, handler: async (request, reply) => await endpoint.post(request, reply) } as RouteOptions)
@@ -252,6 +267,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       handler: serveChannel
     } as unknown as RouteOptions)
   }
+
+  // A preParsing hook after the one that takes the body would see it consumed, and
+  // Fastify would look for a parser: refuse to start rather than misbehave.
+  fastify.addHook('onReady', async () => {
+    for (const { route, hook } of bodyHooks) {
+      if ([route.preParsing].flat().at(-1) !== hook) throw new HookOrderError(`${[route.method].flat().join(',')} ${route.url}`)
+    }
+  })
 
   const shuttingDown = (): EntryFailure => withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
   // preClose: uploads still reading stop now, so their requests can answer and drain.

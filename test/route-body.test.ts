@@ -2,11 +2,13 @@
 // handler see, what earlier preParsing hooks made of the payload, validation. Real sockets.
 import { Readable } from 'node:stream'
 import { gzipSync, createGunzip } from 'node:zlib'
-import type { FastifyRequest } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyRequest, type preParsingAsyncHookHandler } from 'fastify'
+import fp from 'fastify-plugin'
 import t from 'tap'
 import { Type } from 'typebox'
 import { request } from 'undici'
-import { Recorder, bytes, multipart, sha256, startApp } from './kit/index.js'
+import chunkedUpload from '../lib/index.js'
+import { Recorder, bytes, listen, multipart, sha256, startApp } from './kit/index.js'
 
 /** The body-related headers and media type a hook or the handler sees. */
 function view (request: FastifyRequest): Record<string, string> {
@@ -99,4 +101,36 @@ t.test('a failing upload answers with its error, and the connection serves the n
   t.match([refused.statusCode, await refused.body.json()], [415, { code: 'FST_CHUNKED_UPLOAD_NOT_ACCEPTED' }])
   const again = await request(`${url}/health`)
   t.same(await again.body.json(), { ok: true })
+})
+
+/** A plugin that decompresses every route's gzip bodies, from its own onRoute hook. */
+const gunzipPlugin = fp(async (app: FastifyInstance) => {
+  app.addHook('onRoute', (route) => {
+    const gunzip: preParsingAsyncHookHandler = async (request, _reply, payload) => request.headers['content-encoding'] === 'gzip' ? payload.pipe(createGunzip()) : payload
+    route.preParsing = [route.preParsing ?? []].flat().concat(gunzip)
+  })
+})
+
+t.test('another plugin\'s onRoute preParsing hook: before the plugin it runs first, after it startup fails', async (t) => {
+  const recorder = new Recorder()
+  const before = Fastify()
+  await before.register(gunzipPlugin)
+  await before.register(chunkedUpload)
+  before.post('/up', { allowUpload: { f: { accept: 'any', writer: recorder.factory } } }, async (request) =>
+    await request.uploads.consume('f', (meta: { sha256: string }) => meta.sha256))
+  const { url } = await listen(t, before)
+  const data = bytes(30_000, 4)
+  const response = await request(`${url}/up`, { method: 'POST', headers: { 'content-type': 'image/png', 'content-encoding': 'gzip' }, body: gzipSync(data) })
+  t.same(await response.body.json(), [sha256(data)])
+  recorder.check(t)
+
+  const after = Fastify()
+  await after.register(chunkedUpload)
+  await after.register(gunzipPlugin)
+  after.post('/up', { allowUpload: { f: { accept: 'any', resumable: true } } }, async () => 'ok')
+  await t.rejects(async () => { await after.ready() }, {
+    code: 'FST_CHUNKED_UPLOAD_HOOK_ORDER',
+    message: /A preParsing hook was added to POST \/up after fastify-chunked-upload's, which takes the body: register the plugin that adds it before fastify-chunked-upload/
+  })
+  await after.close()
 })
