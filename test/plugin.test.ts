@@ -66,6 +66,16 @@ t.test('a route registered before the plugin is an ordinary route: Fastify\'s ow
   t.equal((await response.json() as { code: string }).code, 'FST_ERR_CTP_INVALID_MEDIA_TYPE')
 })
 
+t.test('registering the plugin adds no content-type parser to the scope', async (t) => {
+  const app = Fastify()
+  await app.register(chunkedUpload)
+  app.post('/up', { allowUpload: { f: { accept: 'any' } } }, async () => 'ok')
+  await app.ready()
+  t.notOk(app.hasContentTypeParser('*'))
+  t.notOk(app.hasContentTypeParser('multipart/form-data'))
+  await app.close()
+})
+
 t.test('ordinary routes keep Fastify behaviour; JSON to an upload route is a JSON body', async (t) => {
   const { url } = await startApp(t, (app) => {
     app.post('/plain', async (request) => ({ body: request.body, uploads: request.uploads }))
