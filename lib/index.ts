@@ -114,7 +114,12 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       received.then((body) => {
         request.body = body
         continueWithoutBody(request, done)
-      }, done)
+      }, (error: Error) => {
+        // Refused before the whole body arrived (and not drained): the rest would be read
+        // as the next request, so the connection closes after the answer.
+        if (!request.raw.complete) uploads.bodyUnread = true
+        done(error)
+      })
     }
     function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
       // The rest of the body was not read: the connection cannot carry another request.

@@ -8,7 +8,7 @@ import t from 'tap'
 import { Type } from 'typebox'
 import { request } from 'undici'
 import chunkedUpload from '../lib/index.js'
-import { Recorder, bytes, listen, multipart, sha256, startApp } from './kit/index.js'
+import { Recorder, bytes, eventually, listen, multipart, parseResponse, rawSocket, sha256, startApp } from './kit/index.js'
 
 /** The body-related headers and media type a hook or the handler sees. */
 function view (request: FastifyRequest): Record<string, string> {
@@ -133,4 +133,27 @@ t.test('another plugin\'s onRoute preParsing hook: before the plugin it runs fir
     message: /A preParsing hook was added to POST \/up after fastify-chunked-upload's, which takes the body: register the plugin that adds it before fastify-chunked-upload/
   })
   await after.close()
+})
+
+t.test('an upload refused before its body arrived answers with Connection: close, as Fastify does for a parser error', async (t) => {
+  const { port } = await startApp(t, (app) => {
+    app.post('/two', { allowUpload: { a: { accept: 'any' }, b: { accept: 'any' } } }, async () => 'not reached')
+  })
+  const cases: Array<[string, string, number, string]> = [
+    // Refused before a byte is read: the route cannot tell which name a raw body is for.
+    ['raw body without ?upload=', 'application/octet-stream', 400, 'FST_CHUNKED_UPLOAD_NO_UPLOAD_NAME'],
+    // Refused by the multipart parser at once: no boundary.
+    ['multipart without a boundary', 'multipart/form-data', 400, 'FST_CHUNKED_UPLOAD_MALFORMED']
+  ]
+  for (const [name, type, status, code] of cases) {
+    const socket = await rawSocket(port)
+    // 100 kB announced, 10 sent: the rest never comes.
+    socket.write(`POST /two HTTP/1.1\r\nHost: x\r\nContent-Type: ${type}\r\nContent-Length: 100000\r\n\r\n${'x'.repeat(10)}`)
+    t.ok(await eventually(() => parseResponse(socket.received())?.body.includes('}') === true), `${name}: answered`)
+    const response = parseResponse(socket.received())!
+    t.equal(response.status, status, name)
+    t.match(response.body, code, name)
+    t.match(response.headers, /connection: close/i, `${name}: the connection is not reused`)
+    socket.destroy()
+  }
 })
