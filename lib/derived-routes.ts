@@ -6,45 +6,66 @@ import type { ResolvedConfig } from './config.js'
 import { RouteConflictError } from './errors.js'
 
 /** The route's hooks that run on its derived routes too, in the route's order. */
-const CARRIED_HOOKS = [
+export const CARRIED_HOOKS = [
   'onRequest', 'preParsing', 'preValidation', 'preHandler', 'preSerialization', 'onSend', 'onResponse', 'onError', 'onTimeout', 'onRequestAbort'
 ] as const
-/** The route's options that protect or shape it, carried as they are. */
-const CARRIED_OPTIONS = ['constraints', 'errorHandler', 'bodyLimit', 'handlerTimeout', 'config', 'logLevel', 'logSerializers', 'childLoggerFactory'] as const
+/**
+ * The route's options that cannot apply to a derived route: what makes it that route (its
+ * method, path, handler and uploads) and what the derived route sets itself. Every other
+ * option is carried, an app's or another plugin's own (`auth: true`, say) included, so that
+ * whatever protects or shapes the route applies to what it derives.
+ */
+const NOT_CARRIED: ReadonlySet<string> = new Set([
+  ...CARRIED_HOOKS, 'method', 'url', 'path', 'routePath', 'prefix', 'handler', 'wsHandler', 'websocket', 'allowUpload',
+  'exposeHeadRoute', 'prefixTrailingSlash', 'schema'
+])
+/**
+ * The route's schema keys that validate or serialize its own requests and replies: derived
+ * routes speak their own protocols. The rest (security, tags, description, hide, …) is carried.
+ */
+const NOT_CARRIED_SCHEMA: ReadonlySet<string> = new Set(['body', 'querystring', 'params', 'headers', 'response'])
 
-type HookName = typeof CARRIED_HOOKS[number]
-type OptionName = typeof CARRIED_OPTIONS[number]
+export type HookName = typeof CARRIED_HOOKS[number]
 type AnyHook = (...args: any[]) => any
 
 /** What the derived routes of a route take from it: its own hooks and options. */
 export interface Carried {
   hooks: Record<HookName, AnyHook[]>
-  options: Partial<Pick<RouteOptions, OptionName>>
+  options: Record<string, unknown>
 }
 
-const hookList = (value: unknown): AnyHook[] => value === undefined ? [] : [value].flat() as AnyHook[]
+export const hookList = (value: unknown): AnyHook[] => value === undefined ? [] : [value].flat() as AnyHook[]
 
-/** The route's own hooks and options, as declared (before the plugin adds its hooks). */
+/** The route's hooks and options as this plugin's onRoute hook sees them (before it adds its own). */
 export function carriedFrom (route: RouteOptions): Carried {
   const hooks = {} as Carried['hooks']
   for (const name of CARRIED_HOOKS) hooks[name] = hookList(route[name])
   const options: Record<string, unknown> = {}
-  for (const name of CARRIED_OPTIONS) if (route[name] !== undefined) options[name] = route[name]
+  for (const [name, value] of Object.entries(route)) if (!NOT_CARRIED.has(name) && value !== undefined) options[name] = value
+  const schema = Object.entries(route.schema ?? {}).filter(([name]) => !NOT_CARRIED_SCHEMA.has(name))
+  if (schema.length > 0) options.schema = Object.fromEntries(schema)
   return { hooks, options }
 }
 
 /**
- * A derived route's options: the route's, with the plugin's own hooks around the
- * route's (`first` before them, `last` after them).
+ * A derived route's options: the route's, with the plugin's own hooks around the route's
+ * (`first` before them, `last` after them). Each spread of them (`{ ...options, method, … }`)
+ * gets its own hook arrays, schema and config: another plugin's onRoute hook may edit
+ * those in place, and must not edit them for every route registered with these options.
  */
 export function derivedOptions (
   carried: Carried, ours: { first?: Partial<Record<HookName, AnyHook>>, last?: Partial<Record<HookName, AnyHook>> }
 ): Partial<RouteOptions> {
   const options: Record<string, unknown> = { ...carried.options, exposeHeadRoute: false }
+  const fresh = (name: string, make: () => unknown): void => { Object.defineProperty(options, name, { enumerable: true, get: make }) }
+  for (const name of ['schema', 'config']) {
+    const value = carried.options[name]
+    if (typeof value === 'object' && value !== null) fresh(name, () => ({ ...value }))
+  }
   for (const name of CARRIED_HOOKS) {
     const first = ours.first?.[name]
     const last = ours.last?.[name]
-    options[name] = [...(first === undefined ? [] : [first]), ...carried.hooks[name], ...(last === undefined ? [] : [last])]
+    fresh(name, () => [...(first === undefined ? [] : [first]), ...carried.hooks[name], ...(last === undefined ? [] : [last])])
   }
   return options as Partial<RouteOptions>
 }
@@ -64,13 +85,16 @@ export interface Origin {
 
 /** How two routes that would derive the same route differ, in words; undefined if they don't. */
 function difference (first: Origin, later: Origin): string | undefined {
-  if (first.instance !== later.instance) return 'plugin scope (they are registered in different plugins)'
+  // The scope's own hooks, error handler and decorators apply to a route registered in it,
+  // and no public API shows them: routes of other scopes cannot be told alike.
+  if (first.instance !== later.instance) return 'plugin scope (they are registered in different plugins: register them in one)'
   for (const name of CARRIED_HOOKS) {
     const a = first.carried.hooks[name]
     const b = later.carried.hooks[name]
-    if (a.length !== b.length || a.some((hook, i) => hook !== b[i])) return `${name} hooks`
+    if (a.length !== b.length || a.some((hook, i) => hook !== b[i])) return `${name} hooks (the same functions, in the same order)`
   }
-  for (const name of CARRIED_OPTIONS) {
+  const options = new Set([...Object.keys(first.carried.options), ...Object.keys(later.carried.options)])
+  for (const name of [...options].sort()) {
     if (!isDeepStrictEqual(first.carried.options[name], later.carried.options[name])) return name
   }
   const names = (configs: Map<string, ResolvedConfig>): string => [...configs.keys()].sort().join(', ')
@@ -87,13 +111,44 @@ function constraintsKey (constraints: RouteOptions['constraints'] = {}): string 
   return JSON.stringify(entries, (_key, value: unknown) => value instanceof RegExp ? String(value) : value)
 }
 
+/** The router options that decide which paths are one route (Fastify's `routerOptions`). */
+export interface RouterMatching {
+  caseSensitive: boolean
+  ignoreDuplicateSlashes: boolean
+}
+
 /**
- * One derived route per URL and constraints, however many routes declare it (`POST
- * /files` and `PUT /files` share `/files/tus`). Routes that share one must declare it
- * alike: the same hooks, options and upload configs; else startup fails naming both.
+ * A parameter (`:id`, `:id(^\\d+)`, one level of parentheses inside its pattern) or an
+ * escaped colon (`::`), as find-my-way reads a path.
+ */
+const PARAMETER = /(::|:[^/.\-(:]*(?:\((?:[^()]|\([^()]*\))*\))?)/
+
+/**
+ * A path as the router tells routes apart: parameters by position and pattern, not name
+ * (`/u/:id` and `/u/:userId` are one route); with `caseSensitive: false`, the rest in lower
+ * case; with `ignoreDuplicateSlashes`, `//` as `/`.
+ */
+export function routerPath (path: string, matching: RouterMatching): string {
+  const collapsed = matching.ignoreDuplicateSlashes ? path.replace(/\/\/+/g, '/') : path
+  return collapsed.split(PARAMETER).map((part, i) => {
+    if (i % 2 === 1) return part === '::' ? part : `:${part.slice(part.indexOf('(') === -1 ? part.length : part.indexOf('('))}`
+    return matching.caseSensitive ? part : part.toLowerCase()
+  }).join('')
+}
+
+/**
+ * One derived route per path and constraints, however many routes declare it (`POST
+ * /files` and `PUT /files` share `/files/tus`; so do `/u/:id/files` and `/u/:userId/files`,
+ * one path to the router). Routes that share one must declare it alike: the same hooks,
+ * options and upload configs; else startup fails naming both.
  */
 export class DerivedRoutes {
   readonly #origins = new Map<string, Origin>()
+  readonly #matching: RouterMatching
+
+  constructor (matching: RouterMatching) {
+    this.#matching = matching
+  }
 
   /**
    * True if `origin` is the first to derive `url` (the caller registers it). A later
@@ -101,7 +156,7 @@ export class DerivedRoutes {
    * the names it serves, so that an entry from the shared route is claimable on both.
    */
   claim (url: string, what: string, origin: Origin): boolean {
-    const key = `${url} ${constraintsKey(origin.constraints)}`
+    const key = `${routerPath(url, this.#matching)} ${constraintsKey(origin.constraints)}`
     const first = this.#origins.get(key)
     if (first === undefined) {
       this.#origins.set(key, origin)

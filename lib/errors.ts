@@ -45,6 +45,10 @@ export const HookOrderError = createError(
   'FST_CHUNKED_UPLOAD_HOOK_ORDER',
   'A preParsing hook was added to %s after fastify-chunked-upload\'s, which takes the body: register the plugin that adds it before fastify-chunked-upload', 500, TypeError
 )
+export const PluginOrderError = createError(
+  'FST_CHUNKED_UPLOAD_PLUGIN_ORDER',
+  'A plugin registered before fastify-chunked-upload added %s hooks to %s from its onRoute hook: they would run twice on %s, which that route derives. Register fastify-chunked-upload before that plugin', 500, TypeError
+)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** An error plus the short entry-level code it maps to. */

@@ -6,9 +6,9 @@ import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest,
 import fp from 'fastify-plugin'
 import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types/index.js'
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
-import { DerivedRoutes, carriedFrom, derivedOptions, type Carried } from './derived-routes.js'
+import { CARRIED_HOOKS, DerivedRoutes, carriedFrom, derivedOptions, hookList, type Carried, type HookName, type RouterMatching } from './derived-routes.js'
 import {
-  AlreadyRegisteredError, ChannelNeedsWebsocketError, HookOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
+  AlreadyRegisteredError, ChannelNeedsWebsocketError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
 import { bodyKind, continueWithoutBody, hasBody } from './route-body.js'
@@ -24,7 +24,30 @@ import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
 const kRegistered = Symbol('fastify-chunked-upload.registered')
 /** On a derived route's options: its preParsing hook that takes the body, which must stay last. */
 const kBodyHook = Symbol('fastify-chunked-upload.bodyHook')
-type WithBodyHook = RouteOptions & { [kBodyHook]?: unknown }
+/** On a derived route's options: the route it derives from, and how many hooks of each kind it was given. */
+const kDerivedFrom = Symbol('fastify-chunked-upload.derivedFrom')
+interface DerivedFrom { where: string, hookCounts: Record<HookName, number> }
+type WithBodyHook = RouteOptions & { [kBodyHook]?: unknown, [kDerivedFrom]?: DerivedFrom }
+
+/**
+ * A derived route's options (see derivedOptions: spread them once per route), marked with
+ * the route it derives from and, if it takes the body itself, the hook that does.
+ */
+function derivedRoute (where: string, bodyHook: unknown, ...args: Parameters<typeof derivedOptions>): Partial<RouteOptions> {
+  const options = derivedOptions(...args)
+  const hookCounts = {} as DerivedFrom['hookCounts']
+  for (const name of CARRIED_HOOKS) hookCounts[name] = hookList(options[name]).length
+  // Added, not spread: a spread would fix the fresh arrays once.
+  return Object.assign(options, { [kDerivedFrom]: { where, hookCounts }, [kBodyHook]: bodyHook })
+}
+
+/** The router options that make two paths one route, however the app gave them. */
+function routerMatching (fastify: FastifyInstance): RouterMatching {
+  const config = fastify.initialConfig as { routerOptions?: Partial<RouterMatching> } & Partial<RouterMatching>
+  // Fastify 5 keeps the older top-level options (deprecated) where routerOptions is not given.
+  const given = config.routerOptions ?? { caseSensitive: config.caseSensitive, ignoreDuplicateSlashes: config.ignoreDuplicateSlashes }
+  return { caseSensitive: given.caseSensitive !== false, ignoreDuplicateSlashes: given.ignoreDuplicateSlashes === true }
+}
 
 /** The upload set of a request, or null on routes without allowUpload. */
 function uploadsOf (request: FastifyRequest): Uploads | null {
@@ -68,13 +91,13 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const resumables = new ResumableRegistry()
 
   /** Channels and resumable endpoints, one per path (and constraints). */
-  const derived = new DerivedRoutes()
+  const derived = new DerivedRoutes(routerMatching(fastify))
 
   /**
    * Routes whose last preParsing hook takes the body: another plugin's onRoute hook
    * running after ours must not have put one of its own after it (checked once ready).
    */
-  const bodyHooks: Array<{ route: RouteOptions, hook: unknown }> = []
+  const bodyHooks: Array<{ route: RouteOptions, hook: unknown, count: number }> = []
 
   fastify.decorateRequest('uploads', null as unknown as Uploads)
 
@@ -82,7 +105,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // takes its own body (see takeUploadBody); every other route stays Fastify's.
   fastify.addHook('onRoute', function (this: FastifyInstance, route: RouteOptions & { routePath: string }) {
     const derivedBodyHook = (route as WithBodyHook)[kBodyHook]
-    if (derivedBodyHook !== undefined) bodyHooks.push({ route, hook: derivedBodyHook })
+    if (derivedBodyHook !== undefined) bodyHooks.push({ route, hook: derivedBodyHook, count: hookList(route.preParsing).length })
+    const derivedFrom = (route as WithBodyHook)[kDerivedFrom]
+    if (derivedFrom !== undefined) {
+      // An onRoute hook that ran before this one added hooks to this derived route: it did
+      // the same to the route it derives from, whose hooks it carries, so they would run twice.
+      const grown = CARRIED_HOOKS.find((name) => hookList(route[name]).length > derivedFrom.hookCounts[name])
+      if (grown !== undefined) throw new PluginOrderError(grown, derivedFrom.where, `${[route.method].flat().join(',')} ${route.url}`)
+    }
     if (route.allowUpload === undefined) return
     const where = `${[route.method].flat().join(',')} ${route.url}`
     const configs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where)
@@ -157,7 +187,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
 
     route.onRequest = [...carried.hooks.onRequest, startUploads]
     route.preParsing = [...carried.hooks.preParsing, takeUploadBody]
-    bodyHooks.push({ route, hook: takeUploadBody })
+    bodyHooks.push({ route, hook: takeUploadBody, count: route.preParsing.length })
     route.onSend = [...carried.hooks.onSend, closeIfBodyUnread]
     const resumableNames = [...configs.values()].some((config) => config.resumable)
     if (!settings.channel && !resumableNames) return
@@ -174,7 +204,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     const resumableConfigs = new Map([...configs].filter(([, config]) => config.resumable))
     const resumableUrl = pathWithSuffix(route.url, settings.resumableSuffix)
     if (resumableNames && derived.claim(resumableUrl, 'resumable endpoint', { ...origin, configs: resumableConfigs })) {
-      addResumable(this, route, resumableConfigs, carried)
+      addResumable(this, route, resumableConfigs, where, carried)
     }
   })
 
@@ -183,7 +213,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
    * suffix, and upload URLs under it, behind the route's own hooks.
    */
   function addResumable (
-    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>, carried: Carried
+    instance: FastifyInstance, route: RouteOptions & { routePath: string }, configs: ReturnType<typeof resolveAllowUpload>, where: string, carried: Carried
   ): void {
     const endpoint = new ResumableEndpoint(configs, resumables, {
       refs,
@@ -212,11 +242,9 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       done(null, payload)
     }
     const base = pathWithSuffix(route.routePath, settings.resumableSuffix)
-    // Behind everything the route declared (hooks, constraints, errorHandler, …).
-    const common = {
-      ...derivedOptions(carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } }),
-      [kBodyHook]: handOverBody
-    }
+    // Behind everything the route declared (hooks, constraints, errorHandler, …). Each
+    // `...common` below gets its own hook arrays (see derivedOptions).
+    const common = derivedRoute(where, handOverBody, carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } })
     const options = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => await endpoint.options(request, reply)
     instance.route({ ...common, method: 'OPTIONS', url: base, handler: options } as RouteOptions)
     instance.route({ ...common, method: 'POST', url: base, handler: async (request, reply) => await endpoint.post(request, reply) } as RouteOptions)
@@ -265,7 +293,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
 
     instance.route({
       // Behind everything the route declared (hooks, constraints, errorHandler, …).
-      ...derivedOptions(carried, { first: { onRequest: startChannelUploads }, last: { preHandler: holdFinished } }),
+      ...derivedRoute(where, undefined, carried, { first: { onRequest: startChannelUploads }, last: { preHandler: holdFinished } }),
       method: 'GET',
       url: pathWithSuffix(route.routePath, settings.channelSuffix),
       websocket: true,
@@ -276,8 +304,12 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // A preParsing hook after the one that takes the body would see it consumed, and
   // Fastify would look for a parser: refuse to start rather than misbehave.
   fastify.addHook('onReady', async () => {
-    for (const { route, hook } of bodyHooks) {
-      if ([route.preParsing].flat().at(-1) !== hook) throw new HookOrderError(`${[route.method].flat().join(',')} ${route.url}`)
+    for (const { route, hook, count } of bodyHooks) {
+      const hooks = hookList(route.preParsing)
+      // Ours but not last: a hook was put after it. Not there at all: another plugin wrapped
+      // each hook (a tracer, say), which is harmless unless it also added one.
+      const misplaced = hooks.includes(hook as never) ? hooks.at(-1) !== hook : hooks.length > count
+      if (misplaced) throw new HookOrderError(`${[route.method].flat().join(',')} ${route.url}`)
     }
   })
 

@@ -2,13 +2,14 @@
 // handler see, what earlier preParsing hooks made of the payload, validation. Real sockets.
 import { Readable } from 'node:stream'
 import { gzipSync, createGunzip } from 'node:zlib'
-import Fastify, { type FastifyInstance, type FastifyRequest, type preParsingAsyncHookHandler } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyPluginAsync, type FastifyRequest, type preParsingAsyncHookHandler } from 'fastify'
 import fp from 'fastify-plugin'
 import t from 'tap'
 import { Type } from 'typebox'
 import { request } from 'undici'
 import chunkedUpload from '../lib/index.js'
 import { Recorder, bytes, eventually, listen, multipart, parseResponse, rawSocket, sha256, startApp } from './kit/index.js'
+import { OCTETS, TUS } from './kit/resumable.js'
 
 /** The body-related headers and media type a hook or the handler sees. */
 function view (request: FastifyRequest): Record<string, string> {
@@ -155,5 +156,47 @@ t.test('an upload refused before its body arrived answers with Connection: close
     t.match(response.body, code, name)
     t.match(response.headers, /connection: close/i, `${name}: the connection is not reused`)
     socket.destroy()
+  }
+})
+
+/**
+ * A plugin like @fastify/otel: from its onRoute hook, it wraps each of a route's hooks (to
+ * trace them), adding none. Each wrapper passes its arguments and result through.
+ */
+const wrappingPlugin = (wrapped: Set<string>): FastifyPluginAsync => fp(async (app) => {
+  app.addHook('onRoute', (route) => {
+    const options = route as unknown as Record<string, unknown>
+    for (const name of ['onRequest', 'preParsing', 'preValidation', 'preHandler', 'onSend', 'onResponse']) {
+      if (options[name] === undefined) continue
+      options[name] = ([options[name]].flat() as Array<(...args: unknown[]) => unknown>).map((hook) => function (this: unknown, ...args: unknown[]) {
+        wrapped.add(`${name} ${hook.name}`)
+        return hook.apply(this, args)
+      })
+    }
+  })
+})
+
+t.test('a plugin that only wraps hooks starts registered before or after, and its wrapper of the body hook takes the body', async (t) => {
+  for (const order of ['before', 'after']) {
+    const recorder = new Recorder()
+    const wrapped = new Set<string>()
+    const app = Fastify()
+    if (order === 'before') await app.register(wrappingPlugin(wrapped))
+    await app.register(chunkedUpload)
+    if (order === 'after') await app.register(wrappingPlugin(wrapped))
+    app.post('/up', { allowUpload: { f: { accept: 'any', resumable: true, writer: recorder.factory } } }, async (request) =>
+      await request.uploads.consume('f', (meta: { sha256: string }) => meta.sha256))
+    const { url } = await listen(t, app)
+    const data = bytes(20_000, 5)
+    const response = await request(`${url}/up`, { method: 'POST', headers: { 'content-type': 'image/png' }, body: data })
+    t.same(await response.body.json(), [sha256(data)], `${order}: a raw upload`)
+    const created = await request(`${url}/up/tus`, { method: 'POST', headers: { ...TUS, 'upload-length': '10', 'content-type': OCTETS }, body: data.subarray(0, 10) })
+    t.same([created.statusCode, created.headers['upload-offset']], [201, '10'], `${order}: a resumable creation with its body`)
+    await created.body.dump()
+    // Before: it sees the endpoint's routes with their body hook; after: the upload route's too.
+    t.ok(wrapped.has('preParsing handOverBody'), `${order}: the plugin wrapped the endpoint's body hook`)
+    t.equal(wrapped.has('preParsing takeUploadBody'), order === 'after', `${order}: the plugin wrapped the route's body hook`)
+    await app.close()
+    recorder.check(t)
   }
 })

@@ -1,8 +1,14 @@
 // The routes an upload route derives (its channel, its resumable endpoint): once per path
 // and prefix, and behind everything that protects or shapes the route. Real sockets.
+import { createGunzip, gzipSync } from 'node:zlib'
 import websocket from '@fastify/websocket'
-import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest, type RouteShorthandOptions } from 'fastify'
+import Fastify, {
+  type FastifyError, type FastifyInstance, type FastifyPluginAsync, type FastifyReply, type FastifyRequest, type FastifyServerOptions, type RouteOptions, type RouteShorthandOptions,
+  type preParsingAsyncHookHandler
+} from 'fastify'
+import fp from 'fastify-plugin'
 import t, { type Test } from 'tap'
+import { Type } from 'typebox'
 import chunkedUpload, { type AllowUpload, type ChunkedUploadOptions } from '../lib/index.js'
 import { ProtocolClient } from './kit/channel.js'
 import { Recorder, bytes, listen, sha256 } from './kit/index.js'
@@ -84,9 +90,12 @@ t.test('routes derive once per prefix: the same path under two prefixes has two 
 })
 
 /** The error that registering these routes gives at startup, if any. */
-async function startupError (routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}): Promise<(Error & { code?: string }) | undefined> {
+async function startupError (
+  routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}, pluginBefore?: FastifyPluginAsync
+): Promise<(Error & { code?: string }) | undefined> {
   const app = Fastify()
   try {
+    if (pluginBefore !== undefined) await app.register(pluginBefore)
     await app.register(chunkedUpload, options)
     await app.register(websocket)
     routes(app)
@@ -202,5 +211,146 @@ t.test('derived routes carry the route\'s errorHandler, hooks, bodyLimit and con
   t.ok(seen.includes('onError /files/tus FST_CHUNKED_UPLOAD_UNSUPPORTED_VERSION'))
   for (const line of ['onResponse POST /files/tus 401', 'onResponse POST /files/tus 201', `onResponse HEAD ${upload} 200`]) {
     t.ok(seen.includes(line), line)
+  }
+})
+
+/**
+ * An app's authentication plugin, as many are written: from its onRoute hook, it protects
+ * the routes that ask for it by a route option (`auth: true`) or by their schema's
+ * `security`. Registered after this plugin, as README advises.
+ */
+const authPlugin = fp(async (app: FastifyInstance) => {
+  app.addHook('onRoute', (route: RouteOptions & { auth?: boolean }) => {
+    if (route.auth !== true && (route.schema as { security?: unknown } | undefined)?.security === undefined) return
+    route.onRequest = [...hookList(route.onRequest), async (request: FastifyRequest, reply: FastifyReply) => {
+      if (request.headers.authorization !== 'secret') return await reply.code(401).send({ denied: true })
+    }]
+  })
+})
+const hookList = <T>(hooks: T | T[] | undefined): T[] => hooks === undefined ? [] : [hooks].flat() as T[]
+
+t.test('derived routes carry every route option and the schema\'s documentation: an app\'s auth by route option protects them', async (t) => {
+  const recorder = new Recorder()
+  const allowUpload: AllowUpload = { file: { accept: 'any', resumable: true, writer: recorder.factory } }
+  const app = Fastify()
+  await app.register(chunkedUpload, { channel: true })
+  await app.register(websocket)
+  await app.register(authPlugin)
+  // An app's own route option (not one of Fastify's).
+  const authenticated = { auth: true, allowUpload }
+  app.post('/files', authenticated, consumeAll)
+  // Its body schema validates the route's fields, not the endpoint's requests.
+  app.post('/docs', { schema: { security: [{ bearer: [] }], body: Type.Object({ title: Type.String() }) }, allowUpload }, consumeAll)
+  const { url } = await listen(t, app)
+  const wsUrl = url.replace('http:', 'ws:')
+  const secret = { authorization: 'secret' }
+  for (const path of ['/files', '/docs']) {
+    t.equal((await send(`${url}${path}/tus`, 'POST', { ...TUS, 'upload-length': 10 })).status, 401, `${path}/tus without auth`)
+    t.equal(await channelOpens(`${wsUrl}${path}/ws`), 'status 401', `${path}/ws without auth`)
+    t.equal(await channelOpens(`${wsUrl}${path}/ws`, secret), 'open', `${path}/ws with auth`)
+    const data = bytes(10, path.length)
+    const created = await send(`${url}${path}/tus`, 'POST', { ...TUS, ...secret, 'upload-length': 10, 'content-type': OCTETS }, data)
+    t.equal(created.status, 201, `${path}/tus with auth`)
+  }
+  await app.close()
+  recorder.check(t)
+})
+
+/**
+ * A plugin like @fastify/compress or @fastify/rate-limit: from its onRoute hook, each route
+ * gets hooks of its own (closures over the route), added in place to the route's arrays: an
+ * onRequest hook that counts the route's requests and a preParsing hook, put first, that
+ * decompresses gzip bodies.
+ */
+function perRoutePlugin (counts: Map<string, number>): FastifyPluginAsync {
+  return fp(async (app) => {
+    app.addHook('onRoute', (route) => {
+      const onRequest = (request: FastifyRequest, _reply: FastifyReply, done: () => void): void => {
+        const key = `${request.method} ${request.routeOptions.url ?? ''}`
+        counts.set(key, (counts.get(key) ?? 0) + 1)
+        done()
+      }
+      const gunzip: preParsingAsyncHookHandler = async (request, _reply, payload) => request.headers['content-encoding'] === 'gzip' ? payload.pipe(createGunzip()) : payload
+      if (Array.isArray(route.onRequest)) route.onRequest.push(onRequest)
+      else route.onRequest = [...hookList(route.onRequest), onRequest]
+      if (Array.isArray(route.preParsing)) route.preParsing.unshift(gunzip)
+      else route.preParsing = [gunzip, ...hookList(route.preParsing)]
+    })
+  })
+}
+
+t.test('a plugin that adds per-route hooks in place, registered after: each derived route runs them once', async (t) => {
+  const recorder = new Recorder()
+  const counts = new Map<string, number>()
+  const allowUpload = (): AllowUpload => ({ file: { accept: 'any', resumable: true, writer: recorder.factory } })
+  const app = Fastify()
+  await app.register(chunkedUpload)
+  await app.register(perRoutePlugin(counts))
+  // Alike routes stay alike: each gets its own copy of the plugin's hooks.
+  app.post('/files', { allowUpload: allowUpload() }, consumeAll)
+  app.put('/files', { allowUpload: allowUpload() }, consumeAll)
+  const { url } = await listen(t, app)
+
+  // Compressible: the gzip body is smaller than the upload.
+  const data = Buffer.alloc(1000, 7)
+  const created = await send(`${url}/files/tus`, 'POST', { ...TUS, 'upload-length': data.length })
+  t.equal(created.status, 201)
+  const upload = new URL(String(created.headers.location), url).pathname
+  // Decompressed once: 1000 bytes stored, not a gzip stream read as gzip again.
+  const patched = await send(url + upload, 'PATCH', { ...TUS, 'upload-offset': 0, 'content-type': OCTETS, 'content-encoding': 'gzip' }, gzipSync(data))
+  t.same([patched.status, patched.headers['upload-offset']], [204, '1000'])
+  t.equal((await send(`${url}/files/tus`, 'OPTIONS')).status, 204)
+  const claimed = await fetch(`${url}/files`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: upload }) })
+  t.same([claimed.status, await claimed.json()], [200, [sha256(data)]])
+  t.same(Object.fromEntries(counts), {
+    'POST /files/tus': 1, [`PATCH ${'/files/tus/:id'}`]: 1, 'OPTIONS /files/tus': 1, 'PUT /files': 1
+  }, 'one count per request')
+  await app.close()
+  recorder.check(t)
+})
+
+t.test('a plugin that adds per-route hooks, registered before: startup fails saying to register this plugin first', async (t) => {
+  const error = await startupError((app) => {
+    app.post('/files', { allowUpload: { file: { accept: 'any', resumable: true } } }, consumeAll)
+  }, {}, perRoutePlugin(new Map()))
+  t.match(error, {
+    code: 'FST_CHUNKED_UPLOAD_PLUGIN_ORDER',
+    message: /A plugin registered before fastify-chunked-upload added onRequest hooks to POST \/files from its onRoute hook: they would run twice on OPTIONS \/files\/tus, which that route derives\. Register fastify-chunked-upload before that plugin/
+  })
+  // Routes that derive nothing are not concerned: the plugin's hooks run once there.
+  t.equal(await startupError((app) => { app.post('/plain', { allowUpload: { file: { accept: 'any' } } }, consumeAll) }, {}, perRoutePlugin(new Map())), undefined)
+})
+
+t.test('routes the router takes for one path share their derived routes', async (t) => {
+  const allowUpload = (): AllowUpload => ({ file: { accept: 'any', resumable: true } })
+  const cases: Array<[string, FastifyServerOptions, (app: FastifyInstance) => void, string[]]> = [
+    ['caseSensitive: false', { routerOptions: { caseSensitive: false } }, (app) => {
+      app.post('/Files', { allowUpload: allowUpload() }, consumeAll)
+      app.put('/files', { allowUpload: allowUpload() }, consumeAll)
+    }, ['/files', '/FILES']],
+    ['parameters by position, not name', {}, (app) => {
+      app.post('/u/:id/files', { allowUpload: allowUpload() }, consumeAll)
+      app.put('/u/:userId/files', { allowUpload: allowUpload() }, consumeAll)
+      // Another pattern is another path, and so is an escaped colon.
+      app.post('/u/:id(^\\d+)/docs', { allowUpload: allowUpload() }, consumeAll)
+      app.put('/u/:id/docs', { allowUpload: { ...allowUpload(), other: { accept: 'any', resumable: true } } }, consumeAll)
+      app.post('/at::now/files', { allowUpload: allowUpload() }, consumeAll)
+    }, ['/u/7/files', '/u/7/docs', '/u/x/docs', '/at:now/files']],
+    ['ignoreDuplicateSlashes', { routerOptions: { ignoreDuplicateSlashes: true } }, (app) => {
+      app.post('//files', { allowUpload: allowUpload() }, consumeAll)
+      app.put('/files', { allowUpload: allowUpload() }, consumeAll)
+    }, ['/files', '//files']]
+  ]
+  for (const [name, serverOptions, routes, paths] of cases) {
+    const app = Fastify(serverOptions)
+    await app.register(chunkedUpload, { channel: true })
+    await app.register(websocket)
+    routes(app)
+    const { url } = await listen(t, app)
+    for (const path of paths) {
+      t.equal((await send(`${url}${path}/tus`, 'OPTIONS')).status, 204, `${name}: ${path}/tus`)
+      t.equal(await channelOpens(`${url.replace('http:', 'ws:')}${path}/ws`), 'open', `${name}: ${path}/ws`)
+    }
+    await app.close()
   }
 })
