@@ -91,7 +91,12 @@ function difference (first: Origin, later: Origin): string | undefined {
   for (const name of CARRIED_HOOKS) {
     const a = first.carried.hooks[name]
     const b = later.carried.hooks[name]
-    if (a.length !== b.length || a.some((hook, i) => hook !== b[i])) return `${name} hooks (the same functions, in the same order)`
+    if (a.length === b.length && a.every((hook, i) => hook === b[i])) continue
+    // Alike but for identity: copies made per route, by a factory or another plugin's onRoute hook.
+    const copies = a.length === b.length && a.every((hook, i) => hook === b[i] || (hook.name !== '' && hook.name === b[i].name))
+    return `${name} hooks (the same functions, in the same order${copies
+      ? '; these are per-route copies of the same functions: make them once, and register plugins that add them from their onRoute hook after fastify-chunked-upload'
+      : ''})`
   }
   const options = new Set([...Object.keys(first.carried.options), ...Object.keys(later.carried.options)])
   for (const name of [...options].sort()) {

@@ -124,6 +124,15 @@ t.test('routes on one path that declare their shared routes differently fail at 
       app.post('/c', { onRequest: auth, allowUpload: { file } }, consumeAll)
       app.put('/c', { allowUpload: { file } }, consumeAll)
     }, {}, /differ in onRequest hooks/],
+    ['copies of one hook, made per route', (app) => {
+      const authFor = (): (() => Promise<void>) => async function authenticate () {}
+      app.post('/c', { onRequest: [auth, authFor()], allowUpload: { file } }, consumeAll)
+      app.put('/c', { onRequest: [auth, authFor()], allowUpload: { file } }, consumeAll)
+    }, {}, /differ in onRequest hooks \(the same functions, in the same order; these are per-route copies of the same functions: make them once/],
+    ['other hooks of as many', (app) => {
+      app.post('/c', { onRequest: async function one () {}, allowUpload: { file } }, consumeAll)
+      app.put('/c', { onRequest: async () => {}, allowUpload: { file } }, consumeAll)
+    }, {}, /differ in onRequest hooks \(the same functions, in the same order\): declare/],
     ['another errorHandler', (app) => {
       app.post('/c', { allowUpload: { file } }, consumeAll)
       app.put('/c', { errorHandler: async (error: FastifyError, _request: FastifyRequest, reply: FastifyReply) => await reply.send(error), allowUpload: { file } }, consumeAll)
