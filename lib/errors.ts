@@ -43,7 +43,7 @@ export const RouteConflictError = createError<'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT
 )
 export const HookOrderError = createError(
   'FST_CHUNKED_UPLOAD_HOOK_ORDER',
-  'A preParsing hook was added to %s after fastify-chunked-upload\'s, which takes the body: register the plugin that adds it before fastify-chunked-upload', 500, TypeError
+  'A preParsing hook was added to %s after fastify-chunked-upload\'s, which takes the body: register the plugin that adds it before fastify-chunked-upload, or (on a route with a channel or resumable endpoint) declare that hook on the route itself', 500, TypeError
 )
 export const PluginOrderError = createError(
   'FST_CHUNKED_UPLOAD_PLUGIN_ORDER',

@@ -131,7 +131,7 @@ t.test('another plugin\'s onRoute preParsing hook: before the plugin it runs fir
   after.post('/up', { allowUpload: { f: { accept: 'any', resumable: true } } }, async () => 'ok')
   await t.rejects(async () => { await after.ready() }, {
     code: 'FST_CHUNKED_UPLOAD_HOOK_ORDER',
-    message: /A preParsing hook was added to POST \/up after fastify-chunked-upload's, which takes the body: register the plugin that adds it before fastify-chunked-upload/
+    message: /A preParsing hook was added to POST \/up after fastify-chunked-upload's, which takes the body: register the plugin that adds it before fastify-chunked-upload, or \(on a route with a channel or resumable endpoint\) declare that hook on the route itself/
   })
   await after.close()
 })
