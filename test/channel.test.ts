@@ -398,29 +398,27 @@ t.test('the window: a client that ignores acks is throttled (the socket is pause
   await afterEach(t, s)
 })
 
-for (const websocketFirst of [false, true]) {
-  t.test(`server shutdown (${websocketFirst ? '@fastify/websocket registered first' : 'plugin first'}): entries stopped with a coded error, sockets closed with 1001, waiting entries discarded`, async (t) => {
-    const dir = await tmpDirFor(t)
-    const app = Fastify()
-    if (websocketFirst) await app.register(websocket)
-    await app.register(chunkedUpload, { channel: true, tmpDir: dir })
-    if (!websocketFirst) await app.register(websocket)
-    app.post('/up', { allowUpload: { file: { accept: 'any', maxEntries: 3, chunkSize: 1000 } } }, async () => ({}))
-    await app.listen({ port: 0, host: '127.0.0.1' })
-    const port = (app.server.address() as { port: number }).port
-    const client = await ProtocolClient.open(`ws://127.0.0.1:${port}/up/ws`)
-    await client.upload(1, bytes(100))
-    client.announce(2, { size: 100_000 })
-    await client.accepted(2)
-    client.chunk(2, 0, bytes(1000))
-    await client.waitFor((m) => m.type === 'ack' && m.id === 2)
-    t.equal((await strayFiles(dir)).length, 2)
-    await app.close()
-    t.match(await client.outcome(2), { type: 'error', code: 'shutting_down', error: 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN' })
-    t.equal((await client.closed).code, 1001)
-    t.same(await strayFiles(dir), [], 'the unfinished and the waiting entry are gone with their files')
-  })
-}
+t.test('server shutdown: entries stopped with a coded error, sockets closed with 1001, waiting entries discarded', async (t) => {
+  const dir = await tmpDirFor(t)
+  const app = Fastify()
+  // The order the plugin needs (the other fails at startup: see channel-limits.test.ts).
+  await app.register(chunkedUpload, { channel: true, tmpDir: dir })
+  await app.register(websocket)
+  app.post('/up', { allowUpload: { file: { accept: 'any', maxEntries: 3, chunkSize: 1000 } } }, async () => ({}))
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const port = (app.server.address() as { port: number }).port
+  const client = await ProtocolClient.open(`ws://127.0.0.1:${port}/up/ws`)
+  await client.upload(1, bytes(100))
+  client.announce(2, { size: 100_000 })
+  await client.accepted(2)
+  client.chunk(2, 0, bytes(1000))
+  await client.waitFor((m) => m.type === 'ack' && m.id === 2)
+  t.equal((await strayFiles(dir)).length, 2)
+  await app.close()
+  t.match(await client.outcome(2), { type: 'error', code: 'shutting_down', error: 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN' })
+  t.equal((await client.closed).code, 1001)
+  t.same(await strayFiles(dir), [], 'the unfinished and the waiting entry are gone with their files')
+})
 
 t.test('channel: true without @fastify/websocket fails at startup with a clear error', async (t) => {
   const app = Fastify()

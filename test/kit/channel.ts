@@ -1,7 +1,7 @@
 // The channel's test kit: an app with @fastify/websocket, and a protocol client that
 // speaks PROTOCOL.md frame by frame (not the client library: tests of the server must
 // be able to send what a polite client never would).
-import websocket from '@fastify/websocket'
+import websocket, { type WebsocketPluginOptions } from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
@@ -14,11 +14,11 @@ export interface ChannelApp { app: FastifyInstance, url: string, wsUrl: string, 
 
 /** The plugin with `channel: true`, registered before @fastify/websocket (so shutdown says 1001). */
 export async function startChannelApp (
-  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}
+  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}, websocketOptions: WebsocketPluginOptions = {}
 ): Promise<ChannelApp> {
   const app = Fastify()
   await app.register(chunkedUpload, { channel: true, ...options })
-  await app.register(websocket)
+  await app.register(websocket, websocketOptions)
   app.get('/health', async () => ({ ok: true }))
   routes(app)
   const started = await listen(t, app)
@@ -44,8 +44,8 @@ export class ProtocolClient {
   readonly closed: Promise<{ code: number, reason: string }>
   readonly opened: Promise<void>
 
-  constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}) {
-    this.socket = new WebSocket(url, protocols, { headers })
+  constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}, options: WebSocket.ClientOptions = {}) {
+    this.socket = new WebSocket(url, protocols, { headers, ...options })
     this.socket.on('message', (data, isBinary) => {
       if (!isBinary) this.messages.push(JSON.parse(data.toString()))
     })
@@ -58,8 +58,8 @@ export class ProtocolClient {
     })
   }
 
-  static async open (url: string, protocols?: string[], headers?: Record<string, string>): Promise<ProtocolClient> {
-    const client = new ProtocolClient(url, protocols, headers)
+  static async open (url: string, protocols?: string[], headers?: Record<string, string>, options?: WebSocket.ClientOptions): Promise<ProtocolClient> {
+    const client = new ProtocolClient(url, protocols, headers, options)
     await client.opened
     return client
   }
