@@ -71,6 +71,48 @@ t.test('a client that never reads its answers: the server stops reading it, its 
   await stillServes(t, s.url)
 })
 
+t.test('answers that outgrow what the server holds for an unread socket: closed at once with 1008 answers_not_read', async (t) => {
+  // Ten long upload names: each unknown_upload answer lists them (~100 kB).
+  const names = Array.from({ length: 10 }, (_, i) => `${'u'.repeat(10_000)}${i}`)
+  const recorder = new Recorder()
+  const dir = await tmpDirFor(t)
+  const s = await startChannelApp(t, (app) => {
+    app.post('/up', { allowUpload: Object.fromEntries(names.map((name) => [name, { accept: 'any', writer: recorder.factory }])) }, async () => ({}))
+  }, { tmpDir: dir })
+  const client = await ProtocolClient.open(`${s.wsUrl}/up/ws`)
+  client.socket.pause()
+  const raw = (client.socket as unknown as { _socket: { cork: () => void, uncork: () => void } })._socket
+  raw.cork()
+  for (let id = 1; id <= ANNOUNCE_LIMIT; id++) client.announce(id, { size: 5, uploadName: 'nope' })
+  raw.uncork()
+  // ~25 MB of answers: more than the network buffers hold, far more than the limit.
+  t.ok(await eventually(() => serverSocket(s.app).readyState !== 1), 'the server closed the socket')
+  t.ok(serverSocket(s.app).bufferedAmount <= ANSWERS_LIMIT + 120_000, `what waits unsent stays bounded (${serverSocket(s.app).bufferedAmount} bytes)`)
+  client.socket.resume()
+  const closed = await client.closed
+  t.equal(closed.code, 1008)
+  t.match(closed.reason, /^answers_not_read/)
+  t.same(recorder.records, [])
+  await stillServes(t, s.url)
+})
+
+t.test('a finished entry claimed by a request is no longer the socket\'s to cancel', async (t) => {
+  const s = await setup(t)
+  const client = await ProtocolClient.open(s.ws)
+  const first = await client.upload(1, bytes(10, 1))
+  t.equal((await fetch(`${s.url}/up`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: first.ref }) })).status, 200)
+  client.json({ type: 'cancel', id: 1 })
+  t.match(await client.waitFor((m) => m.id === 1 && m.type === 'error'), { code: 'unknown_entry' }, 'claimed: unknown to the socket')
+  const second = await client.upload(2, bytes(10, 2))
+  t.equal((await fetch(`${s.url}/up`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: second.ref }) })).status, 200)
+  // The next done entry sweeps the claimed ones away.
+  t.equal((await client.upload(3, bytes(10, 3))).type, 'done')
+  client.json({ type: 'cancel', id: 2 })
+  t.match(await client.waitFor((m) => m.id === 2 && m.type === 'error'), { code: 'unknown_entry' })
+  client.close()
+  s.recorder.check(t)
+})
+
 t.test('an announce flood: the socket is not read while announces wait, those past the limit are refused, refused entries are not kept', async (t) => {
   let release: () => void = () => {}
   const held = new Promise<void>((resolve) => { release = resolve })

@@ -57,8 +57,6 @@ export class ChannelBudget {
     this.limit = limit
   }
 
-  get used (): number { return this.#used }
-
   take (bytes: number): void {
     this.#used += bytes
   }
@@ -257,7 +255,7 @@ export class Channel {
       info: { clientName: safeBasename(message.name), clientType: mediaType(message.mimeType), clientSize: message.size, clientLastModified: message.lastModified }
     })
     this.#flow()
-    if (!this.#starting) void this.#startAll()
+    if (!this.#starting) this.#startAll()
   }
 
   /** Starts the announced entries one at a time, in order. */
