@@ -6,7 +6,8 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
-import { eventually, listen } from './index.js'
+import { listen } from './index.js'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 
@@ -49,14 +50,23 @@ export class ProtocolClient {
   readonly messages: ServerMessage[] = []
   readonly closed: Promise<{ code: number, reason: string }>
   readonly opened: Promise<void>
+  /** The socket closed: nothing more will arrive. */
+  isClosed = false
+  /** Checks re-run on every message and at close (see `until`). */
+  readonly #waiters = new Set<() => void>()
 
   constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}, options: WebSocket.ClientOptions = {}) {
     this.socket = new WebSocket(url, protocols, { headers, ...options })
     this.socket.on('message', (data, isBinary) => {
       if (!isBinary) this.messages.push(JSON.parse(data.toString()))
+      this.#wake()
     })
     this.socket.on('error', () => {})
-    this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => {
+      this.isClosed = true
+      this.#wake()
+      resolve({ code, reason: reason.toString() })
+    }))
     this.opened = new Promise((resolve, reject) => {
       this.socket.once('open', () => resolve())
       this.socket.once('unexpected-response', (_req, res) => reject(new Error(`status ${String(res.statusCode)}`)))
@@ -68,6 +78,29 @@ export class ProtocolClient {
     const client = new ProtocolClient(url, protocols, headers, options)
     await client.opened
     return client
+  }
+
+  #wake (): void {
+    for (const check of [...this.#waiters]) check()
+  }
+
+  /**
+   * Resolves once `holds()` is true, checked now, on every message and at close: an
+   * event, not a poll. A failure deadline (real time, generous) only makes a broken
+   * test fail with a message instead of at the runner's timeout.
+   */
+  async until (holds: () => boolean, ms = 30_000): Promise<boolean> {
+    if (holds()) return true
+    let check: () => void = () => {}
+    const held = new Promise<boolean>((resolve) => {
+      check = () => { if (holds()) resolve(true) }
+      this.#waiters.add(check)
+    })
+    try {
+      return await Promise.race([held, sleep(ms, false, { ref: false })])
+    } finally {
+      this.#waiters.delete(check)
+    }
   }
 
   json (message: unknown): void {
@@ -82,11 +115,13 @@ export class ProtocolClient {
     this.socket.send(frame(id, offset, data))
   }
 
-  /** The first message (from `from` on) that matches, waiting up to `ms`. */
-  async waitFor (match: (m: ServerMessage) => boolean, ms = 5000, from = 0): Promise<ServerMessage> {
+  /** The first message (from `from` on) that matches, as it arrives. */
+  async waitFor (match: (m: ServerMessage) => boolean, ms = 30_000, from = 0): Promise<ServerMessage> {
     let found: ServerMessage | undefined
-    await eventually(() => {
-      found = this.messages.slice(from).find(match)
+    let seen = from
+    await this.until(() => {
+      // Only the messages not looked at yet.
+      for (; seen < this.messages.length && found === undefined; seen++) if (match(this.messages[seen]!)) found = this.messages[seen]
       return found !== undefined
     }, ms)
     if (found === undefined) throw new Error(`no matching message in ${JSON.stringify(this.messages.slice(-5))}`)
@@ -100,7 +135,7 @@ export class ProtocolClient {
   }
 
   /** The entry's end: `done` or `error`. */
-  async outcome (id: number, ms = 5000): Promise<ServerMessage> {
+  async outcome (id: number, ms?: number): Promise<ServerMessage> {
     return await this.waitFor((m) => m.id === id && (m.type === 'done' || (m.type === 'error' && isEnd(m.code))), ms)
   }
 
@@ -116,7 +151,7 @@ export class ProtocolClient {
       // Acks are coalesced: the last one's offset says how many frames are acknowledged.
       const acked = Math.ceil(this.ackedOffset(id) / chunkSize)
       if (sent - acked >= window) {
-        await eventually(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'), 5000)
+        await this.until(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'))
         if (this.messages.some((m) => m.id === id && m.type === 'error')) return
         continue
       }
