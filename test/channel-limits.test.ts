@@ -49,25 +49,35 @@ t.test('a client that never reads its answers: the server stops reading it, its 
   t.teardown(() => clock.uninstall())
   client.socket.pause()
   // Garbage text frames, each answered with bad_message, until the server stops reading
-  // (the client's own sends pile up), or 20 MB at most.
-  const garbage = 'x'.repeat(100)
-  let sent = 0
-  while (client.socket.bufferedAmount < 1024 * 1024 && sent < 200_000) {
-    for (let i = 0; i < 500; i++) client.socket.send(garbage)
-    sent += 500
-    await pause()
-  }
+  // (once the network buffers between them are full), or 40 MB at most.
   const server = serverSocket(s.app)
-  t.ok(server.isPaused, `the server stopped reading the socket (after ${sent} frames)`)
-  t.ok(server.bufferedAmount >= ANSWERS_HIGH_WATER && server.bufferedAmount <= ANSWERS_LIMIT + 1000,
+  const garbage = 'x'.repeat(100)
+  /** Batches of 500 frames, each after the last was handed over, until `done()` or `batches`. */
+  const flood = async (batches: number, done = (): boolean => false): Promise<void> => {
+    for (let b = 0; b < batches && !done(); b++) {
+      for (let i = 0; i < 500; i++) client.socket.send(garbage)
+      await pause()
+    }
+  }
+  await flood(800, () => server.isPaused)
+  t.ok(server.isPaused, 'the server stopped reading the socket')
+  t.ok(server.bufferedAmount >= ANSWERS_HIGH_WATER && server.bufferedAmount <= ANSWERS_LIMIT,
     `unsent answers stay bounded (${server.bufferedAmount} bytes)`)
-  t.ok(sent < 200_000, 'the client could not send everything: its frames wait on its side')
-  await clock.tickAsync(5000)
+  const backlog = server.bufferedAmount
+  await flood(20)
+  t.ok(server.isPaused, 'more garbage: still not read')
+  t.equal(server.bufferedAmount, backlog, 'and not answered')
+  await clock.tickAsync(4999)
+  t.equal(server.readyState, 1, 'open until its answers went unread for chunkTimeout')
+  await clock.tickAsync(1)
+  t.equal(server.readyState, 2, 'then closing')
   client.socket.resume()
   const closed = await client.closed
   t.equal(closed.code, 1008)
   t.match(closed.reason, /^answers_not_read/)
   clock.uninstall()
+  const wss = (s.app as FastifyInstance & { websocketServer: { clients: Set<WebSocket> } }).websocketServer
+  t.ok(await eventually(() => wss.clients.size === 0), 'the socket and what it held are gone')
   await stillServes(t, s.url)
 })
 
