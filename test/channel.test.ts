@@ -16,7 +16,7 @@ interface Setup extends ChannelApp { recorder: Recorder, dir: string, ws: string
 async function setup (
   t: Test,
   config: Partial<UploadConfig> = {},
-  options: { faults?: Faults, tmp?: boolean, plugin?: Record<string, unknown>, more?: (app: FastifyInstance, recorder: Recorder) => void, route?: Record<string, unknown> } = {}
+  options: { faults?: Faults, tmp?: boolean, plugin?: Record<string, unknown>, websocket?: Record<string, unknown>, more?: (app: FastifyInstance, recorder: Recorder) => void, route?: Record<string, unknown> } = {}
 ): Promise<Setup> {
   const recorder = new Recorder(options.faults)
   const dir = await tmpDirFor(t)
@@ -31,7 +31,7 @@ async function setup (
       return { files }
     })
     options.more?.(app, recorder)
-  }, { tmpDir: dir, ...options.plugin })
+  }, { tmpDir: dir, ...options.plugin }, options.websocket)
   t.teardown(() => recorder.release())
   return { ...started, recorder, dir, ws: `${started.wsUrl}/up/ws` }
 }
@@ -238,8 +238,8 @@ t.test('announced 1 MB, sent 2 MB: too_large, the writer gets cancel, the socket
   await afterEach(t, s)
 })
 
-t.test('a frame above chunkSize + header is refused from its header: close 1009, before the payload arrives', async (t) => {
-  const s = await setup(t, { chunkSize: 20_000, maxFileSize: 10_000_000 })
+t.test("with @fastify/websocket's maxPayload at chunkSize + 12 (as README advises), a larger frame is refused from its header: close 1009", async (t) => {
+  const s = await setup(t, { chunkSize: 20_000, maxFileSize: 10_000_000 }, { websocket: { options: { maxPayload: 20_012 } } })
   const client = await ProtocolClient.open(s.ws)
   client.announce(1, { size: 10_000_000 })
   await client.accepted(1)
