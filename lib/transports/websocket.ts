@@ -168,7 +168,7 @@ export class Channel {
   /** Armed while answers wait unread: the client is as silent as one that sends nothing. */
   #answersTimer: NodeJS.Timeout | undefined
   readonly #answersTimeout: number
-  /** The channel closed the socket itself: nothing more is read or answered. */
+  /** The socket is closing (the channel closed it) or closed: nothing more is read or answered. */
   #closing = false
   /** One ack per this many written frames at most, and whenever an entry's queue is empty. */
   readonly #ackEvery: number
