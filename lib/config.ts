@@ -39,6 +39,8 @@ export const PluginOptionsSchema = Type.Object({
   channel: Opt(Type.Boolean()),
   channelSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
   channelWindow: Opt(Type.Integer({ minimum: 1, maximum: 1024 })),
+  channelQueueBytes: Opt(PositiveInt),
+  tmpFileQueueBytes: Opt(PositiveInt),
   owner: Opt(Fn),
   entryTtl: Opt(Milliseconds),
   resumableSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
@@ -61,6 +63,8 @@ export const PLUGIN_DEFAULTS = {
   maxFieldSize: 1_048_576,
   channelSuffix: '/ws',
   channelWindow: 32,
+  channelQueueBytes: 16 * 1024 * 1024,
+  tmpFileQueueBytes: 64 * 1024 * 1024,
   entryTtl: 300_000,
   resumableSuffix: '/tus',
   resumableExpiry: 3_600_000,
@@ -147,6 +151,8 @@ export interface PluginSettings {
   channel: boolean
   channelSuffix: string
   channelWindow: number
+  channelQueueBytes: number
+  tmpFileQueueBytes: number
   owner: OwnerFn
   entryTtl: number
   resumableSuffix: string
@@ -168,6 +174,8 @@ export function validatePluginOptions (options: unknown): PluginSettings {
     channel: opts.channel ?? false,
     channelSuffix: opts.channelSuffix ?? PLUGIN_DEFAULTS.channelSuffix,
     channelWindow: opts.channelWindow ?? PLUGIN_DEFAULTS.channelWindow,
+    channelQueueBytes: opts.channelQueueBytes ?? PLUGIN_DEFAULTS.channelQueueBytes,
+    tmpFileQueueBytes: opts.tmpFileQueueBytes ?? PLUGIN_DEFAULTS.tmpFileQueueBytes,
     // Without an owner, refs are bearer tokens: everyone is the same owner.
     owner: opts.owner ?? (() => undefined),
     entryTtl: opts.entryTtl ?? PLUGIN_DEFAULTS.entryTtl,

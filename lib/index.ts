@@ -8,16 +8,16 @@ import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
 import { DerivedRoutes, carriedFrom, derivedOptions, type Carried } from './derived-routes.js'
 import {
-  AlreadyRegisteredError, ChannelNeedsWebsocketError, HookOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
+  AlreadyRegisteredError, ChannelNeedsWebsocketError, ChannelOrderError, HookOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
 import { bodyKind, continueWithoutBody, hasBody } from './route-body.js'
 import { RefStore } from './refs.js'
 import { Uploads } from './uploads.js'
-import { TmpFileWriter } from './writers/tmp-file.js'
+import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 import { receiveMultipart } from './transports/multipart.js'
 import { receiveRaw } from './transports/raw.js'
-import { Channel, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
+import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
 import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transports/resumable.js'
 import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
 
@@ -31,16 +31,9 @@ function uploadsOf (request: FastifyRequest): Uploads | null {
   return request.uploads as Uploads | null
 }
 
-/** What the channel needs of @fastify/websocket's decorator (without depending on its types). */
-type WithWebsocketServer = FastifyInstance & { websocketServer: { clients?: Set<unknown> } }
-
 /** A `ws` socket as the channel route's handler gets it. */
 interface WsSocket extends ChannelSocket {
   readonly protocol: string
-  close (code?: number, reason?: string): void
-  once (event: 'close', listener: () => void): unknown
-  /** ws's frame parser: its limit is checked against each frame's header, before the payload is read. */
-  _receiver?: { _maxPayload: number }
 }
 
 /** A route's own path plus a suffix (`/up/` + `/ws` → `/up/ws`), under the same prefix. */
@@ -57,7 +50,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const settings = validatePluginOptions(options)
   const tmpDir = settings.tmpDir ?? tmpdir()
   await mkdir(tmpDir, { recursive: true })
-  const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir: tmpDir }]
+  /** Bytes handed to this instance's temp files and not yet on disk. */
+  const tmpFileBudget = new TmpFileBudget(settings.tmpFileQueueBytes)
+  const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir: tmpDir, budget: tmpFileBudget }]
+  /** Chunk bytes received over this instance's channels and waiting for their writers. */
+  const channelBudget = new ChannelBudget(settings.channelQueueBytes)
+  // @fastify/websocket's preClose closes every socket it tracks, without a code; preClose
+  // hooks run in registration order, so ours must come first to tell channel sockets why.
+  if (settings.channel && fastify.hasDecorator('websocketServer')) throw new ChannelOrderError()
   /** Upload sets of requests in flight, cancelled at shutdown. */
   const live = new Set<Uploads>()
   /** Channel sockets open, closed with 1001 at shutdown. */
@@ -191,7 +191,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       expiry: settings.resumableExpiry,
       maxLifetime: settings.resumableMaxLifetime,
       staging: TmpFileWriter,
-      stagingOptions: { dir: tmpDir }
+      stagingOptions: { dir: tmpDir, budget: tmpFileBudget }
     })
     function markResumable (_request: FastifyRequest, reply: FastifyReply, done: () => void): void {
       reply.header('tus-resumable', TUS_VERSION)
@@ -246,17 +246,11 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
     function serveChannel (socket: WsSocket, request: FastifyRequest): void {
       const uploads = uploadsOf(request)!
-      // ws fixes its frame limit per server; the channel's is per route. Set before the
-      // first frame is parsed, it refuses a larger frame from its header (close 1009).
-      socket._receiver!._maxPayload = maxBytes
       if (socket.protocol !== SUBPROTOCOL) return socket.close(1002, `use subprotocol ${SUBPROTOCOL}`)
       live.add(uploads)
       sockets.set(uploads, socket)
-      // @fastify/websocket's own preClose closes the sockets it tracks, without a code, and
-      // may run before ours: this one is ours to close (1001, after telling its entries).
-      ;(instance as WithWebsocketServer).websocketServer.clients?.delete(socket)
       // The channel lives as long as the socket's listeners hold it.
-      new Channel(socket, uploads, settings.channelWindow) // eslint-disable-line no-new
+      new Channel(socket, uploads, { window: settings.channelWindow, maxMessageBytes: maxBytes, budget: channelBudget }) // eslint-disable-line no-new
       socket.once('close', () => {
         sockets.delete(uploads)
         uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).finally(() => live.delete(uploads))
@@ -306,7 +300,7 @@ export function defineWriter<Options, State, Meta> (impl: UploadWriter<Options, 
   return impl
 }
 
-export { TmpFileWriter } from './writers/tmp-file.js'
+export { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 export type { TmpFileMeta, TmpFileOptions, TmpFileState } from './writers/tmp-file.js'
 export { MemoryWriter } from './writers/memory.js'
 export type { MemoryMeta, MemoryState } from './writers/memory.js'

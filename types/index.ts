@@ -108,13 +108,24 @@ export interface ChunkedUploadOptions {
   maxFieldSize?: number
   /**
    * Serve a WebSocket upload channel for every route with `allowUpload` (needs
-   * `@fastify/websocket`, registered before the routes). See PROTOCOL.md. Default false.
+   * `@fastify/websocket`, registered after this plugin and before the routes). See PROTOCOL.md. Default false.
    */
   channel?: boolean
   /** The channel's path is the route's path plus this. Default `'/ws'`. */
   channelSuffix?: string
   /** Chunk frames a channel client may send before their acknowledgement. Default 32. */
   channelWindow?: number
+  /**
+   * Chunk bytes received over this instance's channel sockets and waiting for their
+   * writers: past it, channel sockets stop being read until half of it is free.
+   * Default 16_777_216 (16 MiB).
+   */
+  channelQueueBytes?: number
+  /**
+   * Bytes handed to this instance's temp-file writers and not yet on disk: past it,
+   * their `writeChunk` waits for the disk. Default 67_108_864 (64 MiB).
+   */
+  tmpFileQueueBytes?: number
   /**
    * Who owns an upload: a finished channel entry's ref can only be consumed by a request
    * with the same owner (compared with `===`). Default: nobody, refs are bearer tokens.

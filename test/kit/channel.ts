@@ -1,24 +1,31 @@
 // The channel's test kit: an app with @fastify/websocket, and a protocol client that
 // speaks PROTOCOL.md frame by frame (not the client library: tests of the server must
 // be able to send what a polite client never would).
-import websocket from '@fastify/websocket'
+import websocket, { type WebsocketPluginOptions } from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
-import { eventually, listen } from './index.js'
+import { listen } from './index.js'
+import { setTimeout as sleep } from 'node:timers/promises'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
+
+/**
+ * The timers to fake where time is the subject (chunkTimeout, entryTtl). Date stays
+ * real: the kit's `eventually` measures its deadline with it.
+ */
+export const TIMERS = { toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] as Array<'setTimeout' | 'clearTimeout' | 'setInterval' | 'clearInterval'> }
 
 export interface ChannelApp { app: FastifyInstance, url: string, wsUrl: string, port: number }
 
 /** The plugin with `channel: true`, registered before @fastify/websocket (so shutdown says 1001). */
 export async function startChannelApp (
-  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}
+  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}, websocketOptions: WebsocketPluginOptions = {}
 ): Promise<ChannelApp> {
   const app = Fastify()
   await app.register(chunkedUpload, { channel: true, ...options })
-  await app.register(websocket)
+  await app.register(websocket, websocketOptions)
   app.get('/health', async () => ({ ok: true }))
   routes(app)
   const started = await listen(t, app)
@@ -43,14 +50,23 @@ export class ProtocolClient {
   readonly messages: ServerMessage[] = []
   readonly closed: Promise<{ code: number, reason: string }>
   readonly opened: Promise<void>
+  /** The socket closed: nothing more will arrive. */
+  isClosed = false
+  /** Checks re-run on every message and at close (see `until`). */
+  readonly #waiters = new Set<() => void>()
 
-  constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}) {
-    this.socket = new WebSocket(url, protocols, { headers })
+  constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}, options: WebSocket.ClientOptions = {}) {
+    this.socket = new WebSocket(url, protocols, { headers, ...options })
     this.socket.on('message', (data, isBinary) => {
       if (!isBinary) this.messages.push(JSON.parse(data.toString()))
+      this.#wake()
     })
     this.socket.on('error', () => {})
-    this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => {
+      this.isClosed = true
+      this.#wake()
+      resolve({ code, reason: reason.toString() })
+    }))
     this.opened = new Promise((resolve, reject) => {
       this.socket.once('open', () => resolve())
       this.socket.once('unexpected-response', (_req, res) => reject(new Error(`status ${String(res.statusCode)}`)))
@@ -58,10 +74,33 @@ export class ProtocolClient {
     })
   }
 
-  static async open (url: string, protocols?: string[], headers?: Record<string, string>): Promise<ProtocolClient> {
-    const client = new ProtocolClient(url, protocols, headers)
+  static async open (url: string, protocols?: string[], headers?: Record<string, string>, options?: WebSocket.ClientOptions): Promise<ProtocolClient> {
+    const client = new ProtocolClient(url, protocols, headers, options)
     await client.opened
     return client
+  }
+
+  #wake (): void {
+    for (const check of [...this.#waiters]) check()
+  }
+
+  /**
+   * Resolves once `holds()` is true, checked now, on every message and at close: an
+   * event, not a poll. A failure deadline (real time, generous) only makes a broken
+   * test fail with a message instead of at the runner's timeout.
+   */
+  async until (holds: () => boolean, ms = 30_000): Promise<boolean> {
+    if (holds()) return true
+    let check: () => void = () => {}
+    const held = new Promise<boolean>((resolve) => {
+      check = () => { if (holds()) resolve(true) }
+      this.#waiters.add(check)
+    })
+    try {
+      return await Promise.race([held, sleep(ms, false, { ref: false })])
+    } finally {
+      this.#waiters.delete(check)
+    }
   }
 
   json (message: unknown): void {
@@ -76,11 +115,13 @@ export class ProtocolClient {
     this.socket.send(frame(id, offset, data))
   }
 
-  /** The first message (from `from` on) that matches, waiting up to `ms`. */
-  async waitFor (match: (m: ServerMessage) => boolean, ms = 5000, from = 0): Promise<ServerMessage> {
+  /** The first message (from `from` on) that matches, as it arrives. */
+  async waitFor (match: (m: ServerMessage) => boolean, ms = 30_000, from = 0): Promise<ServerMessage> {
     let found: ServerMessage | undefined
-    await eventually(() => {
-      found = this.messages.slice(from).find(match)
+    let seen = from
+    await this.until(() => {
+      // Only the messages not looked at yet.
+      for (; seen < this.messages.length && found === undefined; seen++) if (match(this.messages[seen]!)) found = this.messages[seen]
       return found !== undefined
     }, ms)
     if (found === undefined) throw new Error(`no matching message in ${JSON.stringify(this.messages.slice(-5))}`)
@@ -94,7 +135,7 @@ export class ProtocolClient {
   }
 
   /** The entry's end: `done` or `error`. */
-  async outcome (id: number, ms = 5000): Promise<ServerMessage> {
+  async outcome (id: number, ms?: number): Promise<ServerMessage> {
     return await this.waitFor((m) => m.id === id && (m.type === 'done' || (m.type === 'error' && isEnd(m.code))), ms)
   }
 
@@ -110,7 +151,7 @@ export class ProtocolClient {
       // Acks are coalesced: the last one's offset says how many frames are acknowledged.
       const acked = Math.ceil(this.ackedOffset(id) / chunkSize)
       if (sent - acked >= window) {
-        await eventually(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'), 5000)
+        await this.until(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'))
         if (this.messages.some((m) => m.id === id && m.type === 'error')) return
         continue
       }
