@@ -38,6 +38,10 @@ export const UploadLengthError = createError('FST_CHUNKED_UPLOAD_LENGTH', '%s', 
 export const ChecksumMismatchError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_MISMATCH', 'Upload-Checksum does not match the body: nothing was stored', 460)
 export const ChecksumBodyTooLargeError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_BODY_TOO_LARGE', 'An append with Upload-Checksum may carry at most %s bytes', 413)
 export const BadConcatError = createError('FST_CHUNKED_UPLOAD_BAD_CONCAT', '%s', 400)
+export const PastLengthError = createError('FST_CHUNKED_UPLOAD_PAST_LENGTH', 'The append goes past the upload length of %s bytes (Upload-Length)', 413)
+export const TooManyUploadsError = createError('FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS', 'The server holds its most resumable uploads (%s, maxResumableUploads): try again later', 503)
+export const MethodNotAllowedError = createError('FST_CHUNKED_UPLOAD_METHOD_NOT_ALLOWED', 'Method %s is not allowed here: use %s', 405)
+export const ConcatReadError = createError('FST_CHUNKED_UPLOAD_CONCAT_READ', 'Partial upload %s could not be read: the final upload ended', 500)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** An error plus the short entry-level code it maps to. */

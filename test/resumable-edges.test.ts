@@ -62,8 +62,8 @@ t.test('IETF: an append without Upload-Complete is an ordinary, incomplete appen
 })
 
 t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first (404)', async (t) => {
-  const registry = new ResumableRegistry()
-  const fake = (id: string): ResumableUpload => ({ id, stopTimers () {} }) as unknown as ResumableUpload
+  const registry = new ResumableRegistry(Infinity)
+  const fake = (id: string): ResumableUpload => ({ id, slot: {}, stopTimers () {}, interrupt () {} }) as unknown as ResumableUpload
   const count = 10_001
   let live = 0
   for (let i = 0; i < count; i++) {

@@ -128,6 +128,12 @@ export interface ChunkedUploadOptions {
   resumableExpiry?: number
   /** The longest a resumable upload may take from creation to its last byte, in ms. Default 86_400_000. */
   resumableMaxLifetime?: number
+  /**
+   * Resumable uploads open at once in this plugin instance, every owner and route together
+   * (unfinished, finished waiting for their ref, staged partials); a creation past it gets
+   * 503 `FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS`. Bounds disk and file descriptors. Default 1000.
+   */
+  maxResumableUploads?: number
 }
 
 /** An error recorded against an upload name or an entry. */
