@@ -81,7 +81,7 @@ t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first
 })
 
 t.test('a multipart body to the endpoint is no upload: 415, and no upload is left behind', async (t) => {
-  const s = await setupResumable(t, { maxEntries: 1 })
+  const s = await setupResumable(t, { maxEntries: 1 }, { plugin: { owner: () => 'alice' } })
   const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'content-type': 'multipart/form-data; boundary=x' }, '--x--\r\n')
   t.equal(refused.status, 415)
   t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'its maxEntries slot is free')

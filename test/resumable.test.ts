@@ -56,8 +56,10 @@ t.test('OPTIONS (endpoint and upload URL): 204 with Tus-Version, Tus-Extension, 
     t.ok(algorithms.includes('sha1'), 'sha1 is supported (checksum: MUST)')
     t.ok(algorithms.every((a) => /^[\x21-\x40\x5b-\x7e]+$/.test(a)), 'algorithm names are ASCII without uppercase')
     t.match(reply.headers['accept-patch'], /application\/partial-upload/, 'Accept-Patch names application/partial-upload (IETF: MUST)')
-    t.match(reply.headers['upload-limit'], /max-size=123456/)
+    t.equal(reply.headers['upload-limit'], undefined, 'no IETF-draft header for a tus 1.0 client')
   }
+  const draft = await s.tus('OPTIONS', s.endpoint, ietf(6))
+  t.match(draft.headers['upload-limit'], /max-size=123456/, 'Upload-Limit for a client of the IETF draft')
   await s.finish(t)
 })
 
@@ -244,7 +246,7 @@ t.test('a creation-with-upload refused for its body (415, 413, 400, 460) leaves 
   ]
   for (const [status, headers] of refusals) {
     await t.test(`${status}: ${JSON.stringify(headers)}`, async (t) => {
-      const s = await setupResumable(t, { maxEntries: 1 })
+      const s = await setupResumable(t, { maxEntries: 1 }, { plugin: { owner: () => 'alice' } })
       const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 100, ...headers }, bytes(10))
       t.equal(refused.status, status)
       t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length === 1), 1000), 'no writer stays open for it')
@@ -255,7 +257,7 @@ t.test('a creation-with-upload refused for its body (415, 413, 400, 460) leaves 
 })
 
 t.test('a creation-with-upload cut or silent before its answer ends with its writer (nobody has its URL) and frees its slot', async (t) => {
-  const s = await setupResumable(t, { maxEntries: 1, chunkTimeout: 300 }, { faults: { chunkDelay: 1 } })
+  const s = await setupResumable(t, { maxEntries: 1, chunkTimeout: 300 }, { faults: { chunkDelay: 1 }, plugin: { owner: () => 'alice' } })
   const cut = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 50_000, 'content-type': OCTETS, 'content-length': 50_000 })
   cut.req.write(bytes(20_000))
   t.ok(await eventually(() => accepted(s) > 0), 'bytes reached the writer')
@@ -273,7 +275,7 @@ t.test('a creation-with-upload cut or silent before its answer ends with its wri
 })
 
 t.test('a chunked creation-with-upload that reaches its length and goes on: 413, and the upload is discarded with its file', async (t) => {
-  const s = await setupResumable(t, { maxEntries: 1 }, { tmp: true })
+  const s = await setupResumable(t, { maxEntries: 1 }, { tmp: true, plugin: { owner: () => 'alice' } })
   const creation = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 1000, 'content-type': OCTETS })
   creation.req.write(bytes(1000))
   await sleep(100)
@@ -360,12 +362,18 @@ t.test('X-HTTP-Method-Override is the method (core: MUST): POST as PATCH, HEAD a
   await s.finish(t)
 })
 
-t.test('a POST on an upload URL without X-HTTP-Method-Override, or an override on the endpoint other than POST, is a 404 and changes nothing', async (t) => {
+t.test('a method a URL does not serve (actual or overridden) is a 405 with Allow and Tus-Resumable, and changes nothing', async (t) => {
   const s = await setupResumable(t)
   const path = await s.create({ ...TUS, 'upload-length': 100 })
-  t.equal((await s.tus('POST', path, patchHeaders(0), bytes(10))).status, 404, 'POST on an upload URL')
-  t.equal((await s.tus('POST', path, { ...patchHeaders(0), 'x-http-method-override': 'PUT' }, bytes(10))).status, 404, 'overridden to a method it does not serve')
-  t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'x-http-method-override': 'PATCH' })).status, 404, 'the endpoint only creates')
+  const post = await s.tus('POST', path, patchHeaders(0), bytes(10))
+  t.equal(post.status, 405, 'POST on an upload URL')
+  t.equal(post.headers.allow, 'OPTIONS, HEAD, PATCH, DELETE')
+  t.equal(post.json.code, 'FST_CHUNKED_UPLOAD_METHOD_NOT_ALLOWED')
+  t.equal((await s.tus('POST', path, { ...patchHeaders(0), 'x-http-method-override': 'PUT' }, bytes(10))).status, 405, 'overridden to a method it does not serve')
+  const patched = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'x-http-method-override': 'PATCH' })
+  t.equal(patched.status, 405, 'the endpoint only creates')
+  t.equal(patched.headers.allow, 'OPTIONS, POST')
+  t.equal((await s.tus('GET', '/up/tus', TUS)).status, 405, 'GET on the endpoint')
   t.equal(s.recorder.records.length, 1)
   t.equal(offsetOf(await head(s, path)), 0)
   await s.finish(t)
@@ -412,6 +420,9 @@ t.test('413 before any byte when Upload-Offset + Content-Length exceeds Upload-L
   await patch(s, path, 0, data.subarray(0, 400))
   const over = await patch(s, path, 400, bytes(601))
   t.equal(over.status, 413)
+  t.equal(over.json.code, 'FST_CHUNKED_UPLOAD_PAST_LENGTH', 'the reason is the declared length, not the route limit')
+  t.match(over.json.message, /upload length of 1000 bytes/)
+  t.equal(over.headers['upload-limit'], undefined, 'no IETF-draft header on a tus 1.0 answer')
   t.equal(accepted(s), 400, 'not a byte of it was written')
   t.equal(offsetOf(await head(s, path)), 400)
   t.equal((await patch(s, path, 400, data.subarray(400))).status, 204)
@@ -428,6 +439,7 @@ t.test('chunked PATCH over the length: 413, a truthful HEAD offset, and the uplo
   req.end()
   const answer = await reply
   t.equal(answer.status, 413, '413 once the body passes the length')
+  t.equal(answer.json?.code, 'FST_CHUNKED_UPLOAD_PAST_LENGTH')
   const offset = offsetOf(await head(s, path))!
   t.equal(offset, accepted(s), 'HEAD reports what the writer accepted')
   t.ok(offset <= data.length)
@@ -846,7 +858,7 @@ t.test('validation at creation: accept, validate and maxEntries refuse before an
     accept: ['.txt', 'image/*'],
     maxEntries: 2,
     validate: (entry) => entry.clientName.startsWith('evil') ? 'evil_name' : undefined
-  })
+  }, { plugin: { owner: () => 'alice' } })
   const meta = (name: string, type?: string): string => `filename ${Buffer.from(name).toString('base64')}` + (type === undefined ? '' : `,filetype ${Buffer.from(type).toString('base64')}`)
   const png = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'upload-metadata': meta('a.png') })
   t.equal(png.status, 415, 'not accepted')
@@ -914,7 +926,7 @@ t.test('concatenation: a final over maxFileSize is a 413; partials stay usable',
 })
 
 t.test('concatenation: a final counts toward maxEntries; a writer failing during concatenation is a coded 500, then 410', async (t) => {
-  const s = await setupResumable(t, { maxEntries: 1 }, { faults: { throwOnChunk: 2 } })
+  const s = await setupResumable(t, { maxEntries: 1 }, { faults: { throwOnChunk: 2 }, plugin: { owner: () => 'alice' } })
   const a = await s.create({ ...TUS, 'upload-length': 50_000, 'upload-concat': 'partial' })
   await patch(s, a, 0, bytes(50_000, 1))
   const busy = await s.create({ ...TUS, 'upload-length': 10 })
