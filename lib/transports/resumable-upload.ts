@@ -51,6 +51,7 @@ export class ResumableUpload {
   #expiresAt = 0
   readonly #idleTimer: NodeJS.Timeout
   readonly #lifeTimer: NodeJS.Timeout
+  #timersStopped = false
   #holder: Holder | undefined
   /** Final uploads reading this (partial) upload's bytes right now. */
   #readers = 0
@@ -90,13 +91,15 @@ export class ResumableUpload {
   /** When the upload expires if nothing happens (idle time, capped by its lifetime). */
   get expiresAt (): number { return this.#expiresAt }
 
-  /** Activity: the idle clock starts again. */
+  /** Activity: the idle clock starts again (unless the upload no longer expires). */
   touch (): void {
     this.#expiresAt = Math.min(Date.now() + this.#expiry, this.#deadline)
-    this.#idleTimer.refresh()
+    if (!this.#timersStopped) this.#idleTimer.refresh()
   }
 
+  /** Finished (it waits for its ref) or ended: it expires no more. */
   stopTimers (): void {
+    this.#timersStopped = true
     clearTimeout(this.#idleTimer)
     clearTimeout(this.#lifeTimer)
   }

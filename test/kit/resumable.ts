@@ -7,7 +7,7 @@ import * as FakeTimers from '@sinonjs/fake-timers'
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import type { ChunkedUploadOptions, UploadConfig, WriterFactory } from '../../lib/index.js'
-import { Recorder, eventually, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
+import { Recorder, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
 
 /**
  * A barrier: polls `fn` until it holds, with real timers and a bounded number of polls
@@ -28,7 +28,7 @@ export async function until (fn: () => boolean | Promise<boolean>, polls = 1000)
  * `await clock.tickAsync(ms)`; `restore()` (idempotent, also at teardown) puts the real ones back.
  */
 export function fakeClock (t: Test): { clock: ReturnType<typeof FakeTimers.install>, restore: () => void } {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
+  const clock = FakeTimers.install({ now: Date.now(), toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
   let installed = true
   const restore = (): void => {
     if (installed) clock.uninstall()
@@ -264,9 +264,9 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       const bare = replies.filter((r) => r.status !== 0 && !r.asked.startsWith('OPTIONS') && r.headers['tus-resumable'] !== '1.0.0')
       t.same(bare.map((r) => `${r.asked} → ${r.status}`), [], 'every answer but OPTIONS carries Tus-Resumable: 1.0.0')
       await started.app.close()
-      t.ok(await eventually(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
+      t.ok(await until(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
       recorder.check(t)
-      t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
+      t.ok(await until(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
     }
   }
   return setup
