@@ -5,7 +5,7 @@ import t from 'tap'
 import cors from '@fastify/cors'
 import { Recorder, bytes, sha256, startApp } from './kit/index.js'
 import { OCTETS, PARTIAL, TUS, WriterGate, ietf, open, setupResumable, until } from './kit/resumable.js'
-import { ResumableRegistry } from '../lib/transports/resumable.js'
+import { ResumableRegistry, goneError } from '../lib/transports/resumable.js'
 import type { ResumableUpload } from '../lib/transports/resumable-upload.js'
 
 t.test('an append whose client left while it waited for the upload stores nothing and leaves the upload resumable', async (t) => {
@@ -84,6 +84,7 @@ t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first
   t.equal(registry.find(`u${count - 1}`), 'terminated')
   registry.remove(fake('u1'), 'expired')
   t.equal(registry.find('u1'), 'terminated', 'removing an upload that is not live changes nothing')
+  t.match(goneError(registry.find('u0') as undefined), { statusCode: 410, message: 'The upload ended: it ended' }, 'a request that held a forgotten upload is told it ended')
 })
 
 t.test('a multipart body to the endpoint is no upload: 415, and no upload is left behind', async (t) => {

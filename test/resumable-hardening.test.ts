@@ -120,25 +120,28 @@ t.test('a partial DELETEd while a final reads it: the final completes with its b
   await s.finish(t)
 })
 
-t.test('a partial expiring or shut down while a final reads it: its file stays until the read ends', async (t) => {
-  const gate = new WriterGate()
-  const s = await setupResumable(t, { chunkSize: 1000 }, { gate })
-  const partial = await s.create({ ...TUS, 'upload-length': 3000, 'upload-concat': 'partial' })
-  await s.tus('PATCH', partial, patchHeaders(0), bytes(3000, 71))
-  gate.shut()
-  const final = s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${partial}` })
-  t.ok(await until(() => gate.held === 1))
-  const closing = s.app.close()
-  t.ok(await until(() => s.recorder.records.length === 0 && gate.held === 1), 'shutdown waits on the read')
-  t.equal((await strayFiles(s.dir)).length, 1, 'the staged file is still there while the final holds it')
-  gate.open()
-  const answer = await final
-  t.equal(answer.status, 503, 'the final ends with the server')
-  t.equal(answer.json.code, 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN')
-  await closing
-  t.same(s.recorder.reasons(), ['cancel'], "the final's writer closed once")
-  t.same(await strayFiles(s.dir), [], 'and the staged file removed')
-})
+for (const held of ['init', 'writeChunk'] as const) {
+  t.test(`a partial shut down while a final reads it (its ${held} in flight): its file stays until the read ends`, async (t) => {
+    const gate = new WriterGate()
+    gate.holdInit = held === 'init'
+    const s = await setupResumable(t, { chunkSize: 1000 }, { gate })
+    const partial = await s.create({ ...TUS, 'upload-length': 3000, 'upload-concat': 'partial' })
+    await s.tus('PATCH', partial, patchHeaders(0), bytes(3000, 71))
+    gate.shut()
+    const final = s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${partial}` })
+    t.ok(await until(() => gate.held === 1), `the final's ${held} is held`)
+    const closing = s.app.close()
+    t.ok(await until(() => s.recorder.records.every((r) => r.closes.length === 0) && gate.held === 1), 'shutdown waits on the read')
+    t.equal((await strayFiles(s.dir)).length, 1, 'the staged file is still there while the final holds it')
+    gate.open()
+    const answer = await final
+    t.equal(answer.status, 503, 'the final ends with the server')
+    t.equal(answer.json.code, 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN')
+    await closing
+    t.same(s.recorder.reasons(), ['cancel'], "the final's writer closed once")
+    t.same(await strayFiles(s.dir), [], 'and the staged file removed')
+  })
+}
 
 t.test('a final whose partial cannot be read: a coded 500 in words, its writer closed at once, its slot free', async (t) => {
   const s = await setupResumable(t, { maxEntries: 1 }, { plugin: byUser })
@@ -242,6 +245,47 @@ t.test('a creation whose writer starts while shutdown begins is ended with a cod
   t.same(s.recorder.reasons(), ['cancel'])
 })
 
+t.test('shutdown during a writer call in flight: the call settles, the writer gets one cancel, the PATCH a coded 503', async (t) => {
+  const gate = new WriterGate()
+  const s = await setupResumable(t, { chunkTimeout: 30_000 }, { gate })
+  const path = await s.create({ ...TUS, 'upload-length': 10_000 })
+  gate.shut()
+  const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
+  running.req.write(bytes(1000))
+  t.ok(await until(() => gate.held === 1), 'its writer call is in flight')
+  const closing = s.app.close()
+  t.ok(await until(() => s.recorder.records[0]!.closes.length === 0 && gate.held === 1), 'shutdown waits for the call in flight')
+  gate.open()
+  const answer = await running.reply
+  t.equal(answer.status, 503)
+  t.equal(answer.json?.code, 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN')
+  await closing
+  t.same(s.recorder.reasons(), ['cancel'])
+  s.recorder.check(t)
+  running.req.destroy()
+})
+
+t.test('a creation that reaches the limits after shutdown began gets a coded 503 and no writer', async (t) => {
+  let shuttingDown = false
+  let releaseOwner!: () => void
+  const ownerHeld = new Promise<void>((resolve) => { releaseOwner = resolve })
+  let asked = 0
+  const s = await setupResumable(t, {}, {
+    plugin: { owner: async () => { asked++; await ownerHeld; return 'alice' } },
+    before: (app) => { app.addHook('preClose', async () => { shuttingDown = true }) }
+  })
+  const creation = s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })
+  t.ok(await until(() => asked === 1), 'the creation waits for its owner')
+  const closing = s.app.close()
+  t.ok(await until(() => shuttingDown))
+  releaseOwner()
+  const answer = await creation
+  t.equal(answer.status, 503)
+  t.equal(answer.json.code, 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN')
+  await closing
+  t.equal(s.recorder.records.length, 0)
+})
+
 t.test('a writer slower than chunkTimeout does not time out a PATCH whose bytes were all sent (writer time is not client silence)', async (t) => {
   const gate = new WriterGate()
   const s = await setupResumable(t, { chunkTimeout: 250, chunkSize: 1000 }, { gate })
@@ -251,15 +295,16 @@ t.test('a writer slower than chunkTimeout does not time out a PATCH whose bytes 
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   running.req.end(data)
-  let answer: Reply | undefined
-  running.reply.then((reply) => { answer = reply }, () => {})
+  const answered: Reply[] = []
+  running.reply.then((reply) => answered.push(reply), () => {})
   // Each writer call takes 400 ms of (fake) time; the client sent everything at once.
-  for (let i = 0; i < 20 && answer === undefined; i++) {
-    await until(() => gate.held > 0 || answer !== undefined)
-    if (answer === undefined) await clock.tickAsync(400)
+  for (let call = 0; call < 20; call++) {
+    await until(() => gate.held > 0 || answered.length > 0)
+    if (answered.length > 0) break
+    await clock.tickAsync(400)
   }
-  t.equal(answer?.status, 204, 'the PATCH completed')
-  t.equal(answer?.headers['upload-offset'], String(data.length))
+  t.equal(answered[0]?.status, 204, 'the PATCH completed')
+  t.equal(answered[0]?.headers['upload-offset'], String(data.length))
   t.same(s.recorder.reasons(), ['done'])
   gate.delay = 0
   restore()
@@ -335,6 +380,12 @@ t.test('IETF-draft headers never appear on tus 1.0 answers; the draft gets them'
   const draft = await s.tus('POST', '/up/tus', ietf(6, { 'upload-complete': '?0', 'upload-length': 1001 }))
   t.equal(draft.status, 413)
   t.match(draft.headers['upload-limit'], /max-size=1000/)
+  const deferred = await s.create({ ...TUS, 'upload-defer-length': 1 })
+  const over = await s.tus('PATCH', deferred, patchHeaders(0), bytes(1001))
+  t.equal(over.status, 413, 'without a known length, the limit is maxFileSize')
+  t.equal(over.json.code, 'FST_CHUNKED_UPLOAD_TOO_LARGE')
+  t.equal(over.headers['upload-limit'], undefined)
+  await s.tus('DELETE', deferred)
   await s.tus('DELETE', path)
   await s.finish(t)
 })

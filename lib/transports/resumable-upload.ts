@@ -110,15 +110,12 @@ export class ResumableUpload {
   }
 
   /**
-   * A final upload reads this partial: until the returned release is called, a discard
+   * A final upload reads this partial: until the returned release is called (once), a discard
    * (DELETE, expiry, shutdown, another final) waits, so the bytes stay readable.
    */
   read (): () => void {
     this.#readers++
-    let released = false
     return () => {
-      if (released) return
-      released = true
       if (--this.#readers === 0) this.#discard?.run()
     }
   }

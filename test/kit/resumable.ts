@@ -46,6 +46,8 @@ export function fakeClock (t: Test): { clock: ReturnType<typeof FakeTimers.insta
 export class WriterGate {
   held = 0
   delay = 0
+  /** false: `init` passes even while shut (only `writeChunk` is held). */
+  holdInit = true
   #shut = false
   readonly #waiting: Array<() => void> = []
 
@@ -56,10 +58,10 @@ export class WriterGate {
     for (const resume of this.#waiting.splice(0)) resume()
   }
 
-  async #pass (delay: number): Promise<void> {
+  async #pass (delay: number, hold = true): Promise<void> {
     this.held++
     try {
-      if (this.#shut) await new Promise<void>((resolve) => this.#waiting.push(resolve))
+      if (this.#shut && hold) await new Promise<void>((resolve) => this.#waiting.push(resolve))
       if (delay > 0) await new Promise<void>((resolve) => setTimeout(resolve, delay))
     } finally {
       this.held--
@@ -71,7 +73,7 @@ export class WriterGate {
     const writer = {
       ...inner,
       init: async (options: unknown) => {
-        await this.#pass(0)
+        await this.#pass(0, this.holdInit)
         return await inner.init(options)
       },
       writeChunk: async (data: Buffer, state: Parameters<typeof inner.writeChunk>[1]) => {
