@@ -446,16 +446,15 @@ export class ResumableEndpoint {
 
   /** An append past the room it has: the declared Upload-Length, or (length unknown) maxFileSize. */
   #overflow (upload: ResumableUpload, reply: FastifyReply, dialect: Dialect): Error {
-    if (upload.length === undefined) return this.#tooLarge(reply, dialect, upload.config, 'close')
-    if (dialect.ietf) reply.header('upload-limit', `max-size=${upload.config.maxFileSize}`)
-    reply.header('connection', 'close')
-    return withUploadCode(new PastLengthError(upload.length), 'too_large')
+    const pastLength = upload.length === undefined ? undefined : new PastLengthError(upload.length)
+    return this.#tooLarge(reply, dialect, upload.config, 'close', 'this upload', pastLength)
   }
 
-  #tooLarge (reply: FastifyReply, dialect: Dialect, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload'): Error {
+  /** A 413: over maxFileSize, unless a more precise reason is given; the draft's Upload-Limit for its clients. */
+  #tooLarge (reply: FastifyReply, dialect: Dialect, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload', reason?: Error): Error {
     if (dialect.ietf) reply.header('upload-limit', `max-size=${config.maxFileSize}`)
     if (connection === 'close') reply.header('connection', 'close')
-    return withUploadCode(new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
+    return withUploadCode(reason ?? new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
   }
 
   /** Offset, expiry and completeness, as every answer about the upload carries them. */
