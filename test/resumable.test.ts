@@ -10,7 +10,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import cors from '@fastify/cors'
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { bytes, eventually, multipart, sha256, strayFiles } from './kit/index.js'
+import { bytes, multipart, sha256, strayFiles } from './kit/index.js'
 import {
   IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, fakeClock, idOf, ietf, open, setupResumable, until, type Headers, type Reply, type Setup
 } from './kit/resumable.js'
@@ -253,7 +253,7 @@ t.test('a creation-with-upload refused for its body (415, 413, 400, 460) leaves 
       const s = await setupResumable(t, { maxEntries: 1 }, { plugin: { owner: () => 'alice' } })
       const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 100, ...headers }, bytes(10))
       t.equal(refused.status, status)
-      t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length === 1), 1000), 'no writer stays open for it')
+      t.ok(await until(() => s.recorder.records.every((r) => r.closes.length === 1)), 'no writer stays open for it')
       t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 100 })).status, 201, 'it took no maxEntries slot')
       await s.finish(t)
     })
@@ -294,7 +294,7 @@ t.test('a chunked creation-with-upload that reaches its length and goes on: 413,
   creation.req.end(bytes(10))
   const answer = await creation.reply
   t.equal(answer.status, 413)
-  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'its file is removed')
+  t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'its file is removed')
   t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'and its slot is free')
   await s.finish(t)
 })
@@ -754,7 +754,7 @@ t.test('a new PATCH pre-empts a half-open one at the same offset it would have b
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const stale = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   stale.req.write(data.subarray(0, 20_000))
-  t.ok(await eventually(() => accepted(s) === 20_000))
+  t.ok(await until(() => accepted(s) === 20_000))
   const fresh = await patch(s, path, 20_000, data.subarray(20_000))
   t.equal(fresh.status, 204)
   t.equal(fresh.headers['upload-offset'], String(data.length))
@@ -770,7 +770,7 @@ t.test('a PATCH cut midway keeps exactly what the writer accepted: HEAD offset =
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const cut = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   cut.req.write(data.subarray(0, 70_000))
-  t.ok(await eventually(() => accepted(s) > 10_000))
+  t.ok(await until(() => accepted(s) > 10_000))
   cut.req.destroy()
   t.equal((await cut.reply).status, 0)
   // The writer may still be taking a chunk: the HEAD waits for it.
@@ -1230,7 +1230,7 @@ t.test('IETF: an interrupted completing append stays incomplete (MUST NOT be con
   const path = await s.create(ietf(6, { 'upload-complete': '?0' }))
   const cut = open(s.url + path, 'PATCH', ietf(6, { 'content-type': PARTIAL, 'upload-offset': 0, 'upload-complete': '?1' }))
   cut.req.write(data.subarray(0, 15_000))
-  t.ok(await eventually(() => accepted(s) >= 10_000))
+  t.ok(await until(() => accepted(s) >= 10_000))
   cut.req.destroy()
   await cut.reply
   const described = await s.tus('HEAD', path, ietf(6))
