@@ -71,7 +71,11 @@ export interface UploadEntry {
 export interface UploadConfig {
   /** `.ext`, `type/subtype`, `type/*`, or `'any'`. */
   accept: 'any' | readonly string[]
-  /** Most entries one request may carry for this name. Default 1. */
+  /**
+   * Most entries one request may carry for this name. Default 1. On the resumable endpoint:
+   * most uploads open at once per owner (the plugin's `owner`; requests without one are
+   * not limited by it, `maxResumableUploads` bounds them).
+   */
   maxEntries?: number
   /** Largest file in bytes. Default 8_000_000. */
   maxFileSize?: number
@@ -117,7 +121,8 @@ export interface ChunkedUploadOptions {
   channelWindow?: number
   /**
    * Who owns an upload: a finished channel entry's ref can only be consumed by a request
-   * with the same owner (compared with `===`). Default: nobody, refs are bearer tokens.
+   * with the same owner (compared with `===`), a resumable upload only reached by it, and
+   * `maxEntries` counts resumable uploads per owner. Default: nobody, refs are bearer tokens.
    */
   owner?: (request: FastifyRequest) => unknown
   /** How long a finished channel or resumable entry waits for its ref to be consumed, in ms. Default 300_000. */
