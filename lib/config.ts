@@ -45,7 +45,8 @@ export const PluginOptionsSchema = Type.Object({
   entryTtl: Opt(Milliseconds),
   resumableSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
   resumableExpiry: Opt(Milliseconds),
-  resumableMaxLifetime: Opt(Milliseconds)
+  resumableMaxLifetime: Opt(Milliseconds),
+  maxResumableUploads: Opt(PositiveInt)
 }, { additionalProperties: false })
 
 /** LiveView's defaults, camelCased, plus ours. */
@@ -68,7 +69,8 @@ export const PLUGIN_DEFAULTS = {
   entryTtl: 300_000,
   resumableSuffix: '/tus',
   resumableExpiry: 3_600_000,
-  resumableMaxLifetime: 86_400_000
+  resumableMaxLifetime: 86_400_000,
+  maxResumableUploads: 1000
 }
 
 /** An upload config with every default filled in and `accept` parsed. */
@@ -158,6 +160,7 @@ export interface PluginSettings {
   resumableSuffix: string
   resumableExpiry: number
   resumableMaxLifetime: number
+  maxResumableUploads: number
 }
 
 export type OwnerFn = (request: FastifyRequest) => unknown
@@ -181,7 +184,8 @@ export function validatePluginOptions (options: unknown): PluginSettings {
     entryTtl: opts.entryTtl ?? PLUGIN_DEFAULTS.entryTtl,
     resumableSuffix: opts.resumableSuffix ?? PLUGIN_DEFAULTS.resumableSuffix,
     resumableExpiry: opts.resumableExpiry ?? PLUGIN_DEFAULTS.resumableExpiry,
-    resumableMaxLifetime: opts.resumableMaxLifetime ?? PLUGIN_DEFAULTS.resumableMaxLifetime
+    resumableMaxLifetime: opts.resumableMaxLifetime ?? PLUGIN_DEFAULTS.resumableMaxLifetime,
+    maxResumableUploads: opts.maxResumableUploads ?? PLUGIN_DEFAULTS.maxResumableUploads
   }
 }
 

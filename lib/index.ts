@@ -65,7 +65,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   /** Finished channel and resumable entries waiting for their ref. */
   const refs = new RefStore(settings.entryTtl)
   /** Resumable uploads in progress, across requests. */
-  const resumables = new ResumableRegistry()
+  const resumables = new ResumableRegistry(settings.maxResumableUploads)
 
   /** Channels and resumable endpoints, one per path (and constraints). */
   const derived = new DerivedRoutes()
@@ -217,13 +217,11 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       ...derivedOptions(carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } }),
       [kBodyHook]: handOverBody
     }
-    const options = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => await endpoint.options(request, reply)
-    instance.route({ ...common, method: 'OPTIONS', url: base, handler: options } as RouteOptions)
-    instance.route({ ...common, method: 'POST', url: base, handler: async (request, reply) => await endpoint.post(request, reply) } as RouteOptions)
-    instance.route({ ...common, method: 'OPTIONS', url: `${base}/:id`, handler: options } as RouteOptions)
-    instance.route({
-      ...common, method: ['HEAD', 'PATCH', 'DELETE', 'POST'], url: `${base}/:id`, handler: async (request, reply) => await endpoint.upload(request, reply)
-    } as RouteOptions)
+    // Every method: X-HTTP-Method-Override names the method whatever the actual one, and
+    // the endpoint answers the others (405, with Tus-Resumable) itself.
+    const method = instance.supportedMethods
+    instance.route({ ...common, method, url: base, handler: async (request, reply) => await endpoint.endpoint(request, reply) } as RouteOptions)
+    instance.route({ ...common, method, url: `${base}/:id`, handler: async (request, reply) => await endpoint.upload(request, reply) } as RouteOptions)
   }
 
   /**

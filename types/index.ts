@@ -71,7 +71,11 @@ export interface UploadEntry {
 export interface UploadConfig {
   /** `.ext`, `type/subtype`, `type/*`, or `'any'`. */
   accept: 'any' | readonly string[]
-  /** Most entries one request may carry for this name. Default 1. */
+  /**
+   * Most entries one request may carry for this name. Default 1. On the resumable endpoint:
+   * most uploads open at once per owner (the plugin's `owner`; requests without one are
+   * not limited by it, `maxResumableUploads` bounds them).
+   */
   maxEntries?: number
   /** Largest file in bytes. Default 8_000_000. */
   maxFileSize?: number
@@ -128,7 +132,8 @@ export interface ChunkedUploadOptions {
   tmpFileQueueBytes?: number
   /**
    * Who owns an upload: a finished channel entry's ref can only be consumed by a request
-   * with the same owner (compared with `===`). Default: nobody, refs are bearer tokens.
+   * with the same owner (compared with `===`), a resumable upload only reached by it, and
+   * `maxEntries` counts resumable uploads per owner. Default: nobody, refs are bearer tokens.
    */
   owner?: (request: FastifyRequest) => unknown
   /** How long a finished channel or resumable entry waits for its ref to be consumed, in ms. Default 300_000. */
@@ -139,6 +144,12 @@ export interface ChunkedUploadOptions {
   resumableExpiry?: number
   /** The longest a resumable upload may take from creation to its last byte, in ms. Default 86_400_000. */
   resumableMaxLifetime?: number
+  /**
+   * Resumable uploads open at once in this plugin instance, every owner and route together
+   * (unfinished, finished waiting for their ref, staged partials); a creation past it gets
+   * 503 `FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS`. Bounds disk and file descriptors. Default 1000.
+   */
+  maxResumableUploads?: number
 }
 
 /** An error recorded against an upload name or an entry. */

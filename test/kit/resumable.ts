@@ -2,10 +2,88 @@
 // every header exactly as given (nothing added but Host, and Content-Length for a whole
 // body), and the answer as received. Bodies may be streamed, stalled or cut by the test.
 import { request, type ClientRequest, type IncomingHttpHeaders } from 'node:http'
+import { setTimeout as realSleep } from 'node:timers/promises'
+import * as FakeTimers from '@sinonjs/fake-timers'
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
-import type { ChunkedUploadOptions, UploadConfig } from '../../lib/index.js'
-import { Recorder, eventually, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
+import type { ChunkedUploadOptions, UploadConfig, WriterFactory } from '../../lib/index.js'
+import { Recorder, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
+
+/**
+ * A barrier: polls `fn` until it holds, with real timers and a bounded number of polls
+ * (not the clock: it works while fake timers own Date and setTimeout). The bound only
+ * ends a test that would otherwise hang; what the test shows never depends on it.
+ */
+export async function until (fn: () => boolean | Promise<boolean>, polls = 1000): Promise<boolean> {
+  for (let i = 0; i < polls; i++) {
+    if (await fn()) return true
+    await realSleep(10)
+  }
+  return await fn()
+}
+
+/**
+ * Fake timers for the plugin's own timers (idle, expiry, entryTtl, chunkTimeout) and
+ * Date; Node's sockets keep their own timers, so real requests still flow. Advance with
+ * `await clock.tickAsync(ms)`; `restore()` (idempotent, also at teardown) puts the real ones back.
+ */
+export function fakeClock (t: Test): { clock: ReturnType<typeof FakeTimers.install>, restore: () => void } {
+  const clock = FakeTimers.install({ now: Date.now(), toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
+  let installed = true
+  const restore = (): void => {
+    if (installed) clock.uninstall()
+    installed = false
+  }
+  t.teardown(restore)
+  return { clock, restore }
+}
+
+/**
+ * Controls the recorder's writers: while shut, `init` and `writeChunk` wait for `open()`;
+ * with `delay`, each `writeChunk` takes that long on the (possibly fake) clock. `held`
+ * counts calls waiting (a barrier for tests).
+ */
+export class WriterGate {
+  held = 0
+  delay = 0
+  /** false: `init` passes even while shut (only `writeChunk` is held). */
+  holdInit = true
+  #shut = false
+  readonly #waiting: Array<() => void> = []
+
+  shut (): void { this.#shut = true }
+
+  open (): void {
+    this.#shut = false
+    for (const resume of this.#waiting.splice(0)) resume()
+  }
+
+  async #pass (delay: number, hold = true): Promise<void> {
+    this.held++
+    try {
+      if (this.#shut && hold) await new Promise<void>((resolve) => this.#waiting.push(resolve))
+      if (delay > 0) await new Promise<void>((resolve) => setTimeout(resolve, delay))
+    } finally {
+      this.held--
+    }
+  }
+
+  factory (recorder: Recorder): WriterFactory {
+    const inner = recorder.writer
+    const writer = {
+      ...inner,
+      init: async (options: unknown) => {
+        await this.#pass(0, this.holdInit)
+        return await inner.init(options)
+      },
+      writeChunk: async (data: Buffer, state: Parameters<typeof inner.writeChunk>[1]) => {
+        await this.#pass(this.delay)
+        return await inner.writeChunk(data, state)
+      }
+    }
+    return () => [writer, { level: 'test' }]
+  }
+}
 
 /** A header value of `undefined` leaves the header out (`{ 'tus-resumable': undefined }`). */
 export type Headers = Record<string, string | number | undefined>
@@ -116,6 +194,8 @@ export interface SetupOptions {
   route?: Record<string, unknown>
   /** Runs before the routes are declared (hooks, other plugins). */
   before?: (app: FastifyInstance) => void
+  /** The recorder's writers behind this gate. */
+  gate?: WriterGate
 }
 
 /**
@@ -141,7 +221,7 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       if (request.method === 'POST' && location !== undefined && line !== undefined) seen[line] += ` → ${String(location)}`
     })
     options.before?.(app)
-    const writer = options.tmp === true ? {} : { writer: recorder.factory }
+    const writer = options.tmp === true ? {} : { writer: options.gate?.factory(recorder) ?? recorder.factory }
     const names = { file: { accept: 'any', resumable: true, maxEntries: 3, maxFileSize: 1_000_000, chunkSize: 16_384, ...writer, ...config }, ...options.names }
     app.post('/up', { ...options.route, allowUpload: names as Record<string, UploadConfig> }, async (request) => {
       const files: unknown[] = []
@@ -186,9 +266,9 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       const bare = replies.filter((r) => r.status !== 0 && !r.asked.startsWith('OPTIONS') && r.headers['tus-resumable'] !== '1.0.0')
       t.same(bare.map((r) => `${r.asked} → ${r.status}`), [], 'every answer but OPTIONS carries Tus-Resumable: 1.0.0')
       await started.app.close()
-      t.ok(await eventually(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
+      t.ok(await until(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
       recorder.check(t)
-      t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
+      t.ok(await until(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
     }
   }
   return setup
