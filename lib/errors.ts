@@ -1,0 +1,61 @@
+// Every error the plugin raises, with its code and HTTP status. Entry-level failures
+// also carry `uploadCode`, the short code `request.uploads.errors()` reports.
+import createError from '@fastify/error'
+
+export const TooLargeError = createError('FST_CHUNKED_UPLOAD_TOO_LARGE', 'File "%s" for "%s" exceeds the size limit of %s bytes', 413)
+export const TooManyFilesError = createError('FST_CHUNKED_UPLOAD_TOO_MANY_FILES', 'Too many files for "%s": at most %s allowed', 413)
+export const NotAcceptedError = createError('FST_CHUNKED_UPLOAD_NOT_ACCEPTED', 'File "%s" of type "%s" is not accepted for "%s"', 415)
+export const ValidateFailureError = createError('FST_CHUNKED_UPLOAD_VALIDATE_FAILURE', 'The check of "%s" failed', 500)
+export const InvalidEntryError = createError('FST_CHUNKED_UPLOAD_INVALID', 'File "%s" for "%s" was refused: %s', 422)
+export const UnexpectedFieldError = createError('FST_CHUNKED_UPLOAD_UNEXPECTED_FILE', 'Unexpected file field "%s": this route accepts uploads for %s', 400)
+export const NoUploadNameError = createError('FST_CHUNKED_UPLOAD_NO_UPLOAD_NAME', 'This route accepts several uploads (%s): name one with the "upload" query parameter', 400)
+export const ForbiddenFieldNameError = createError('FST_CHUNKED_UPLOAD_FORBIDDEN_FIELD_NAME', 'Field name "%s" is not allowed', 400)
+export const FieldsLimitError = createError('FST_CHUNKED_UPLOAD_FIELDS_LIMIT', 'Too many form fields: at most %s allowed', 413)
+export const FieldsTooLargeError = createError('FST_CHUNKED_UPLOAD_FIELDS_TOO_LARGE', 'Form fields exceed %s bytes in total (the route bodyLimit)', 413)
+export const FieldTooLargeError = createError('FST_CHUNKED_UPLOAD_FIELD_TOO_LARGE', 'Form field "%s" exceeds %s bytes', 413)
+export const MalformedError = createError('FST_CHUNKED_UPLOAD_MALFORMED', 'Malformed multipart body: %s', 400)
+export const PrematureCloseError = createError('FST_CHUNKED_UPLOAD_PREMATURE_CLOSE', 'The request closed before its body ended', 400)
+export const ChunkTimeoutError = createError('FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT', 'No bytes arrived for %s ms', 408)
+export const WriterFailureError = createError('FST_CHUNKED_UPLOAD_WRITER_FAILURE', 'The upload of "%s" could not be stored', 500)
+export const CancelledError = createError('FST_CHUNKED_UPLOAD_CANCELLED', 'The upload of "%s" was cancelled', 400)
+export const ShuttingDownError = createError('FST_CHUNKED_UPLOAD_SHUTTING_DOWN', 'The server is shutting down', 503)
+export const WriterTimeoutError = createError('FST_CHUNKED_UPLOAD_WRITER_TIMEOUT', 'Writer call %s took longer than %s ms', 500)
+export const UnknownEntryError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_ENTRY', 'No completed entry "%s" to consume', 404)
+export const InProgressError = createError('FST_CHUNKED_UPLOAD_IN_PROGRESS', 'Cannot consume "%s" while entries are still uploading', 409)
+export const InvalidConfigError = createError('FST_CHUNKED_UPLOAD_INVALID_CONFIG', '%s', 500, TypeError)
+export const UnknownRefError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_REF', 'Upload ref %s for "%s" is unknown, expired, already used or not yours', 400)
+export const ChannelNeedsWebsocketError = createError('FST_CHUNKED_UPLOAD_NO_WEBSOCKET', 'The upload channel of %s needs @fastify/websocket: register it after fastify-chunked-upload and before the routes, or set channel: false', 500)
+export const ChannelOrderError = createError('FST_CHUNKED_UPLOAD_WEBSOCKET_ORDER', 'With channel: true, register fastify-chunked-upload before @fastify/websocket: at shutdown, @fastify/websocket closes every socket without a code, and the plugin must first tell channel sockets why (shutting_down, then 1001)', 500)
+export const BadResumableHeaderError = createError('FST_CHUNKED_UPLOAD_BAD_HEADER', 'Header %s must be %s', 400)
+export const ResumableVersionError = createError('FST_CHUNKED_UPLOAD_UNSUPPORTED_VERSION', 'Unsupported protocol version: send Tus-Resumable: 1.0.0, or Upload-Draft-Interop-Version 5 to 8', 412)
+export const ResumableMediaTypeError = createError('FST_CHUNKED_UPLOAD_BAD_CONTENT_TYPE', 'An append needs Content-Type %s', 415)
+export const OffsetMismatchError = createError('FST_CHUNKED_UPLOAD_OFFSET_MISMATCH', 'Upload-Offset %s does not match the upload offset %s', 409)
+export const UploadNotFoundError = createError('FST_CHUNKED_UPLOAD_NOT_FOUND', 'No such upload', 404)
+export const UploadGoneError = createError('FST_CHUNKED_UPLOAD_GONE', 'The upload ended: %s', 410)
+export const UploadCompletedError = createError('FST_CHUNKED_UPLOAD_COMPLETED', 'The upload is already complete', 400)
+export const FinalUploadError = createError('FST_CHUNKED_UPLOAD_FINAL', 'A final (concatenated) upload cannot be appended to', 403)
+export const UploadLengthError = createError('FST_CHUNKED_UPLOAD_LENGTH', '%s', 400)
+export const ChecksumMismatchError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_MISMATCH', 'Upload-Checksum does not match the body: nothing was stored', 460)
+export const ChecksumBodyTooLargeError = createError('FST_CHUNKED_UPLOAD_CHECKSUM_BODY_TOO_LARGE', 'An append with Upload-Checksum may carry at most %s bytes', 413)
+export const BadConcatError = createError('FST_CHUNKED_UPLOAD_BAD_CONCAT', '%s', 400)
+export const RouteConflictError = createError<'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT', 500, [string, string, string, string, string]>(
+  'FST_CHUNKED_UPLOAD_ROUTE_CONFLICT',
+  'Routes %s and %s share the %s %s but differ in %s: declare them alike, or give them different paths', 500, TypeError
+)
+export const HookOrderError = createError(
+  'FST_CHUNKED_UPLOAD_HOOK_ORDER',
+  'A preParsing hook was added to %s after fastify-chunked-upload\'s, which takes the body: register the plugin that adds it before fastify-chunked-upload', 500, TypeError
+)
+export const PastLengthError = createError('FST_CHUNKED_UPLOAD_PAST_LENGTH', 'The append goes past the upload length of %s bytes (Upload-Length)', 413)
+export const TooManyUploadsError = createError('FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS', 'The server holds its most resumable uploads (%s, maxResumableUploads): try again later', 503)
+export const MethodNotAllowedError = createError('FST_CHUNKED_UPLOAD_METHOD_NOT_ALLOWED', 'Method %s is not allowed here: use %s', 405)
+export const ConcatReadError = createError('FST_CHUNKED_UPLOAD_CONCAT_READ', 'Partial upload %s could not be read: the final upload ended', 500)
+export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
+
+/** An error plus the short entry-level code it maps to. */
+export type EntryFailure = Error & { statusCode: number, code: string, uploadCode: string }
+
+/** Tags an error with the short code users see in `request.uploads.errors()`. */
+export function withUploadCode<E extends Error> (error: E, uploadCode: string): E & { uploadCode: string } {
+  return Object.assign(error, { uploadCode })
+}
