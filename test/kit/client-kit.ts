@@ -176,7 +176,7 @@ export async function until<T> (what: string, fn: () => T | undefined | false, m
 }
 
 /** A line of the demo's JSON log. */
-export interface LogLine { msg?: string, url?: string, file?: string, size?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
+export interface LogLine { msg?: string, url?: string, file?: string, size?: number, delay?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
 export interface Demo {
   url: string
   logs: () => LogLine[]
