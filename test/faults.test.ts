@@ -5,10 +5,11 @@ import { setImmediate } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import {
-  Recorder, bytes, eventually, multipart, rawRequest, rawSocket, sha256, startApp, stillServes, strayFiles, tmpDirFor,
+  Recorder, bytes, eventually, multipart, parseResponse, rawRequest, rawSocket, sha256, startApp, stillServes, strayFiles, tmpDirFor,
   type Faults
 } from './kit/index.js'
 import { fakeClock } from './kit/clock.js'
+import { until } from './kit/client-kit.js'
 
 interface Setup { recorder: Recorder, url: string, port: number, dir: string, app: FastifyInstance }
 
@@ -248,13 +249,24 @@ for (const form of [true, false]) {
     const clock = fakeClock(t)
     const s = await setup(t, { chunkTimeout: 200, chunkSize: 10_000 }, { hangOnChunk: 2 })
     const data = bytes(100_000)
-    const posting = form ? postForm(s.url, [{ name: 'file', filename: 'a.bin', data }]) : postRaw(s.url, data)
+    const { body, contentType } = form ? multipart([{ name: 'file', filename: 'a.bin', data }]) : { body: data, contentType: 'application/octet-stream' }
+    const serverSocket = new Promise<Socket>((resolve) => s.app.server.once('connection', resolve))
+    const socket = await rawSocket(s.port)
+    const requestHead = head(s.port, contentType, body.length)
+    socket.write(requestHead)
+    const first = 15_000
+    socket.write(body.subarray(0, first))
     await s.recorder.hung()
+    // The rest arrives while the writer hangs: bytes heard then must not restart the silence clock.
+    await new Promise<void>((resolve) => socket.write(body.subarray(first), () => resolve()))
+    const server = await serverSocket
+    await until('the server to read on', () => server.bytesRead > requestHead.length + first)
     await clock.tickAsync(2000)
     s.recorder.release()
-    const { status, json } = await posting
-    t.equal(status, 200, 'the writer\'s 2000 ms do not trip the 200 ms silence limit')
-    t.same(json.files, [sha256(data)])
+    const answer = await socket.until('the answer', () => parseResponse(socket.received())?.body.endsWith('}') === true && parseResponse(socket.received()))
+    t.equal(answer.status, 200, 'the writer\'s 2000 ms do not trip the 200 ms silence limit')
+    t.same(JSON.parse(answer.body).files, [sha256(data)])
+    socket.destroy()
     await afterEach(t, s)
   })
 }
@@ -437,10 +449,4 @@ t.test('app.close() waits for a writer call in flight when the client went away'
 /** A socket's close, as a promise. */
 async function closeOf (socket: Socket): Promise<void> {
   await new Promise<void>((resolve) => socket.once('close', () => resolve()))
-}
-
-/** A raw-body POST of `data` to /up (its file is named by the header). */
-async function postRaw (url: string, data: Buffer): Promise<{ status: number, json: any }> {
-  const response = await fetch(`${url}/up`, { method: 'POST', body: data, headers: { 'content-type': 'application/octet-stream' } })
-  return { status: response.status, json: await response.json() }
 }

@@ -112,6 +112,8 @@ t.test('no Content-Type and no filename: an entry with empty type and name', asy
 })
 
 t.test('a refused body larger than the drain limit is cut off with Connection: close', async (t) => {
+  // The clock stands still: the drain ends by its byte limit, never by its time limit.
+  fakeClock(t)
   const recorder = new Recorder()
   const { port, url } = await startApp(t, (app) => {
     app.post('/small', { allowUpload: { f: { accept: 'any', maxFileSize: 1000, writer: recorder.factory } } }, async () => 'ok')
