@@ -224,8 +224,8 @@ export async function strayFiles (dir: string): Promise<string[]> {
  * event to wait on (files on disk); `ms` bounds a wait for what must happen.
  */
 export async function eventually (fn: () => boolean | Promise<boolean>, ms = PATIENCE_MS): Promise<boolean> {
-  const until = Date.now() + ms
-  while (Date.now() < until) {
+  // Counted in real sleeps, not by Date (which fake timers stop).
+  for (let waited = 0; waited < ms; waited += 10) {
     if (await fn()) return true
     await sleep(10)
   }
