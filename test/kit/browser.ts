@@ -60,7 +60,7 @@ export async function openDemo (t: Test, name: string): Promise<DemoPage> {
   })
   const { url, logs, until } = await startDemo(t, demoTmp)
   const context = await chromium.launchPersistentContext(userDataDir, {
-    executablePath: CHROMIUM.binary, headless: true, args: ARGS, timeout: 30_000
+    executablePath: CHROMIUM.binary, headless: true, args: ARGS, timeout: STEP_MS
   })
   t.teardown(() => context.close())
   context.setDefaultTimeout(STEP_MS)
