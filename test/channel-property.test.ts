@@ -6,10 +6,10 @@
 import t from 'tap'
 import fc from 'fast-check'
 import { Recorder, bytes, eventually, sha256, sleep, strayFiles, tmpDirFor } from './kit/index.js'
+import { propertyRun } from './kit/property.js'
 import { ProtocolClient, frame, isEnd, startChannelApp, type ServerMessage } from './kit/channel.js'
 
-const RUNS = Number(process.env.FC_RUNS ?? 40)
-const SEED = Number(process.env.FC_SEED ?? Date.now() % 100_000)
+const { numRuns: RUNS, seed: SEED } = propertyRun(t, 40)
 
 /** One step a client may take: polite, clumsy or hostile. */
 const step = fc.oneof(

@@ -7,7 +7,7 @@ import type { Test } from 'tap'
 import { WebSocket } from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
 import type { FileLike, WebSocketConstructor } from '../../client/index.js'
-import { bytes, Recorder, sleep } from './index.js'
+import { bytes, Changes, PATIENCE_MS, Recorder, sleep } from './index.js'
 
 /** A file of deterministic bytes (Node's File: a real Blob). */
 export function file (name: string, size: number, type = '', seed = size): File {
@@ -161,20 +161,28 @@ export function discardingRecorder (recorder: Recorder): { factory: () => [Recor
   return { factory: () => [writer, { level: 'test' }], discarded }
 }
 
-/** `fn()` once it returns something, polling; fails after `ms`. */
-export async function until<T> (what: string, fn: () => T | undefined | false, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
+/**
+ * `fn()` once it returns something, polling every 10 ms (real time, even under fake
+ * timers); fails after `ms`, a bound on what must happen, never an ordering. Where the
+ * thing watched has an event, wait on that instead (Recorder.until, rawSocket's until).
+ */
+export async function until<T> (what: string, fn: () => T | undefined | false, ms = PATIENCE_MS): Promise<T> {
+  for (let waited = 0; ; waited += 10) {
     const value = fn()
     if (value !== undefined && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+    if (waited >= ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
     await sleep(10)
   }
 }
 
 /** A line of the demo's JSON log. */
-export interface LogLine { msg?: string, url?: string, file?: string, size?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
-export interface Demo { url: string, logs: () => LogLine[] }
+export interface LogLine { msg?: string, url?: string, file?: string, size?: number, delay?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
+export interface Demo {
+  url: string
+  logs: () => LogLine[]
+  /** Waits until `fn` returns something, re-checked on every line the demo logs. */
+  until: <T>(what: string, fn: () => T | undefined | false) => Promise<T>
+}
 
 async function stop (child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return
@@ -196,16 +204,23 @@ export async function startDemo (t: Test, tmp: string): Promise<Demo> {
     stdio: ['ignore', 'pipe', 'pipe']
   })
   t.teardown(() => stop(child))
+  const changes = new Changes()
   let stdout = ''
   let stderr = ''
-  child.stdout!.setEncoding('utf8').on('data', (text: string) => { stdout += text })
+  child.stdout!.setEncoding('utf8').on('data', (text: string) => {
+    stdout += text
+    changes.changed()
+  })
   child.stderr!.setEncoding('utf8').on('data', (text: string) => { stderr += text })
-  const logs = (): LogLine[] => stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine)
+  child.once('exit', () => changes.changed())
+  // Whole lines only: a line may come in two pieces.
+  const logs = (): LogLine[] => stdout.split('\n').slice(0, -1).filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine)
+  const until = async <T>(what: string, fn: () => T | undefined | false): Promise<T> => await changes.until(what, fn)
   const url = await until('the demo to print its URL', () => {
     if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}): ${stderr}`)
     return logs().find((line) => line.url !== undefined)?.url
-  }, 15_000)
-  return { url, logs }
+  })
+  return { url, logs, until }
 }
 
 export { Recorder }
