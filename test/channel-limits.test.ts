@@ -3,7 +3,6 @@
 // frames inflated by compression), budgets are per plugin instance, and the plugin
 // leaves @fastify/websocket's state alone. Time is controlled where it is the subject.
 import t, { type Test } from 'tap'
-import FakeTimers from '@sinonjs/fake-timers'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import websocket from '@fastify/websocket'
 import type WebSocket from 'ws'
@@ -11,7 +10,8 @@ import chunkedUpload, { TmpFileBudget, TmpFileWriter, type UploadConfig } from '
 import type { Uploads } from '../lib/uploads.js'
 import { ANNOUNCE_LIMIT, ANNOUNCE_WINDOW, ANSWERS_HIGH_WATER, ANSWERS_LIMIT } from '../lib/transports/websocket.js'
 import { Recorder, bytes, eventually, sha256, stillServes, strayFiles, tmpDirFor } from './kit/index.js'
-import { ProtocolClient, SUBPROTOCOL, TIMERS, startChannelApp, type ChannelApp } from './kit/channel.js'
+import { ProtocolClient, SUBPROTOCOL, startChannelApp, type ChannelApp } from './kit/channel.js'
+import { fakeClock } from './kit/clock.js'
 
 /** The server's side of the only channel socket open on `app`. */
 function serverSocket (app: FastifyInstance): WebSocket {
@@ -45,8 +45,7 @@ async function setup (t: Test, config: Partial<UploadConfig> = {}, options: Reco
 t.test('a client that never reads its answers: the server stops reading it, its unsent answers stay bounded, then it is closed with 1008 after chunkTimeout', async (t) => {
   const s = await setup(t, { chunkTimeout: 5000 })
   const client = await ProtocolClient.open(s.ws)
-  const clock = FakeTimers.install(TIMERS)
-  t.teardown(() => clock.uninstall())
+  const clock = fakeClock(t)
   client.socket.pause()
   // Garbage text frames, each answered with bad_message, until the server stops reading
   // (once the network buffers between them are full), or 40 MB at most.
@@ -75,7 +74,7 @@ t.test('a client that never reads its answers: the server stops reading it, its 
   const closed = await client.closed
   t.equal(closed.code, 1008)
   t.match(closed.reason, /^answers_not_read/)
-  clock.uninstall()
+  clock.restore()
   const wss = (s.app as FastifyInstance & { websocketServer: { clients: Set<WebSocket> } }).websocketServer
   t.ok(await eventually(() => wss.clients.size === 0), 'the socket and what it held are gone')
   await stillServes(t, s.url)

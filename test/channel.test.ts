@@ -6,9 +6,9 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import chunkedUpload, { type UploadConfig, type UploadEntry } from '../lib/index.js'
-import FakeTimers from '@sinonjs/fake-timers'
 import { Recorder, bytes, eventually, multipart, sha256, stillServes, strayFiles, tmpDirFor, type Faults } from './kit/index.js'
-import { ProtocolClient, SUBPROTOCOL, TIMERS, frame, postJson, startChannelApp, type ChannelApp } from './kit/channel.js'
+import { ProtocolClient, SUBPROTOCOL, frame, postJson, startChannelApp, type ChannelApp } from './kit/channel.js'
+import { fakeClock } from './kit/clock.js'
 
 interface Setup extends ChannelApp { recorder: Recorder, dir: string, ws: string }
 
@@ -77,8 +77,7 @@ t.test('temp-file writer: a ref submitted as a multipart field; an unclaimed ent
   const s = await setup(t, {}, { tmp: true, plugin: { entryTtl: 300 } })
   const client = await ProtocolClient.open(s.ws)
   // entryTtl is the subject: its timers run on the test's clock.
-  const clock = FakeTimers.install(TIMERS)
-  t.teardown(() => clock.uninstall())
+  const clock = fakeClock(t)
   const kept = await client.upload(1, bytes(3000, 7))
   const dropped = await client.upload(2, bytes(10, 8))
   client.close()
@@ -90,7 +89,7 @@ t.test('temp-file writer: a ref submitted as a multipart field; an unclaimed ent
   t.equal((await strayFiles(s.dir)).length, 1, 'the unclaimed entry waits entryTtl')
   await clock.tickAsync(1)
   t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'then it expired with its file')
-  clock.uninstall()
+  clock.restore()
   const late = await postJson(`${s.url}/up`, { file: [dropped.ref] })
   t.equal(late.status, 400, 'an expired ref is refused')
   await afterEach(t, s)
@@ -256,8 +255,7 @@ t.test('a client that never sends: chunk_timeout for that entry, the writer gets
   const s = await setup(t, { chunkTimeout: 300 })
   const client = await ProtocolClient.open(s.ws)
   // chunkTimeout is the subject: its timers run on the test's clock.
-  const clock = FakeTimers.install(TIMERS)
-  t.teardown(() => clock.uninstall())
+  const clock = fakeClock(t)
   client.announce(1, { size: 100 })
   await client.accepted(1)
   // The sibling keeps sending, one chunk per 150 ms: within the timeout each time.
@@ -273,7 +271,7 @@ t.test('a client that never sends: chunk_timeout for that entry, the writer gets
   client.chunk(2, 3, bytes(1, 3))
   t.equal((await client.outcome(2)).type, 'done')
   t.same(s.recorder.reasons(), ['cancel', 'done'])
-  clock.uninstall()
+  clock.restore()
   client.close()
   await afterEach(t, s)
 })

@@ -9,7 +9,8 @@ import type { FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import chunkedUpload from '../lib/index.js'
 import { bytes, sha256, strayFiles } from './kit/index.js'
-import { OCTETS, TUS, WriterGate, fakeClock, ietf, open, setupResumable, until, type Headers, type Reply } from './kit/resumable.js'
+import { OCTETS, TUS, WriterGate, ietf, open, setupResumable, until, type Headers, type Reply } from './kit/resumable.js'
+import { fakeClock } from './kit/clock.js'
 
 const byUser = { owner: (request: FastifyRequest) => request.headers['x-user'] }
 const alice = { 'x-user': 'alice' }
@@ -182,7 +183,7 @@ t.test('every 410 says in words why the upload ended', async (t) => {
 
 t.test('a finished upload whose entryTtl passed unclaimed answers 410 saying so, not "consumed"', async (t) => {
   const s = await setupResumable(t, {}, { tmp: true, plugin: { entryTtl: 60_000 } })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const path = await s.create({ ...TUS, 'upload-length': 10 })
   await s.tus('PATCH', path, patchHeaders(0), bytes(10))
   await clock.tickAsync(59_999)
@@ -194,13 +195,13 @@ t.test('a finished upload whose entryTtl passed unclaimed answers 410 saying so,
   t.match(gone.json.message, /no request claimed it within entryTtl/)
   t.notMatch(gone.json.message, /consumed/)
   t.equal((await s.claim({ file: path })).status, 400)
-  restore()
+  clock.restore()
   await s.finish(t)
 })
 
 t.test('shutdown with PATCHes that stopped sending: they answer a coded 503 at once and close() resolves without waiting for chunkTimeout', async (t) => {
   const s = await setupResumable(t, { chunkTimeout: 30_000 })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const paths = [await s.create({ ...TUS, 'upload-length': 10_000 }), await s.create({ ...TUS, 'upload-length': 10_000 })]
   const stalled = paths.map((path) => open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 })))
   for (const { req } of stalled) req.write(bytes(1000))
@@ -224,7 +225,7 @@ t.test('shutdown with PATCHes that stopped sending: they answer a coded 503 at o
   t.same(s.recorder.reasons(), ['cancel', 'cancel'])
   s.recorder.check(t)
   for (const { req } of stalled) req.destroy()
-  restore()
+  clock.restore()
 })
 
 t.test('a creation whose writer starts while shutdown begins is ended with a coded 503, its writer closed', async (t) => {
@@ -289,7 +290,7 @@ t.test('a creation that reaches the limits after shutdown began gets a coded 503
 t.test('a writer slower than chunkTimeout does not time out a PATCH whose bytes were all sent (writer time is not client silence)', async (t) => {
   const gate = new WriterGate()
   const s = await setupResumable(t, { chunkTimeout: 250, chunkSize: 1000 }, { gate })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   gate.delay = 400
   const data = bytes(3000, 80)
   const path = await s.create({ ...TUS, 'upload-length': data.length })
@@ -307,14 +308,14 @@ t.test('a writer slower than chunkTimeout does not time out a PATCH whose bytes 
   t.equal(answered[0]?.headers['upload-offset'], String(data.length))
   t.same(s.recorder.reasons(), ['done'])
   gate.delay = 0
-  restore()
+  clock.restore()
   t.equal((await s.claim({ file: path })).json.files[0].sha256, sha256(data))
   await s.finish(t)
 })
 
 t.test('a client silent for chunkTimeout while the writer is idle: the PATCH is cut at chunkTimeout, not before, and the bytes kept', async (t) => {
   const s = await setupResumable(t, { chunkTimeout: 5000 })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const path = await s.create({ ...TUS, 'upload-length': 5000 })
   const silent = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 5000 }))
   silent.req.write(bytes(2000))
@@ -326,7 +327,7 @@ t.test('a client silent for chunkTimeout while the writer is idle: the PATCH is 
   await clock.tickAsync(1)
   t.ok(await until(() => answer !== undefined), 'cut at chunkTimeout')
   t.equal(answer?.status, 0, 'the connection is closed (tus: a timeout SHOULD close it)')
-  restore()
+  clock.restore()
   t.equal((await s.tus('HEAD', path)).headers['upload-offset'], '2000')
   await s.tus('DELETE', path)
   await s.finish(t)

@@ -12,8 +12,9 @@ import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { bytes, multipart, sha256, strayFiles } from './kit/index.js'
 import {
-  IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, fakeClock, idOf, ietf, open, setupResumable, until, type Headers, type Reply, type Setup
+  IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, idOf, ietf, open, setupResumable, until, type Headers, type Reply, type Setup
 } from './kit/resumable.js'
+import { fakeClock } from './kit/clock.js'
 
 const EXTENSIONS = ['creation', 'creation-with-upload', 'creation-defer-length', 'termination', 'expiration', 'checksum', 'concatenation']
 
@@ -92,7 +93,7 @@ t.test('412 with Tus-Version for a missing or unsupported Tus-Resumable, and the
 
 t.test('creation and core: 201 + Location, Upload-Expires; HEAD with Upload-Offset and Upload-Length, Cache-Control: no-store; PATCHes; the route consumes it', async (t) => {
   const s = await setupResumable(t, {}, { plugin: { resumableExpiry: 60_000 } })
-  const { restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const data = bytes(50_000, 3)
   const created = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': data.length, 'content-length': 0 })
   t.equal(created.status, 201, 'creation: 201 Created')
@@ -100,7 +101,7 @@ t.test('creation and core: 201 + Location, Upload-Expires; HEAD with Upload-Offs
   t.match(created.headers['upload-expires'], IMF_FIXDATE, 'Upload-Expires on the POST, as an RFC 7231 date (expiration: MUST when known)')
   const expires = Date.parse(String(created.headers['upload-expires']))
   t.equal(expires, Math.floor((Date.now() + 60_000) / 1000) * 1000, 'resumableExpiry from now (the clock stands still)')
-  restore()
+  clock.restore()
   const path = String(created.headers.location)
   t.equal(s.recorder.records.length, 1, 'the writer is initialised at creation')
 
@@ -262,7 +263,7 @@ t.test('a creation-with-upload refused for its body (415, 413, 400, 460) leaves 
 
 t.test('a creation-with-upload cut or silent before its answer ends with its writer (nobody has its URL) and frees its slot', async (t) => {
   const s = await setupResumable(t, { maxEntries: 1, chunkTimeout: 300 }, { plugin: { owner: () => 'alice' } })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const cut = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 50_000, 'content-type': OCTETS, 'content-length': 50_000 })
   cut.req.write(bytes(20_000))
   t.ok(await until(() => accepted(s) === 20_000), 'bytes reached the writer')
@@ -276,7 +277,7 @@ t.test('a creation-with-upload cut or silent before its answer ends with its wri
   await clock.tickAsync(300)
   t.equal((await silent.reply).status, 0, 'a silent creation is closed after chunkTimeout')
   t.ok(await until(() => s.recorder.records[1]?.closes.length === 1))
-  restore()
+  clock.restore()
   t.same(s.recorder.reasons(), ['cancel', 'cancel'])
   t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'neither holds a maxEntries slot')
   await s.finish(t)
@@ -487,7 +488,7 @@ t.test('checksum: sha1, sha256, md5 accepted; a mismatch is 460 and an unsupport
 
 t.test('checksum: a held append is pre-empted and timed out like any other, and what it held never reaches the writer', async (t) => {
   const s = await setupResumable(t, { chunkTimeout: 400 })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const data = bytes(4000, 13)
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const checksum = { 'upload-checksum': `sha1 ${digest('sha1', data.subarray(0, 2000))}`, 'content-length': 2000 }
@@ -506,7 +507,7 @@ t.test('checksum: a held append is pre-empted and timed out like any other, and 
   t.ok(await until(() => clock.countTimers() > timers), 'the second PATCH holds the upload')
   await clock.tickAsync(400)
   t.equal((await silent.reply).status, 0, 'a silent checksummed PATCH is closed after chunkTimeout')
-  restore()
+  clock.restore()
   const chunked = open(s.url + path, 'PATCH', patchHeaders(0, { 'upload-checksum': `sha1 ${digest('sha1', data)}` }))
   chunked.req.end(Buffer.concat([data, data]))
   t.equal((await chunked.reply).status, 413, 'a chunked checksummed body over the length is a 413')
@@ -574,7 +575,7 @@ t.test('Expect: 100-continue on a creation with upload and on a PATCH; an empty 
 
 t.test('expiration: an idle unfinished upload expires, its writer gets cancel, and later requests get 410', async (t) => {
   const s = await setupResumable(t, {}, { plugin: { resumableExpiry: 300 } })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const path = await s.create({ ...TUS, 'upload-length': 1000 })
   const first = await patch(s, path, 0, bytes(100))
   t.equal(Date.parse(String(first.headers['upload-expires'])), Math.floor((Date.now() + 300) / 1000) * 1000, 'Upload-Expires is resumableExpiry away')
@@ -583,7 +584,7 @@ t.test('expiration: an idle unfinished upload expires, its writer gets cancel, a
   await clock.tickAsync(1)
   t.ok(await until(() => s.recorder.records[0]!.closes.length === 1), 'the writer is closed')
   t.same(s.recorder.reasons(), ['cancel'])
-  restore()
+  clock.restore()
   const gone = await head(s, path)
   t.equal(gone.status, 410, 'HEAD → 410 (expiration: SHOULD 404 or 410)')
   const late = await patch(s, path, 100, bytes(10))
@@ -594,7 +595,7 @@ t.test('expiration: an idle unfinished upload expires, its writer gets cancel, a
 
 t.test('expiration during a stalled PATCH: the writer gets cancel at once, and the PATCH a 410 at once', async (t) => {
   const s = await setupResumable(t, { chunkTimeout: 10_000 }, { plugin: { resumableExpiry: 300 } })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const path = await s.create({ ...TUS, 'upload-length': 10_000 })
   const stalled = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
   stalled.req.write(bytes(1000))
@@ -607,14 +608,14 @@ t.test('expiration during a stalled PATCH: the writer gets cancel at once, and t
   t.equal(answer.status, 410, 'the PATCH is stopped and told why')
   t.match(answer.json?.message, /expired/)
   stalled.req.destroy()
-  restore()
+  clock.restore()
   t.equal((await head(s, path)).status, 410)
   await s.finish(t)
 })
 
 t.test('expiration: activity keeps an upload alive, resumableMaxLifetime ends it anyway', async (t) => {
   const s = await setupResumable(t, {}, { plugin: { resumableExpiry: 400, resumableMaxLifetime: 1200 } })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const created = Date.now()
   const path = await s.create({ ...TUS, 'upload-length': 1000 })
   let offset = 0
@@ -630,14 +631,14 @@ t.test('expiration: activity keeps an upload alive, resumableMaxLifetime ends it
   await clock.tickAsync(200)
   t.ok(await until(() => s.recorder.records[0]!.closes.length === 1), 'ended at resumableMaxLifetime')
   t.same(s.recorder.reasons(), ['cancel'])
-  restore()
+  clock.restore()
   t.equal((await head(s, path)).status, 410)
   await s.finish(t)
 })
 
 t.test('a complete upload does not expire with resumableExpiry: it waits entryTtl for its ref, then is gone with its file', async (t) => {
   const s = await setupResumable(t, {}, { tmp: true, plugin: { resumableExpiry: 150, entryTtl: 700 } })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const kept = await s.create({ ...TUS, 'upload-length': 100 })
   await patch(s, kept, 0, bytes(100))
   const dropped = await s.create({ ...TUS, 'upload-length': 10 })
@@ -647,7 +648,7 @@ t.test('a complete upload does not expire with resumableExpiry: it waits entryTt
   t.equal((await s.claim({ file: kept })).status, 200)
   await clock.tickAsync(350)
   t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'the unclaimed one is discarded after entryTtl')
-  restore()
+  clock.restore()
   t.equal((await head(s, dropped)).status, 410)
   t.equal((await s.claim({ file: dropped })).status, 400)
   await s.finish(t)
@@ -656,7 +657,7 @@ t.test('a complete upload does not expire with resumableExpiry: it waits entryTt
 t.test('DELETE while a PATCH is running: the PATCH stops, the writer gets one cancel, 204, then 410', async (t) => {
   const s = await setupResumable(t, { chunkSize: 4096 }, { tmp: false })
   // The clock stands still: the DELETE is answered by stopping the PATCH, not by a timer.
-  const { restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const path = await s.create({ ...TUS, 'upload-length': 100_000 })
   const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 100_000 }))
   running.req.write(bytes(30_000))
@@ -667,7 +668,7 @@ t.test('DELETE while a PATCH is running: the PATCH stops, the writer gets one ca
   t.ok(stopped.status === 0 || stopped.status === 204 || stopped.status === 410, `the running PATCH ended (${stopped.status})`)
   running.req.destroy()
   t.same(s.recorder.reasons(), ['cancel'])
-  restore()
+  clock.restore()
   t.equal((await head(s, path)).status, 410)
   await s.finish(t)
 })
@@ -675,7 +676,7 @@ t.test('DELETE while a PATCH is running: the PATCH stops, the writer gets one ca
 t.test('a HEAD during a stalled PATCH pre-empts it at once and reports an offset the next PATCH accepts', async (t) => {
   const s = await setupResumable(t, { chunkSize: 4096, chunkTimeout: 30_000 })
   // The clock stands still: the HEAD is answered by pre-emption, not by chunkTimeout.
-  const { restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const data = bytes(100_000, 21)
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const stalled = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
@@ -689,7 +690,7 @@ t.test('a HEAD during a stalled PATCH pre-empts it at once and reports an offset
   t.equal(answer.headers['upload-offset'], '40000')
   t.equal(answer.headers.connection, 'close', 'and closes its connection')
   stalled.req.destroy()
-  restore()
+  clock.restore()
   const rest = await patch(s, path, 40_000, data.subarray(40_000))
   t.equal(rest.status, 204, 'the next PATCH at that offset is accepted (IETF §Concurrency: MUST)')
   t.equal((await s.claim({ file: path })).json.files[0].sha256, sha256(data))
@@ -786,7 +787,7 @@ t.test('a PATCH cut midway keeps exactly what the writer accepted: HEAD offset =
 
 t.test('a client silent for chunkTimeout: the PATCH connection is closed, the bytes kept, the upload resumable', async (t) => {
   const s = await setupResumable(t, { chunkTimeout: 300 })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const data = bytes(5000, 24)
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const silent = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
@@ -795,7 +796,7 @@ t.test('a client silent for chunkTimeout: the PATCH connection is closed, the by
   await clock.tickAsync(300)
   const ended = await silent.reply
   t.equal(ended.status, 0, 'the connection is closed at chunkTimeout (core: a timeout SHOULD close the connection)')
-  restore()
+  clock.restore()
   t.equal(offsetOf(await head(s, path)), 2000)
   t.equal((await patch(s, path, 2000, data.subarray(2000))).status, 204)
   t.equal((await s.claim({ file: path })).json.files[0].sha256, sha256(data))
@@ -994,13 +995,13 @@ t.test('concatenation: a final counts toward maxEntries; a writer failing during
 
 t.test('concatenation: a complete partial never used expires like an unfinished upload, with its staged file', async (t) => {
   const s = await setupResumable(t, {}, { plugin: { resumableExpiry: 300 } })
-  const { clock, restore } = fakeClock(t)
+  const clock = fakeClock(t)
   const partial = await s.create({ ...TUS, 'upload-length': 100, 'upload-concat': 'partial' })
   await patch(s, partial, 0, bytes(100))
   t.equal((await strayFiles(s.dir)).length, 1, 'staged')
   await clock.tickAsync(300)
   t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'removed at expiry')
-  restore()
+  clock.restore()
   t.equal((await head(s, partial)).status, 410)
   await s.finish(t)
 })

@@ -11,12 +11,6 @@ import { setTimeout as sleep } from 'node:timers/promises'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 
-/**
- * The timers to fake where time is the subject (chunkTimeout, entryTtl). Date stays
- * real: the kit's `eventually` measures its deadline with it.
- */
-export const TIMERS = { toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval'] as Array<'setTimeout' | 'clearTimeout' | 'setInterval' | 'clearInterval'> }
-
 export interface ChannelApp { app: FastifyInstance, url: string, wsUrl: string, port: number }
 
 /** The plugin with `channel: true`, registered before @fastify/websocket (so shutdown says 1001). */

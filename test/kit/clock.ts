@@ -5,11 +5,24 @@
 import FakeTimers from '@sinonjs/fake-timers'
 import type { Test } from 'tap'
 
-export type Clock = FakeTimers.Clock
+export type Clock = ReturnType<typeof FakeTimers.install> & {
+  /** Puts the real timers and Date back; idempotent, and done at teardown anyway. */
+  restore: () => void
+}
 
-/** Installs fake timers for the rest of `t` (install it before the app, so the app's timers are fake too). */
+/**
+ * Installs fake timers and Date for the rest of `t`, or until `clock.restore()`. The
+ * plugin's timers are fake only if set after this: install it before what it should
+ * govern. Date starts at the real time (so dates the server sends, Upload-Expires,
+ * look real) and moves only with the clock.
+ */
 export function fakeClock (t: Test): Clock {
-  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
-  t.teardown(() => clock.uninstall())
-  return clock
+  const clock = FakeTimers.install({ now: Date.now(), toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
+  let installed = true
+  const restore = (): void => {
+    if (installed) clock.uninstall()
+    installed = false
+  }
+  t.teardown(restore)
+  return Object.assign(clock, { restore })
 }

@@ -3,7 +3,6 @@
 // body), and the answer as received. Bodies may be streamed, stalled or cut by the test.
 import { request, type ClientRequest, type IncomingHttpHeaders } from 'node:http'
 import { setTimeout as realSleep } from 'node:timers/promises'
-import * as FakeTimers from '@sinonjs/fake-timers'
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import type { ChunkedUploadOptions, UploadConfig, WriterFactory } from '../../lib/index.js'
@@ -20,22 +19,6 @@ export async function until (fn: () => boolean | Promise<boolean>, polls = 1000)
     await realSleep(10)
   }
   return await fn()
-}
-
-/**
- * Fake timers for the plugin's own timers (idle, expiry, entryTtl, chunkTimeout) and
- * Date; Node's sockets keep their own timers, so real requests still flow. Advance with
- * `await clock.tickAsync(ms)`; `restore()` (idempotent, also at teardown) puts the real ones back.
- */
-export function fakeClock (t: Test): { clock: ReturnType<typeof FakeTimers.install>, restore: () => void } {
-  const clock = FakeTimers.install({ now: Date.now(), toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
-  let installed = true
-  const restore = (): void => {
-    if (installed) clock.uninstall()
-    installed = false
-  }
-  t.teardown(restore)
-  return { clock, restore }
 }
 
 /**
