@@ -6,8 +6,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
-import { listen } from './index.js'
-import { setTimeout as sleep } from 'node:timers/promises'
+import { Changes, listen, PATIENCE_MS } from './index.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 
@@ -46,19 +45,19 @@ export class ProtocolClient {
   readonly opened: Promise<void>
   /** The socket closed: nothing more will arrive. */
   isClosed = false
-  /** Checks re-run on every message and at close (see `until`). */
-  readonly #waiters = new Set<() => void>()
+  /** Changed on every message and at close (see `until`). */
+  readonly #changes = new Changes()
 
   constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}, options: WebSocket.ClientOptions = {}) {
     this.socket = new WebSocket(url, protocols, { headers, ...options })
     this.socket.on('message', (data, isBinary) => {
       if (!isBinary) this.messages.push(JSON.parse(data.toString()))
-      this.#wake()
+      this.#changes.changed()
     })
     this.socket.on('error', () => {})
     this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => {
       this.isClosed = true
-      this.#wake()
+      this.#changes.changed()
       resolve({ code, reason: reason.toString() })
     }))
     this.opened = new Promise((resolve, reject) => {
@@ -74,27 +73,12 @@ export class ProtocolClient {
     return client
   }
 
-  #wake (): void {
-    for (const check of [...this.#waiters]) check()
-  }
-
   /**
    * Resolves once `holds()` is true, checked now, on every message and at close: an
-   * event, not a poll. A failure deadline (real time, generous) only makes a broken
-   * test fail with a message instead of at the runner's timeout.
+   * event, not a poll. Fails after `ms`, a bound on what must happen, never an ordering.
    */
-  async until (holds: () => boolean, ms = 30_000): Promise<boolean> {
-    if (holds()) return true
-    let check: () => void = () => {}
-    const held = new Promise<boolean>((resolve) => {
-      check = () => { if (holds()) resolve(true) }
-      this.#waiters.add(check)
-    })
-    try {
-      return await Promise.race([held, sleep(ms, false, { ref: false })])
-    } finally {
-      this.#waiters.delete(check)
-    }
+  async until (holds: () => boolean, ms = PATIENCE_MS): Promise<void> {
+    await this.#changes.until('a message or the close', holds, ms)
   }
 
   json (message: unknown): void {
@@ -110,16 +94,17 @@ export class ProtocolClient {
   }
 
   /** The first message (from `from` on) that matches, as it arrives. */
-  async waitFor (match: (m: ServerMessage) => boolean, ms = 30_000, from = 0): Promise<ServerMessage> {
-    let found: ServerMessage | undefined
+  async waitFor (match: (m: ServerMessage) => boolean, ms = PATIENCE_MS, from = 0): Promise<ServerMessage> {
     let seen = from
-    await this.until(() => {
-      // Only the messages not looked at yet.
-      for (; seen < this.messages.length && found === undefined; seen++) if (match(this.messages[seen]!)) found = this.messages[seen]
-      return found !== undefined
-    }, ms)
-    if (found === undefined) throw new Error(`no matching message in ${JSON.stringify(this.messages.slice(-5))}`)
-    return found
+    try {
+      return await this.#changes.until('a matching message', () => {
+        // Only the messages not looked at yet.
+        for (; seen < this.messages.length; seen++) if (match(this.messages[seen]!)) return this.messages[seen]
+        return undefined
+      }, ms)
+    } catch (error) {
+      throw new Error(`${(error as Error).message}; the last messages: ${JSON.stringify(this.messages.slice(-5))}`)
+    }
   }
 
   async accepted (id: number): Promise<ServerMessage> {
