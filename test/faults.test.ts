@@ -5,11 +5,10 @@ import { setImmediate } from 'node:timers/promises'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import {
-  Recorder, bytes, eventually, multipart, parseResponse, rawRequest, rawSocket, sha256, startApp, stillServes, strayFiles, tmpDirFor,
+  Recorder, bytes, eventually, multipart, parseResponse, rawRequest, rawSocket, sha256, startApp, stillServes, strayFiles, tmpDirFor, until,
   type Faults
 } from './kit/index.js'
 import { fakeClock } from './kit/clock.js'
-import { until } from './kit/client-kit.js'
 
 interface Setup { recorder: Recorder, url: string, port: number, dir: string, app: FastifyInstance }
 

@@ -11,9 +11,9 @@ import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import * as tus from 'tus-js-client'
-import { bytes, sha256, strayFiles, tmpDirFor } from './kit/index.js'
+import { bytes, eventually, sha256, strayFiles, tmpDirFor } from './kit/index.js'
 import { FaultProxy } from './kit/fault-proxy.js'
-import { TUS, recordOf, setupResumable, until, type Setup } from './kit/resumable.js'
+import { TUS, recordOf, setupResumable, type Setup } from './kit/resumable.js'
 
 type Protocol = 'tus-v1' | 'ietf-draft-03' | 'ietf-draft-05'
 /** tus-js-client's options, with `protocol`, which its typings lack. */
@@ -185,9 +185,9 @@ t.test('abort(), then a new Upload with uploadUrl: HEAD, then PATCH from the off
   const acked: number[] = []
   const first = newUpload(data, { endpoint: s.endpoint, chunkSize: 256 * 1024 }, acked, () => {}, () => {})
   first.start()
-  t.ok(await until(() => acked.length >= 2, 6000), 'two chunks went through')
+  t.ok(await eventually(() => acked.length >= 2), 'two chunks went through')
   await first.abort()
-  const kept = await until(() => (s.recorder.records[0]?.closes.length ?? 1) === 0 && s.recorder.records[0]!.bytes >= 512 * 1024)
+  const kept = await eventually(() => (s.recorder.records[0]?.closes.length ?? 1) === 0 && s.recorder.records[0]!.bytes >= 512 * 1024)
   t.ok(kept, 'the writer is open and holds at least the acknowledged bytes')
   const resumed = await run(data, { endpoint: s.endpoint, uploadUrl: first.url, chunkSize: 256 * 1024 })
   t.equal(resumed.url, first.url, 'the same upload')
@@ -209,7 +209,7 @@ t.test('abort(true) terminates: DELETE, the temp file removed, 410 for the URL, 
   const acked: number[] = []
   const upload = newUpload(data, { endpoint: s.endpoint, chunkSize: 256 * 1024 }, acked, () => {}, () => {})
   upload.start()
-  t.ok(await until(() => acked.length >= 1, 6000))
+  t.ok(await eventually(() => acked.length >= 1))
   await upload.abort(true)
   t.ok(s.seen.some((line) => line.startsWith('DELETE ')), 'the client sent DELETE')
   t.equal((await s.tus('HEAD', upload.url!, TUS)).status, 410)
@@ -266,7 +266,7 @@ t.test('resume across processes with FileUrlStorage: a child uploads two chunks 
   t.equal(requests.filter((r) => r.startsWith('POST')).length, 1, 'one creation, by the child')
   t.ok(requests.includes('HEAD'), 'this process asked for the offset')
   t.match(await consumed(s, url), { sha256: sha256(data), name: 'crash.bin' })
-  t.ok(await until(async () => (await new FileUrlStorage(storage).findAllUploads()).length === 0), 'the stored URL is removed on success')
+  t.ok(await eventually(async () => (await new FileUrlStorage(storage).findAllUploads()).length === 0), 'the stored URL is removed on success')
   await s.finish(t)
 })
 
@@ -293,7 +293,7 @@ t.test('a stalled connection (half-open): a new client with the upload URL pre-e
   const acked: number[] = []
   const stalled = newUpload(data, { endpoint: `${proxy.url}/up/tus` }, acked, () => {}, () => {})
   stalled.start()
-  t.ok(await until(() => proxy.stats.faults === 1 && (s.recorder.records[0]?.bytes ?? 0) > 0, 3000), 'the PATCH stalled after some bytes')
+  t.ok(await eventually(() => proxy.stats.faults === 1 && (s.recorder.records[0]?.bytes ?? 0) > 0, 30_000), 'the PATCH stalled after some bytes')
   await stalled.abort()
   const resumed = await run(data, { endpoint: s.endpoint, uploadUrl: stalled.url })
   t.equal(resumed.url, stalled.url, 'the resume pre-empted the stalled PATCH (it cannot time out)')

@@ -3,8 +3,8 @@
 // append without Upload-Complete, and the bounded memory of ended uploads.
 import t from 'tap'
 import cors from '@fastify/cors'
-import { Recorder, bytes, sha256, startApp } from './kit/index.js'
-import { OCTETS, PARTIAL, TUS, WriterGate, ietf, open, setupResumable, until } from './kit/resumable.js'
+import { Recorder, bytes, eventually, sha256, startApp } from './kit/index.js'
+import { OCTETS, PARTIAL, TUS, WriterGate, ietf, open, setupResumable } from './kit/resumable.js'
 import { ResumableRegistry, goneError } from '../lib/transports/resumable.js'
 import type { ResumableUpload } from '../lib/transports/resumable-upload.js'
 
@@ -17,17 +17,17 @@ t.test('an append whose client left while it waited for the upload stores nothin
   gate.shut()
   const first = open(s.url + path, 'PATCH', { ...TUS, 'content-type': OCTETS, 'upload-offset': 0, 'content-length': 3000 })
   first.req.write(bytes(1000))
-  t.ok(await until(() => gate.held === 1), "A's writer call is in flight")
+  t.ok(await eventually(() => gate.held === 1), "A's writer call is in flight")
   // B pre-empts A, then its own client gives up before A's writer call settled.
   const second = open(s.url + path, 'PATCH', { ...TUS, 'content-type': OCTETS, 'upload-offset': 1000, 'content-length': 2000 })
   second.req.write(bytes(10))
-  t.ok(await until(() => s.seen.includes(`PATCH ${path} 1000`)), 'B waits for the upload')
+  t.ok(await eventually(() => s.seen.includes(`PATCH ${path} 1000`)), 'B waits for the upload')
   second.req.destroy()
-  t.ok(await until(() => aborted === 1), "B's client left")
+  t.ok(await eventually(() => aborted === 1), "B's client left")
   first.req.destroy()
-  t.ok(await until(() => aborted === 2), "and A's")
+  t.ok(await eventually(() => aborted === 2), "and A's")
   gate.open()
-  t.ok(await until(() => s.recorder.records[0]!.bytes === 1000))
+  t.ok(await eventually(() => s.recorder.records[0]!.bytes === 1000))
   const head = await s.tus('HEAD', path)
   t.equal(head.headers['upload-offset'], '1000', 'only what the writer accepted')
   t.same(s.recorder.records.map((r) => r.closes.length), [0], 'the upload lives on: its writer is not closed')

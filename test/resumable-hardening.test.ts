@@ -8,8 +8,8 @@ import { join } from 'node:path'
 import type { FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import chunkedUpload from '../lib/index.js'
-import { bytes, sha256, strayFiles } from './kit/index.js'
-import { OCTETS, TUS, WriterGate, ietf, open, setupResumable, until, type Headers, type Reply } from './kit/resumable.js'
+import { bytes, eventually, sha256, strayFiles } from './kit/index.js'
+import { OCTETS, TUS, WriterGate, ietf, open, setupResumable, type Headers, type Reply } from './kit/resumable.js'
 import { fakeClock } from './kit/clock.js'
 
 const byUser = { owner: (request: FastifyRequest) => request.headers['x-user'] }
@@ -43,7 +43,7 @@ for (const kind of ['creation', 'final of a concatenation'] as const) {
     const answered: Reply[] = []
     for (const request of requests) request.then((reply) => answered.push(reply), () => {})
     // Barrier: every creation either waits in a writer's init or was answered.
-    t.ok(await until(() => gate.held + answered.length === count), 'every creation reached init or got its answer')
+    t.ok(await eventually(() => gate.held + answered.length === count), 'every creation reached init or got its answer')
     t.equal(gate.held, 1, 'one init started: the others were refused before awaiting anything')
     gate.open()
     const replies = await Promise.all(requests)
@@ -108,16 +108,16 @@ t.test('a partial DELETEd while a final reads it: the final completes with its b
   t.equal((await s.tus('PATCH', partial, patchHeaders(0), data)).status, 204)
   gate.shut()
   const final = s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${partial}` })
-  t.ok(await until(() => gate.held === 1), "the final's writer is starting")
+  t.ok(await eventually(() => gate.held === 1), "the final's writer is starting")
   const deleted = s.tus('DELETE', partial)
-  t.ok(await until(async () => (await s.tus('HEAD', partial)).status === 410), 'the DELETE ended the partial')
+  t.ok(await eventually(async () => (await s.tus('HEAD', partial)).status === 410), 'the DELETE ended the partial')
   gate.open()
   const created = await final
   t.equal(created.status, 201, 'the final read every byte of the partial it holds')
   t.equal((await deleted).status, 204)
   const claimed = await s.claim({ file: String(created.headers.location) })
   t.equal(claimed.json.files[0].sha256, sha256(data))
-  t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'the staged file is removed once read')
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'the staged file is removed once read')
   await s.finish(t)
 })
 
@@ -130,9 +130,9 @@ for (const held of ['init', 'writeChunk'] as const) {
     await s.tus('PATCH', partial, patchHeaders(0), bytes(3000, 71))
     gate.shut()
     const final = s.tus('POST', '/up/tus', { ...TUS, 'upload-concat': `final;${partial}` })
-    t.ok(await until(() => gate.held === 1), `the final's ${held} is held`)
+    t.ok(await eventually(() => gate.held === 1), `the final's ${held} is held`)
     const closing = s.app.close()
-    t.ok(await until(() => s.recorder.records.every((r) => r.closes.length === 0) && gate.held === 1), 'shutdown waits on the read')
+    t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length === 0) && gate.held === 1), 'shutdown waits on the read')
     t.equal((await strayFiles(s.dir)).length, 1, 'the staged file is still there while the final holds it')
     gate.open()
     const answer = await final
@@ -189,7 +189,7 @@ t.test('a finished upload whose entryTtl passed unclaimed answers 410 saying so,
   await clock.tickAsync(59_999)
   t.equal((await s.tus('HEAD', path)).status, 200, 'waiting for its ref until entryTtl')
   await clock.tickAsync(1)
-  t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'discarded at entryTtl')
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'discarded at entryTtl')
   const gone = await s.tus('DELETE', path)
   t.equal(gone.status, 410)
   t.match(gone.json.message, /no request claimed it within entryTtl/)
@@ -205,13 +205,13 @@ t.test('shutdown with PATCHes that stopped sending: they answer a coded 503 at o
   const paths = [await s.create({ ...TUS, 'upload-length': 10_000 }), await s.create({ ...TUS, 'upload-length': 10_000 })]
   const stalled = paths.map((path) => open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 })))
   for (const { req } of stalled) req.write(bytes(1000))
-  t.ok(await until(() => s.recorder.records.every((r) => r.bytes === 1000)), 'both PATCHes sent 1000 bytes, then nothing')
+  t.ok(await eventually(() => s.recorder.records.every((r) => r.bytes === 1000)), 'both PATCHes sent 1000 bytes, then nothing')
   let closed = false
   const closing = s.app.close().then(() => { closed = true })
   // No fake time passes: only the shutdown can end them.
   const answers: Reply[] = []
   for (const { reply } of stalled) reply.then((answer) => answers.push(answer), () => {})
-  const answered = await until(() => answers.length === 2)
+  const answered = await eventually(() => answers.length === 2)
   t.ok(answered, 'both PATCHes answered with the clock stopped, far before chunkTimeout')
   if (!answered) await clock.tickAsync(30_000)
   for (const answer of await Promise.all(stalled.map(async ({ reply }) => await reply))) {
@@ -219,7 +219,7 @@ t.test('shutdown with PATCHes that stopped sending: they answer a coded 503 at o
     t.equal(answer.json?.code, 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN')
     t.equal(answer.headers.connection, 'close')
   }
-  t.ok(await until(() => closed), 'close() resolved with the clock stopped, far before chunkTimeout')
+  t.ok(await eventually(() => closed), 'close() resolved with the clock stopped, far before chunkTimeout')
   if (!closed) await clock.tickAsync(30_000)
   await closing
   t.same(s.recorder.reasons(), ['cancel', 'cancel'])
@@ -235,9 +235,9 @@ t.test('a creation whose writer starts while shutdown begins is ended with a cod
   const s = await setupResumable(t, {}, { gate, before: (app) => { app.addHook('preClose', async () => { shuttingDown = true }) } })
   gate.shut()
   const creation = s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })
-  t.ok(await until(() => gate.held === 1))
+  t.ok(await eventually(() => gate.held === 1))
   const closing = s.app.close()
-  t.ok(await until(() => shuttingDown))
+  t.ok(await eventually(() => shuttingDown))
   gate.open()
   const answer = await creation
   t.equal(answer.status, 503)
@@ -253,9 +253,9 @@ t.test('shutdown during a writer call in flight: the call settles, the writer ge
   gate.shut()
   const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
   running.req.write(bytes(1000))
-  t.ok(await until(() => gate.held === 1), 'its writer call is in flight')
+  t.ok(await eventually(() => gate.held === 1), 'its writer call is in flight')
   const closing = s.app.close()
-  t.ok(await until(() => s.recorder.records[0]!.closes.length === 0 && gate.held === 1), 'shutdown waits for the call in flight')
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 0 && gate.held === 1), 'shutdown waits for the call in flight')
   gate.open()
   const answer = await running.reply
   t.equal(answer.status, 503)
@@ -276,9 +276,9 @@ t.test('a creation that reaches the limits after shutdown began gets a coded 503
     before: (app) => { app.addHook('preClose', async () => { shuttingDown = true }) }
   })
   const creation = s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })
-  t.ok(await until(() => asked === 1), 'the creation waits for its owner')
+  t.ok(await eventually(() => asked === 1), 'the creation waits for its owner')
   const closing = s.app.close()
-  t.ok(await until(() => shuttingDown))
+  t.ok(await eventually(() => shuttingDown))
   releaseOwner()
   const answer = await creation
   t.equal(answer.status, 503)
@@ -300,7 +300,7 @@ t.test('a writer slower than chunkTimeout does not time out a PATCH whose bytes 
   running.reply.then((reply) => answered.push(reply), () => {})
   // Each writer call takes 400 ms of (fake) time; the client sent everything at once.
   for (let call = 0; call < 20; call++) {
-    await until(() => gate.held > 0 || answered.length > 0)
+    await eventually(() => gate.held > 0 || answered.length > 0)
     if (answered.length > 0) break
     await clock.tickAsync(400)
   }
@@ -321,11 +321,11 @@ t.test('a client silent for chunkTimeout while the writer is idle: the PATCH is 
   silent.req.write(bytes(2000))
   let answer: Reply | undefined
   silent.reply.then((reply) => { answer = reply }, () => {})
-  t.ok(await until(() => s.recorder.records[0]?.bytes === 2000), 'the bytes sent reached the writer')
+  t.ok(await eventually(() => s.recorder.records[0]?.bytes === 2000), 'the bytes sent reached the writer')
   await clock.tickAsync(4999)
   t.equal(answer, undefined, 'still open just before chunkTimeout')
   await clock.tickAsync(1)
-  t.ok(await until(() => answer !== undefined), 'cut at chunkTimeout')
+  t.ok(await eventually(() => answer !== undefined), 'cut at chunkTimeout')
   t.equal(answer?.status, 0, 'the connection is closed (tus: a timeout SHOULD close it)')
   clock.restore()
   t.equal((await s.tus('HEAD', path)).headers['upload-offset'], '2000')

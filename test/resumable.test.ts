@@ -10,9 +10,9 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import cors from '@fastify/cors'
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { bytes, multipart, sha256, strayFiles } from './kit/index.js'
+import { bytes, eventually, multipart, sha256, strayFiles } from './kit/index.js'
 import {
-  IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, idOf, ietf, open, setupResumable, until, type Headers, type Reply, type Setup
+  IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, idOf, ietf, open, setupResumable, type Headers, type Reply, type Setup
 } from './kit/resumable.js'
 import { fakeClock } from './kit/clock.js'
 
@@ -254,7 +254,7 @@ t.test('a creation-with-upload refused for its body (415, 413, 400, 460) leaves 
       const s = await setupResumable(t, { maxEntries: 1 }, { plugin: { owner: () => 'alice' } })
       const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 100, ...headers }, bytes(10))
       t.equal(refused.status, status)
-      t.ok(await until(() => s.recorder.records.every((r) => r.closes.length === 1)), 'no writer stays open for it')
+      t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length === 1)), 'no writer stays open for it')
       t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 100 })).status, 201, 'it took no maxEntries slot')
       await s.finish(t)
     })
@@ -266,17 +266,17 @@ t.test('a creation-with-upload cut or silent before its answer ends with its wri
   const clock = fakeClock(t)
   const cut = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 50_000, 'content-type': OCTETS, 'content-length': 50_000 })
   cut.req.write(bytes(20_000))
-  t.ok(await until(() => accepted(s) === 20_000), 'bytes reached the writer')
+  t.ok(await eventually(() => accepted(s) === 20_000), 'bytes reached the writer')
   cut.req.destroy()
   t.equal((await cut.reply).status, 0)
-  t.ok(await until(() => s.recorder.records[0]!.closes.length === 1), 'the writer is closed')
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1), 'the writer is closed')
   t.same(s.recorder.reasons(), ['cancel'])
   const silent = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 50_000, 'content-type': OCTETS, 'content-length': 50_000 })
   silent.req.write(bytes(1000))
-  t.ok(await until(() => accepted(s, 1) === 1000), 'its bytes reached the writer, then nothing')
+  t.ok(await eventually(() => accepted(s, 1) === 1000), 'its bytes reached the writer, then nothing')
   await clock.tickAsync(300)
   t.equal((await silent.reply).status, 0, 'a silent creation is closed after chunkTimeout')
-  t.ok(await until(() => s.recorder.records[1]?.closes.length === 1))
+  t.ok(await eventually(() => s.recorder.records[1]?.closes.length === 1))
   clock.restore()
   t.same(s.recorder.reasons(), ['cancel', 'cancel'])
   t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'neither holds a maxEntries slot')
@@ -288,14 +288,14 @@ t.test('a chunked creation-with-upload that reaches its length and goes on: 413,
   const creation = open(s.endpoint, 'POST', { ...TUS, 'upload-length': 1000, 'content-type': OCTETS })
   creation.req.write(bytes(1000))
   // Barrier: the upload is complete (its file holds the 1000 bytes) before more arrive.
-  t.ok(await until(async () => {
+  t.ok(await eventually(async () => {
     const [file] = await strayFiles(s.dir)
     return file !== undefined && (await stat(join(s.dir, file))).size === 1000
   }), 'the first 1000 bytes are stored')
   creation.req.end(bytes(10))
   const answer = await creation.reply
   t.equal(answer.status, 413)
-  t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'its file is removed')
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'its file is removed')
   t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'and its slot is free')
   await s.finish(t)
 })
@@ -496,7 +496,7 @@ t.test('checksum: a held append is pre-empted and timed out like any other, and 
   const timers = clock.countTimers()
   const stalled = open(s.url + path, 'PATCH', patchHeaders(0, checksum))
   stalled.req.write(data.subarray(0, 1500))
-  t.ok(await until(() => clock.countTimers() > timers), 'the PATCH holds the upload')
+  t.ok(await eventually(() => clock.countTimers() > timers), 'the PATCH holds the upload')
   // The clock stands still: the HEAD is answered by pre-emption, not by chunkTimeout.
   const described = await head(s, path)
   t.equal(offsetOf(described), 0, 'an unchecked body is not kept')
@@ -504,7 +504,7 @@ t.test('checksum: a held append is pre-empted and timed out like any other, and 
   stalled.req.destroy()
   const silent = open(s.url + path, 'PATCH', patchHeaders(0, checksum))
   silent.req.write(data.subarray(0, 1500))
-  t.ok(await until(() => clock.countTimers() > timers), 'the second PATCH holds the upload')
+  t.ok(await eventually(() => clock.countTimers() > timers), 'the second PATCH holds the upload')
   await clock.tickAsync(400)
   t.equal((await silent.reply).status, 0, 'a silent checksummed PATCH is closed after chunkTimeout')
   clock.restore()
@@ -582,7 +582,7 @@ t.test('expiration: an idle unfinished upload expires, its writer gets cancel, a
   await clock.tickAsync(299)
   t.same(s.recorder.records[0]!.closes, [], 'alive until resumableExpiry')
   await clock.tickAsync(1)
-  t.ok(await until(() => s.recorder.records[0]!.closes.length === 1), 'the writer is closed')
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1), 'the writer is closed')
   t.same(s.recorder.reasons(), ['cancel'])
   clock.restore()
   const gone = await head(s, path)
@@ -599,10 +599,10 @@ t.test('expiration during a stalled PATCH: the writer gets cancel at once, and t
   const path = await s.create({ ...TUS, 'upload-length': 10_000 })
   const stalled = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
   stalled.req.write(bytes(1000))
-  t.ok(await until(() => accepted(s) === 1000), 'the bytes sent reached the writer, then nothing')
+  t.ok(await eventually(() => accepted(s) === 1000), 'the bytes sent reached the writer, then nothing')
   // A PATCH that sends nothing is no activity: resumableExpiry passes while it is silent.
   await clock.tickAsync(300)
-  t.ok(await until(() => s.recorder.records[0]!.closes.length === 1), 'expired while the PATCH was silent')
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1), 'expired while the PATCH was silent')
   t.same(s.recorder.reasons(), ['cancel'])
   const answer = await stalled.reply
   t.equal(answer.status, 410, 'the PATCH is stopped and told why')
@@ -629,7 +629,7 @@ t.test('expiration: activity keeps an upload alive, resumableMaxLifetime ends it
   }
   t.same(s.recorder.records[0]!.closes, [], 'alive at 1000 ms, past resumableExpiry twice over')
   await clock.tickAsync(200)
-  t.ok(await until(() => s.recorder.records[0]!.closes.length === 1), 'ended at resumableMaxLifetime')
+  t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 1), 'ended at resumableMaxLifetime')
   t.same(s.recorder.reasons(), ['cancel'])
   clock.restore()
   t.equal((await head(s, path)).status, 410)
@@ -647,7 +647,7 @@ t.test('a complete upload does not expire with resumableExpiry: it waits entryTt
   t.equal((await head(s, kept)).status, 200, 'still there after resumableExpiry')
   t.equal((await s.claim({ file: kept })).status, 200)
   await clock.tickAsync(350)
-  t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'the unclaimed one is discarded after entryTtl')
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'the unclaimed one is discarded after entryTtl')
   clock.restore()
   t.equal((await head(s, dropped)).status, 410)
   t.equal((await s.claim({ file: dropped })).status, 400)
@@ -661,7 +661,7 @@ t.test('DELETE while a PATCH is running: the PATCH stops, the writer gets one ca
   const path = await s.create({ ...TUS, 'upload-length': 100_000 })
   const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 100_000 }))
   running.req.write(bytes(30_000))
-  t.ok(await until(() => accepted(s) === 30_000), 'the bytes sent reached the writer')
+  t.ok(await eventually(() => accepted(s) === 30_000), 'the bytes sent reached the writer')
   const deleted = await s.tus('DELETE', path, TUS)
   t.equal(deleted.status, 204)
   const stopped = await running.reply
@@ -681,7 +681,7 @@ t.test('a HEAD during a stalled PATCH pre-empts it at once and reports an offset
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const stalled = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   stalled.req.write(data.subarray(0, 40_000))
-  t.ok(await until(() => accepted(s) === 40_000))
+  t.ok(await eventually(() => accepted(s) === 40_000))
   const described = await head(s, path)
   t.equal(described.status, 200)
   t.equal(offsetOf(described), 40_000, 'the offset is every byte the writer accepted')
@@ -705,17 +705,17 @@ t.test('pre-emption waits for the writer call in flight; a PATCH whose client le
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const first = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   first.req.write(data.subarray(0, 1000))
-  t.ok(await until(() => accepted(s) === 1000), 'the first chunk went through')
+  t.ok(await eventually(() => accepted(s) === 1000), 'the first chunk went through')
   gate.shut()
   first.req.write(data.subarray(1000, 3000))
-  t.ok(await until(() => gate.held === 1), 'the writer is held in its second writeChunk')
+  t.ok(await eventually(() => gate.held === 1), 'the writer is held in its second writeChunk')
   const left = open(s.url + path, 'PATCH', patchHeaders(1000, { 'content-length': 10 }))
   left.req.end(bytes(10))
-  t.ok(await until(() => s.seen.includes(`PATCH ${path} 1000`)), 'the second PATCH waits for the upload')
+  t.ok(await eventually(() => s.seen.includes(`PATCH ${path} 1000`)), 'the second PATCH waits for the upload')
   left.req.destroy()
-  t.ok(await until(() => aborted === 1), 'and its client left')
+  t.ok(await eventually(() => aborted === 1), 'and its client left')
   const described = head(s, path)
-  t.ok(await until(() => s.seen.includes(`HEAD ${path}`)), 'a HEAD waits too')
+  t.ok(await eventually(() => s.seen.includes(`HEAD ${path}`)), 'a HEAD waits too')
   gate.open()
   // The call in flight is part of a write of one network read: that write completes.
   const offset = offsetOf(await described)!
@@ -735,11 +735,11 @@ t.test('a HEAD queued behind a DELETE answers 410, not the offset of the upload 
   gate.shut()
   const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
   running.req.write(bytes(1000))
-  t.ok(await until(() => gate.held === 1), 'the PATCH holds the upload, its writer call in flight')
+  t.ok(await eventually(() => gate.held === 1), 'the PATCH holds the upload, its writer call in flight')
   const deleted = s.tus('DELETE', path, TUS)
-  t.ok(await until(() => s.seen.includes(`DELETE ${path}`)), 'the DELETE waits for the upload first')
+  t.ok(await eventually(() => s.seen.includes(`DELETE ${path}`)), 'the DELETE waits for the upload first')
   const described = s.tus('HEAD', path, TUS)
-  t.ok(await until(() => s.seen.includes(`HEAD ${path}`)), 'then the HEAD')
+  t.ok(await eventually(() => s.seen.includes(`HEAD ${path}`)), 'then the HEAD')
   gate.open()
   t.equal((await deleted).status, 204)
   const answer = await described
@@ -755,7 +755,7 @@ t.test('a new PATCH pre-empts a half-open one at the same offset it would have b
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const stale = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   stale.req.write(data.subarray(0, 20_000))
-  t.ok(await until(() => accepted(s) === 20_000))
+  t.ok(await eventually(() => accepted(s) === 20_000))
   const fresh = await patch(s, path, 20_000, data.subarray(20_000))
   t.equal(fresh.status, 204)
   t.equal(fresh.headers['upload-offset'], String(data.length))
@@ -771,7 +771,7 @@ t.test('a PATCH cut midway keeps exactly what the writer accepted: HEAD offset =
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const cut = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   cut.req.write(data.subarray(0, 70_000))
-  t.ok(await until(() => accepted(s) > 10_000))
+  t.ok(await eventually(() => accepted(s) > 10_000))
   cut.req.destroy()
   t.equal((await cut.reply).status, 0)
   // The writer may still be taking a chunk: the HEAD waits for it.
@@ -792,7 +792,7 @@ t.test('a client silent for chunkTimeout: the PATCH connection is closed, the by
   const path = await s.create({ ...TUS, 'upload-length': data.length })
   const silent = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': data.length }))
   silent.req.write(data.subarray(0, 2000))
-  t.ok(await until(() => accepted(s) === 2000))
+  t.ok(await eventually(() => accepted(s) === 2000))
   await clock.tickAsync(300)
   const ended = await silent.reply
   t.equal(ended.status, 0, 'the connection is closed at chunkTimeout (core: a timeout SHOULD close the connection)')
@@ -1000,7 +1000,7 @@ t.test('concatenation: a complete partial never used expires like an unfinished 
   await patch(s, partial, 0, bytes(100))
   t.equal((await strayFiles(s.dir)).length, 1, 'staged')
   await clock.tickAsync(300)
-  t.ok(await until(async () => (await strayFiles(s.dir)).length === 0), 'removed at expiry')
+  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'removed at expiry')
   clock.restore()
   t.equal((await head(s, partial)).status, 410)
   await s.finish(t)
@@ -1231,7 +1231,7 @@ t.test('IETF: an interrupted completing append stays incomplete (MUST NOT be con
   const path = await s.create(ietf(6, { 'upload-complete': '?0' }))
   const cut = open(s.url + path, 'PATCH', ietf(6, { 'content-type': PARTIAL, 'upload-offset': 0, 'upload-complete': '?1' }))
   cut.req.write(data.subarray(0, 15_000))
-  t.ok(await until(() => accepted(s) >= 10_000))
+  t.ok(await eventually(() => accepted(s) >= 10_000))
   cut.req.destroy()
   await cut.reply
   const described = await s.tus('HEAD', path, ietf(6))

@@ -7,7 +7,7 @@ import type { Test } from 'tap'
 import { WebSocket } from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
 import type { FileLike, WebSocketConstructor } from '../../client/index.js'
-import { bytes, Changes, PATIENCE_MS, Recorder, sleep } from './index.js'
+import { bytes, Changes, Recorder } from './index.js'
 
 /** A file of deterministic bytes (Node's File: a real Blob). */
 export function file (name: string, size: number, type = '', seed = size): File {
@@ -159,20 +159,6 @@ export function discardingRecorder (recorder: Recorder): { factory: () => [Recor
     discard: (state: { record: { id: number } }) => { discarded.push(state.record.id) }
   } as Recorder['writer']
   return { factory: () => [writer, { level: 'test' }], discarded }
-}
-
-/**
- * `fn()` once it returns something, polling every 10 ms (real time, even under fake
- * timers); fails after `ms`, a bound on what must happen, never an ordering. Where the
- * thing watched has an event, wait on that instead (Recorder.until, rawSocket's until).
- */
-export async function until<T> (what: string, fn: () => T | undefined | false, ms = PATIENCE_MS): Promise<T> {
-  for (let waited = 0; ; waited += 10) {
-    const value = fn()
-    if (value !== undefined && value !== false) return value
-    if (waited >= ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
-    await sleep(10)
-  }
 }
 
 /** A line of the demo's JSON log. */

@@ -220,16 +220,32 @@ export async function strayFiles (dir: string): Promise<string[]> {
 }
 
 /**
- * Polls until `fn` holds or `ms` passed; returns whether it held. Only for what has no
- * event to wait on (files on disk); `ms` bounds a wait for what must happen.
+ * Polls `fn` every 10 ms until it returns something (not undefined or false), and
+ * returns that; fails after `ms`, a bound on what must happen, never an ordering.
+ * Only for what has no event to wait on (files on disk, a server's socket): where the
+ * thing watched has one, wait on it instead (Changes, Recorder.until, rawSocket's until).
  */
+export async function until<T> (what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = PATIENCE_MS): Promise<T> {
+  const value = await poll(fn, ms)
+  if (value === undefined) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+  return value
+}
+
+/** As `until`, for a check: whether `fn` held within `ms`. */
 export async function eventually (fn: () => boolean | Promise<boolean>, ms = PATIENCE_MS): Promise<boolean> {
-  // Counted in real sleeps, not by Date (which fake timers stop).
-  for (let waited = 0; waited < ms; waited += 10) {
-    if (await fn()) return true
+  return await poll(fn, ms) !== undefined
+}
+
+/** `fn()` once it returns something, or undefined after `ms`. */
+async function poll<T> (fn: () => T | undefined | false | Promise<T | undefined | false>, ms: number): Promise<T | undefined> {
+  // Counted in real sleeps (node:timers/promises, bound at import), not by Date: fake
+  // timers stop Date and leave these sleeps real.
+  for (let waited = 0; ; waited += 10) {
+    const value = await fn()
+    if (value !== undefined && value !== false) return value
+    if (waited >= ms) return undefined
     await sleep(10)
   }
-  return await fn()
 }
 
 export interface App {

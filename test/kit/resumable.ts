@@ -2,24 +2,10 @@
 // every header exactly as given (nothing added but Host, and Content-Length for a whole
 // body), and the answer as received. Bodies may be streamed, stalled or cut by the test.
 import { request, type ClientRequest, type IncomingHttpHeaders } from 'node:http'
-import { setTimeout as realSleep } from 'node:timers/promises'
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import type { ChunkedUploadOptions, UploadConfig, WriterFactory } from '../../lib/index.js'
-import { Recorder, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
-
-/**
- * A barrier: polls `fn` until it holds, with real timers and a bounded number of polls
- * (not the clock: it works while fake timers own Date and setTimeout). The bound only
- * ends a test that would otherwise hang; what the test shows never depends on it.
- */
-export async function until (fn: () => boolean | Promise<boolean>, polls = 1000): Promise<boolean> {
-  for (let i = 0; i < polls; i++) {
-    if (await fn()) return true
-    await realSleep(10)
-  }
-  return await fn()
-}
+import { Recorder, eventually, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
 
 /**
  * Controls the recorder's writers: while shut, `init` and `writeChunk` wait for `open()`;
@@ -249,9 +235,9 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       const bare = replies.filter((r) => r.status !== 0 && !r.asked.startsWith('OPTIONS') && r.headers['tus-resumable'] !== '1.0.0')
       t.same(bare.map((r) => `${r.asked} → ${r.status}`), [], 'every answer but OPTIONS carries Tus-Resumable: 1.0.0')
       await started.app.close()
-      t.ok(await until(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
+      t.ok(await eventually(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
       recorder.check(t)
-      t.ok(await until(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
+      t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
     }
   }
   return setup
