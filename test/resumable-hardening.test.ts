@@ -9,15 +9,11 @@ import type { FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import chunkedUpload from '../lib/index.js'
 import { bytes, eventually, sha256, strayFiles } from './kit/index.js'
-import { OCTETS, TUS, WriterGate, ietf, open, setupResumable, type Headers, type Reply } from './kit/resumable.js'
+import { TUS, WriterGate, heldPatch, ietf, open, patchHeaders, setupResumable, type Headers, type Reply } from './kit/resumable.js'
 import { fakeClock } from './kit/clock.js'
 
 const byUser = { owner: (request: FastifyRequest) => request.headers['x-user'] }
 const alice = { 'x-user': 'alice' }
-
-function patchHeaders (offset: number, more: Headers = {}): Headers {
-  return { ...TUS, 'content-type': OCTETS, 'upload-offset': offset, ...more }
-}
 
 function statuses (replies: Reply[]): Record<number, number> {
   const counts: Record<number, number> = {}
@@ -247,12 +243,7 @@ t.test('a creation whose writer starts while shutdown begins is ended with a cod
 })
 
 t.test('shutdown during a writer call in flight: the call settles, the writer gets one cancel, the PATCH a coded 503', async (t) => {
-  const gate = new WriterGate()
-  const s = await setupResumable(t, { chunkTimeout: 30_000 }, { gate })
-  const path = await s.create({ ...TUS, 'upload-length': 10_000 })
-  gate.shut()
-  const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
-  running.req.write(bytes(1000))
+  const { s, gate, running } = await heldPatch(t)
   t.ok(await eventually(() => gate.held === 1), 'its writer call is in flight')
   const closing = s.app.close()
   t.ok(await eventually(() => s.recorder.records[0]!.closes.length === 0 && gate.held === 1), 'shutdown waits for the call in flight')

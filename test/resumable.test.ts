@@ -12,15 +12,11 @@ import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
 import { bytes, eventually, multipart, sha256, strayFiles } from './kit/index.js'
 import {
-  IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, idOf, ietf, open, setupResumable, type Headers, type Reply, type Setup
+  IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, heldPatch, idOf, ietf, open, patchHeaders, setupResumable, type Headers, type Reply, type Setup
 } from './kit/resumable.js'
 import { fakeClock } from './kit/clock.js'
 
 const EXTENSIONS = ['creation', 'creation-with-upload', 'creation-defer-length', 'termination', 'expiration', 'checksum', 'concatenation']
-
-function patchHeaders (offset: number, more: Headers = {}): Headers {
-  return { ...TUS, 'content-type': OCTETS, 'upload-offset': offset, ...more }
-}
 
 /** PATCH `data` at `offset` in one request. */
 async function patch (s: Setup, path: string, offset: number, data: Buffer, more: Headers = {}): Promise<Reply> {
@@ -729,12 +725,7 @@ t.test('pre-emption waits for the writer call in flight; a PATCH whose client le
 })
 
 t.test('a HEAD queued behind a DELETE answers 410, not the offset of the upload the DELETE ended', async (t) => {
-  const gate = new WriterGate()
-  const s = await setupResumable(t, { chunkTimeout: 30_000 }, { gate })
-  const path = await s.create({ ...TUS, 'upload-length': 10_000 })
-  gate.shut()
-  const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
-  running.req.write(bytes(1000))
+  const { s, gate, path, running } = await heldPatch(t)
   t.ok(await eventually(() => gate.held === 1), 'the PATCH holds the upload, its writer call in flight')
   const deleted = s.tus('DELETE', path, TUS)
   t.ok(await eventually(() => s.seen.includes(`DELETE ${path}`)), 'the DELETE waits for the upload first')

@@ -5,7 +5,7 @@ import { request, type ClientRequest, type IncomingHttpHeaders } from 'node:http
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import type { ChunkedUploadOptions, UploadConfig, WriterFactory } from '../../lib/index.js'
-import { Recorder, eventually, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
+import { Recorder, bytes, eventually, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
 
 /**
  * Controls the recorder's writers: while shut, `init` and `writeChunk` wait for `open()`;
@@ -71,6 +71,11 @@ export interface Reply {
 export const TUS: Headers = { 'tus-resumable': '1.0.0' }
 export const OCTETS = 'application/offset+octet-stream'
 export const PARTIAL = 'application/partial-upload'
+
+/** Headers of a tus 1.0 PATCH at `offset`. */
+export function patchHeaders (offset: number, more: Headers = {}): Headers {
+  return { ...TUS, 'content-type': OCTETS, 'upload-offset': offset, ...more }
+}
 
 /** Headers of the IETF draft: an interop version instead of Tus-Resumable. */
 export function ietf (version: string | number, more: Headers = {}): Headers {
@@ -241,6 +246,21 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
     }
   }
   return setup
+}
+
+/**
+ * An upload of 10 000 bytes (chunkTimeout 30 s) and its PATCH, which has sent its first
+ * 1000 bytes to a writer behind a shut gate: once `gate.held === 1` the PATCH holds the
+ * upload with a writer call in flight, until `gate.open()`.
+ */
+export async function heldPatch (t: Test): Promise<{ s: Setup, gate: WriterGate, path: string, running: Open }> {
+  const gate = new WriterGate()
+  const s = await setupResumable(t, { chunkTimeout: 30_000 }, { gate })
+  const path = await s.create({ ...TUS, 'upload-length': 10_000 })
+  gate.shut()
+  const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
+  running.req.write(bytes(1000))
+  return { s, gate, path, running }
 }
 
 /** The one writer record whose bytes are `data`, by digest. */
