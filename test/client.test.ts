@@ -8,8 +8,9 @@ import { WebSocket as WsWebSocket, WebSocketServer } from 'ws'
 import { channelUrls, SUBPROTOCOL, upload, type FileLike, type Progress, type UploadOptions, type WebSocketConstructor } from '../client/index.js'
 import { bytes, sha256, until } from './kit/index.js'
 import {
-  discardingRecorder, file, fileWith, frames, messages, mostAnnounced, mostUnacked, recordingWebSocket, Recorder, startChannelApp
+  discardingRecorder, file, fileWith, frames, messages, mostAnnounced, mostUnacked, recordingWebSocket, Recorder
 } from './kit/client-kit.js'
+import { startChannelApp } from './kit/channel.js'
 
 interface Consumed { note: string | null, files: Array<{ name: string, type: string, bytes: number, sha256: string }>, errors: Array<{ clientName: string, code: string }> }
 

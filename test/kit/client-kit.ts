@@ -1,11 +1,9 @@
-// Test helpers for the client library: the real plugin with its channel on 127.0.0.1,
-// files of any size, and a `ws` WebSocket that records what crosses it both ways.
+// Test helpers for the client library (the app itself is kit/channel.ts's
+// startChannelApp): files of any size, a `ws` WebSocket that records what crosses it
+// both ways, and the demo as a user runs it.
 import { spawn, type ChildProcess } from 'node:child_process'
-import websocket from '@fastify/websocket'
-import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import { WebSocket } from 'ws'
-import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
 import type { FileLike, WebSocketConstructor } from '../../client/index.js'
 import { bytes, Changes, Recorder } from './index.js'
 
@@ -122,30 +120,6 @@ export function mostAnnounced (wire: Wire): number {
     most = Math.max(most, live.size)
   }
   return most
-}
-
-export interface ChannelApp {
-  app: FastifyInstance
-  /** The origin, `http://127.0.0.1:port`. */
-  url: string
-}
-
-/**
- * Fastify with the plugin (`channel: true`) and @fastify/websocket, given routes,
- * listening on 127.0.0.1; closed at teardown.
- */
-export async function startChannelApp (t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}): Promise<ChannelApp> {
-  const app = Fastify()
-  // The plugin's preClose must run before @fastify/websocket's (which closes every
-  // socket at once, with no code), so that shutdown says why: register it first.
-  await app.register(chunkedUpload, { channel: true, ...options })
-  await app.register(websocket)
-  routes(app)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const address = app.server.address()
-  const port = typeof address === 'object' && address !== null ? address.port : 0
-  t.teardown(() => app.close())
-  return { app, url: `http://127.0.0.1:${port}` }
 }
 
 /**
