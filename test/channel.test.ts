@@ -6,8 +6,8 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import chunkedUpload, { type UploadConfig, type UploadEntry } from '../lib/index.js'
-import { Recorder, bytes, eventually, multipart, sha256, stillServes, strayFiles, tmpDirFor, type Faults } from './kit/index.js'
-import { ProtocolClient, SUBPROTOCOL, frame, postJson, startChannelApp, type ChannelApp } from './kit/channel.js'
+import { Recorder, bytes, checkLetGo, eventually, multipart, postJson, sha256, stillServes, strayFiles, tmpDirFor, type Faults } from './kit/index.js'
+import { ProtocolClient, SUBPROTOCOL, frame, startChannelApp, type ChannelApp } from './kit/channel.js'
 import { fakeClock } from './kit/clock.js'
 
 interface Setup extends ChannelApp { recorder: Recorder, dir: string, ws: string }
@@ -37,9 +37,7 @@ async function setup (
 }
 
 async function afterEach (t: Test, s: Setup): Promise<void> {
-  t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
-  s.recorder.check(t)
-  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'no stray temp file')
+  await checkLetGo(t, s.recorder, s.dir)
   await stillServes(t, s.url)
 }
 

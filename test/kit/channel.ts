@@ -168,9 +168,3 @@ const REFUSALS = new Set(['unknown_entry', 'bad_offset', 'bad_frame', 'bad_messa
 export function isEnd (code: string): boolean {
   return !REFUSALS.has(code)
 }
-
-/** POSTs JSON to the route and returns status and body. */
-export async function postJson (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, json: any }> {
-  const response = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } })
-  return { status: response.status, json: await response.json() }
-}

@@ -248,6 +248,16 @@ async function poll<T> (fn: () => T | undefined | false | Promise<T | undefined 
   }
 }
 
+/**
+ * Once the server let its uploads go: every writer got its close, the recorder's
+ * guarantees held (see `check`), and no temp file is left in `dir`.
+ */
+export async function checkLetGo (t: Test, recorder: Recorder, dir: string): Promise<void> {
+  t.ok(await eventually(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
+  recorder.check(t)
+  t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
+}
+
 export interface App {
   app: FastifyInstance
   url: string
@@ -283,6 +293,12 @@ export async function listen (t: Test, app: FastifyInstance): Promise<App> {
 export async function stillServes (t: Test, url: string): Promise<void> {
   const response = await fetch(`${url}/health`)
   t.equal(response.status, 200, 'the server still answers')
+}
+
+/** POSTs JSON to the route and returns status and body. */
+export async function postJson (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, json: any }> {
+  const response = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } })
+  return { status: response.status, json: await response.json() }
 }
 
 export interface Part {

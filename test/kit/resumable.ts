@@ -5,7 +5,7 @@ import { request, type ClientRequest, type IncomingHttpHeaders } from 'node:http
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import type { ChunkedUploadOptions, UploadConfig, WriterFactory } from '../../lib/index.js'
-import { Recorder, bytes, eventually, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
+import { Recorder, bytes, checkLetGo, postJson, sha256, startApp, stillServes, tmpDirFor, type App, type Faults } from './index.js'
 
 /**
  * Controls the recorder's writers: while shut, `init` and `writeChunk` wait for `open()`;
@@ -230,8 +230,7 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       return new URL(String(reply.headers.location), endpoint).pathname
     },
     async claim (refs, headers = {}, path = '/up') {
-      const response = await fetch(started.url + path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(refs) })
-      return { status: response.status, json: await response.json() }
+      return await postJson(started.url + path, refs, headers)
     },
     async finish (t) {
       if (finished) return
@@ -240,9 +239,7 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       const bare = replies.filter((r) => r.status !== 0 && !r.asked.startsWith('OPTIONS') && r.headers['tus-resumable'] !== '1.0.0')
       t.same(bare.map((r) => `${r.asked} → ${r.status}`), [], 'every answer but OPTIONS carries Tus-Resumable: 1.0.0')
       await started.app.close()
-      t.ok(await eventually(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
-      recorder.check(t)
-      t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
+      await checkLetGo(t, recorder, dir)
     }
   }
   return setup
