@@ -51,7 +51,7 @@ export const EchoWriter = defineWriter({
     return { total: state.total, chunks: state.chunks, sha256: state.hash.copy().digest('hex') }
   },
   async writeChunk (data, state) {
-    state.log.info({ size: data.length }, 'echo writer: chunk')
+    state.log.info({ size: data.length, delay: state.delay }, 'echo writer: chunk')
     if (state.delay > 0) await sleep(state.delay)
     state.hash.update(data)
     return { ...state, total: state.total + data.length, chunks: state.chunks + 1 }

@@ -39,11 +39,14 @@ export const PluginOptionsSchema = Type.Object({
   channel: Opt(Type.Boolean()),
   channelSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
   channelWindow: Opt(Type.Integer({ minimum: 1, maximum: 1024 })),
+  channelQueueBytes: Opt(PositiveInt),
+  tmpFileQueueBytes: Opt(PositiveInt),
   owner: Opt(Fn),
   entryTtl: Opt(Milliseconds),
   resumableSuffix: Opt(Type.String({ pattern: '^/[^?#]*[^/?#]$' })),
   resumableExpiry: Opt(Milliseconds),
-  resumableMaxLifetime: Opt(Milliseconds)
+  resumableMaxLifetime: Opt(Milliseconds),
+  maxResumableUploads: Opt(PositiveInt)
 }, { additionalProperties: false })
 
 /** LiveView's defaults, camelCased, plus ours. */
@@ -61,10 +64,13 @@ export const PLUGIN_DEFAULTS = {
   maxFieldSize: 1_048_576,
   channelSuffix: '/ws',
   channelWindow: 32,
+  channelQueueBytes: 16 * 1024 * 1024,
+  tmpFileQueueBytes: 64 * 1024 * 1024,
   entryTtl: 300_000,
   resumableSuffix: '/tus',
   resumableExpiry: 3_600_000,
-  resumableMaxLifetime: 86_400_000
+  resumableMaxLifetime: 86_400_000,
+  maxResumableUploads: 1000
 }
 
 /** An upload config with every default filled in and `accept` parsed. */
@@ -147,11 +153,14 @@ export interface PluginSettings {
   channel: boolean
   channelSuffix: string
   channelWindow: number
+  channelQueueBytes: number
+  tmpFileQueueBytes: number
   owner: OwnerFn
   entryTtl: number
   resumableSuffix: string
   resumableExpiry: number
   resumableMaxLifetime: number
+  maxResumableUploads: number
 }
 
 export type OwnerFn = (request: FastifyRequest) => unknown
@@ -168,12 +177,15 @@ export function validatePluginOptions (options: unknown): PluginSettings {
     channel: opts.channel ?? false,
     channelSuffix: opts.channelSuffix ?? PLUGIN_DEFAULTS.channelSuffix,
     channelWindow: opts.channelWindow ?? PLUGIN_DEFAULTS.channelWindow,
+    channelQueueBytes: opts.channelQueueBytes ?? PLUGIN_DEFAULTS.channelQueueBytes,
+    tmpFileQueueBytes: opts.tmpFileQueueBytes ?? PLUGIN_DEFAULTS.tmpFileQueueBytes,
     // Without an owner, refs are bearer tokens: everyone is the same owner.
     owner: opts.owner ?? (() => undefined),
     entryTtl: opts.entryTtl ?? PLUGIN_DEFAULTS.entryTtl,
     resumableSuffix: opts.resumableSuffix ?? PLUGIN_DEFAULTS.resumableSuffix,
     resumableExpiry: opts.resumableExpiry ?? PLUGIN_DEFAULTS.resumableExpiry,
-    resumableMaxLifetime: opts.resumableMaxLifetime ?? PLUGIN_DEFAULTS.resumableMaxLifetime
+    resumableMaxLifetime: opts.resumableMaxLifetime ?? PLUGIN_DEFAULTS.resumableMaxLifetime,
+    maxResumableUploads: opts.maxResumableUploads ?? PLUGIN_DEFAULTS.maxResumableUploads
   }
 }
 

@@ -24,7 +24,8 @@ export const UnknownEntryError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_ENTRY',
 export const InProgressError = createError('FST_CHUNKED_UPLOAD_IN_PROGRESS', 'Cannot consume "%s" while entries are still uploading', 409)
 export const InvalidConfigError = createError('FST_CHUNKED_UPLOAD_INVALID_CONFIG', '%s', 500, TypeError)
 export const UnknownRefError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_REF', 'Upload ref %s for "%s" is unknown, expired, already used or not yours', 400)
-export const ChannelNeedsWebsocketError = createError('FST_CHUNKED_UPLOAD_NO_WEBSOCKET', 'The upload channel of %s needs @fastify/websocket: register it before the routes, or set channel: false', 500)
+export const ChannelNeedsWebsocketError = createError('FST_CHUNKED_UPLOAD_NO_WEBSOCKET', 'The upload channel of %s needs @fastify/websocket: register it after fastify-chunked-upload and before the routes, or set channel: false', 500)
+export const ChannelOrderError = createError('FST_CHUNKED_UPLOAD_WEBSOCKET_ORDER', 'With channel: true, register fastify-chunked-upload before @fastify/websocket: at shutdown, @fastify/websocket closes every socket without a code, and the plugin must first tell channel sockets why (shutting_down, then 1001)', 500)
 export const BadResumableHeaderError = createError('FST_CHUNKED_UPLOAD_BAD_HEADER', 'Header %s must be %s', 400)
 export const ResumableVersionError = createError('FST_CHUNKED_UPLOAD_UNSUPPORTED_VERSION', 'Unsupported protocol version: send Tus-Resumable: 1.0.0, or Upload-Draft-Interop-Version 5 to 8', 412)
 export const ResumableMediaTypeError = createError('FST_CHUNKED_UPLOAD_BAD_CONTENT_TYPE', 'An append needs Content-Type %s', 415)
@@ -47,8 +48,12 @@ export const HookOrderError = createError(
 )
 export const PluginOrderError = createError(
   'FST_CHUNKED_UPLOAD_PLUGIN_ORDER',
-  'A plugin registered before fastify-chunked-upload added %s hooks to %s from its onRoute hook: they would run twice on %s, which that route derives. Register fastify-chunked-upload before that plugin', 500, TypeError
+  'A plugin registered before fastify-chunked-upload added %s hooks to %s from its onRoute hook: they would run twice on %s, which it derives. Register fastify-chunked-upload before that plugin', 500, TypeError
 )
+export const PastLengthError = createError('FST_CHUNKED_UPLOAD_PAST_LENGTH', 'The append goes past the upload length of %s bytes (Upload-Length)', 413)
+export const TooManyUploadsError = createError('FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS', 'The server holds its most resumable uploads (%s, maxResumableUploads): try again later', 503)
+export const MethodNotAllowedError = createError('FST_CHUNKED_UPLOAD_METHOD_NOT_ALLOWED', 'Method %s is not allowed here: use %s', 405)
+export const ConcatReadError = createError('FST_CHUNKED_UPLOAD_CONCAT_READ', 'Partial upload %s could not be read: the final upload ended', 500)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** An error plus the short entry-level code it maps to. */

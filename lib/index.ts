@@ -8,16 +8,16 @@ import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
 import { CARRIED_HOOKS, DerivedRoutes, carriedFrom, derivedOptions, hookList, type Carried, type HookName, type RouterMatching } from './derived-routes.js'
 import {
-  AlreadyRegisteredError, ChannelNeedsWebsocketError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
+  AlreadyRegisteredError, ChannelNeedsWebsocketError, ChannelOrderError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
 import { bodyKind, continueWithoutBody, hasBody } from './route-body.js'
 import { RefStore } from './refs.js'
 import { Uploads } from './uploads.js'
-import { TmpFileWriter } from './writers/tmp-file.js'
+import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 import { receiveMultipart } from './transports/multipart.js'
 import { receiveRaw } from './transports/raw.js'
-import { Channel, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
+import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
 import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transports/resumable.js'
 import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
 
@@ -41,6 +41,12 @@ function derivedRoute (where: string, bodyHook: unknown, ...args: Parameters<typ
   return Object.assign(options, { [kDerivedFrom]: { where, hookCounts }, [kBodyHook]: bodyHook })
 }
 
+/** A route, for messages: `POST /files`; a derived route (on every method) by its URL and origin. */
+function nameOf (route: RouteOptions): string {
+  const derivedFrom = (route as WithBodyHook)[kDerivedFrom]
+  return derivedFrom === undefined ? `${[route.method].flat().join(',')} ${route.url}` : `${route.url} (derived from ${derivedFrom.where})`
+}
+
 /** The router options that make two paths one route, however the app gave them. */
 function routerMatching (fastify: FastifyInstance): RouterMatching {
   const config = fastify.initialConfig as { routerOptions?: Partial<RouterMatching> } & Partial<RouterMatching>
@@ -54,16 +60,9 @@ function uploadsOf (request: FastifyRequest): Uploads | null {
   return request.uploads as Uploads | null
 }
 
-/** What the channel needs of @fastify/websocket's decorator (without depending on its types). */
-type WithWebsocketServer = FastifyInstance & { websocketServer: { clients?: Set<unknown> } }
-
 /** A `ws` socket as the channel route's handler gets it. */
 interface WsSocket extends ChannelSocket {
   readonly protocol: string
-  close (code?: number, reason?: string): void
-  once (event: 'close', listener: () => void): unknown
-  /** ws's frame parser: its limit is checked against each frame's header, before the payload is read. */
-  _receiver?: { _maxPayload: number }
 }
 
 /** A route's own path plus a suffix (`/up/` + `/ws` → `/up/ws`), under the same prefix. */
@@ -80,7 +79,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const settings = validatePluginOptions(options)
   const tmpDir = settings.tmpDir ?? tmpdir()
   await mkdir(tmpDir, { recursive: true })
-  const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir: tmpDir }]
+  /** Bytes handed to this instance's temp files and not yet on disk. */
+  const tmpFileBudget = new TmpFileBudget(settings.tmpFileQueueBytes)
+  const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir: tmpDir, budget: tmpFileBudget }]
+  /** Chunk bytes received over this instance's channels and waiting for their writers. */
+  const channelBudget = new ChannelBudget(settings.channelQueueBytes)
+  // @fastify/websocket's preClose closes every socket it tracks, without a code; preClose
+  // hooks run in registration order, so ours must come first to tell channel sockets why.
+  if (settings.channel && fastify.hasDecorator('websocketServer')) throw new ChannelOrderError()
   /** Upload sets of requests in flight, cancelled at shutdown. */
   const live = new Set<Uploads>()
   /** Channel sockets open, closed with 1001 at shutdown. */
@@ -88,7 +94,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   /** Finished channel and resumable entries waiting for their ref. */
   const refs = new RefStore(settings.entryTtl)
   /** Resumable uploads in progress, across requests. */
-  const resumables = new ResumableRegistry()
+  const resumables = new ResumableRegistry(settings.maxResumableUploads)
 
   /** Channels and resumable endpoints, one per path (and constraints). */
   const derived = new DerivedRoutes(routerMatching(fastify))
@@ -111,7 +117,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       // An onRoute hook that ran before this one added hooks to this derived route: it did
       // the same to the route it derives from, whose hooks it carries, so they would run twice.
       const grown = CARRIED_HOOKS.find((name) => hookList(route[name]).length > derivedFrom.hookCounts[name])
-      if (grown !== undefined) throw new PluginOrderError(grown, derivedFrom.where, `${[route.method].flat().join(',')} ${route.url}`)
+      if (grown !== undefined) throw new PluginOrderError(grown, derivedFrom.where, route.url)
     }
     if (route.allowUpload === undefined) return
     const where = `${[route.method].flat().join(',')} ${route.url}`
@@ -221,7 +227,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       expiry: settings.resumableExpiry,
       maxLifetime: settings.resumableMaxLifetime,
       staging: TmpFileWriter,
-      stagingOptions: { dir: tmpDir }
+      stagingOptions: { dir: tmpDir, budget: tmpFileBudget }
     })
     function markResumable (_request: FastifyRequest, reply: FastifyReply, done: () => void): void {
       reply.header('tus-resumable', TUS_VERSION)
@@ -245,13 +251,11 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     // Behind everything the route declared (hooks, constraints, errorHandler, …). Each
     // `...common` below gets its own hook arrays (see derivedOptions).
     const common = derivedRoute(where, handOverBody, carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } })
-    const options = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => await endpoint.options(request, reply)
-    instance.route({ ...common, method: 'OPTIONS', url: base, handler: options } as RouteOptions)
-    instance.route({ ...common, method: 'POST', url: base, handler: async (request, reply) => await endpoint.post(request, reply) } as RouteOptions)
-    instance.route({ ...common, method: 'OPTIONS', url: `${base}/:id`, handler: options } as RouteOptions)
-    instance.route({
-      ...common, method: ['HEAD', 'PATCH', 'DELETE', 'POST'], url: `${base}/:id`, handler: async (request, reply) => await endpoint.upload(request, reply)
-    } as RouteOptions)
+    // Every method: X-HTTP-Method-Override names the method whatever the actual one, and
+    // the endpoint answers the others (405, with Tus-Resumable) itself.
+    const method = instance.supportedMethods
+    instance.route({ ...common, method, url: base, handler: async (request, reply) => await endpoint.endpoint(request, reply) } as RouteOptions)
+    instance.route({ ...common, method, url: `${base}/:id`, handler: async (request, reply) => await endpoint.upload(request, reply) } as RouteOptions)
   }
 
   /**
@@ -274,17 +278,11 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
     function serveChannel (socket: WsSocket, request: FastifyRequest): void {
       const uploads = uploadsOf(request)!
-      // ws fixes its frame limit per server; the channel's is per route. Set before the
-      // first frame is parsed, it refuses a larger frame from its header (close 1009).
-      socket._receiver!._maxPayload = maxBytes
       if (socket.protocol !== SUBPROTOCOL) return socket.close(1002, `use subprotocol ${SUBPROTOCOL}`)
       live.add(uploads)
       sockets.set(uploads, socket)
-      // @fastify/websocket's own preClose closes the sockets it tracks, without a code, and
-      // may run before ours: this one is ours to close (1001, after telling its entries).
-      ;(instance as WithWebsocketServer).websocketServer.clients?.delete(socket)
       // The channel lives as long as the socket's listeners hold it.
-      new Channel(socket, uploads, settings.channelWindow) // eslint-disable-line no-new
+      new Channel(socket, uploads, { window: settings.channelWindow, maxMessageBytes: maxBytes, budget: channelBudget }) // eslint-disable-line no-new
       socket.once('close', () => {
         sockets.delete(uploads)
         uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).finally(() => live.delete(uploads))
@@ -309,7 +307,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       // Ours but not last: a hook was put after it. Not there at all: another plugin wrapped
       // each hook (a tracer, say), which is harmless unless it also added one.
       const misplaced = hooks.includes(hook as never) ? hooks.at(-1) !== hook : hooks.length > count
-      if (misplaced) throw new HookOrderError(`${[route.method].flat().join(',')} ${route.url}`)
+      if (misplaced) throw new HookOrderError(nameOf(route))
     }
   })
 
@@ -338,7 +336,7 @@ export function defineWriter<Options, State, Meta> (impl: UploadWriter<Options, 
   return impl
 }
 
-export { TmpFileWriter } from './writers/tmp-file.js'
+export { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 export type { TmpFileMeta, TmpFileOptions, TmpFileState } from './writers/tmp-file.js'
 export { MemoryWriter } from './writers/memory.js'
 export type { MemoryMeta, MemoryState } from './writers/memory.js'

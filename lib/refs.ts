@@ -3,8 +3,11 @@
 import type { ResolvedConfig } from './config.js'
 import type { Entry } from './entry.js'
 
-/** Where a parked entry came from: told when a request claims it, so it is listed there no more. */
-export interface EntryHome { forsake (entry: Entry): void }
+/** Why a parked entry left the store: a request claimed it, its entryTtl passed, or the server shut down. */
+export type ForsakeReason = 'claimed' | 'expired' | 'shut down'
+
+/** Where a parked entry came from: told when it leaves the store (and why), so it is listed there no more. */
+export interface EntryHome { forsake (entry: Entry, why: ForsakeReason): void }
 
 interface Parked { entry: Entry, owner: unknown, home: EntryHome, timer: NodeJS.Timeout }
 
@@ -21,7 +24,7 @@ export class RefStore {
     this.forget(entry)
     const timer = setTimeout(() => {
       this.#parked.delete(entry.ref)
-      entry.discard().then(() => home.forsake(entry), () => {})
+      entry.discard().then(() => home.forsake(entry, 'expired'), () => {})
     }, this.#ttl)
     // Waiting refs alone must not keep the process alive.
     timer.unref()
@@ -53,7 +56,7 @@ export class RefStore {
   claim (ref: string): Entry {
     const parked = this.#parked.get(ref)!
     this.forget(parked.entry)
-    parked.home.forsake(parked.entry)
+    parked.home.forsake(parked.entry, 'claimed')
     return parked.entry
   }
 
@@ -63,7 +66,7 @@ export class RefStore {
     for (const { entry } of all) this.forget(entry)
     await Promise.all(all.map(async ({ entry, home }) => {
       await entry.discard()
-      home.forsake(entry)
+      home.forsake(entry, 'shut down')
     }))
   }
 }

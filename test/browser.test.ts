@@ -7,11 +7,10 @@
 import { createHash, randomBytes } from 'node:crypto'
 import t from 'tap'
 import { openDemo, STEP_MS, type TestFile } from './kit/browser.js'
-import { until } from './kit/client-kit.js'
 
 const sha256 = (data: Buffer): string => createHash('sha256').update(data).digest('hex')
 
-const { page, logs, pageErrors, consoleErrors, watchBars, bars, barValue, dropFiles, tableRows, waitForStatus } = await openDemo(t, 'browser')
+const { page, logs, until, pageErrors, consoleErrors, watchBars, bars, barValue, chooseFiles, dropFiles, tableRows, waitForStatus } = await openDemo(t, 'browser')
 
 t.test('three files dropped and sent over the WebSocket: every bar reaches 100 %, the page shows what the handler consumed', async (t) => {
   const files: TestFile[] = [
@@ -42,19 +41,23 @@ t.test('three files dropped and sent over the WebSocket: every bar reaches 100 %
   const large = (await bars())['large.png']!
   t.ok(large.filter((value) => value > 0 && value < 100).length >= 3, `the large file's bar moved in steps with the acks (${large.join(', ')})`)
   t.ok(large.every((value, i) => i === 0 || value >= large[i - 1]!), 'and never went back')
+  // The demo's log is read as it arrives; it is in order: the upgrade came before the POST.
+  t.ok(await until('the refs\' POST in the log', () => logs().some((line) => line.req?.url === '/upload/files' && line.req.method === 'POST')), 'then the refs were posted to the route')
   t.equal(logs().filter((line) => line.req?.url === '/upload/files/ws').length, upgradesBefore + 1, 'the files went over the route\'s channel')
-  t.ok(logs().some((line) => line.req?.url === '/upload/files' && line.req.method === 'POST'), 'then the refs were posted to the route')
 })
 
 t.test('over HTTP (XMLHttpRequest, chosen files): bars by bytes sent, refused files shown with their error', async (t) => {
   const good = { name: 'photo.png', mimeType: 'image/png', buffer: randomBytes(900_000) }
   const refused = { name: 'report.pdf', mimeType: 'application/pdf', buffer: randomBytes(1000) }
   await page.check('input[name="transport"][value="http"]')
-  await page.setInputFiles('#files-form input[type="file"]', [good, refused])
+  await chooseFiles('#files-form input[type="file"]', [good, refused])
   await page.fill('#files-form input[name="note"]', '')
   const upgradesBefore = logs().filter((line) => line.req?.url === '/upload/files/ws').length
+  const posts = (): number => logs().filter((line) => line.req?.url === '/upload/files' && line.req.method === 'POST').length
+  const postsBefore = posts()
   await page.click('#files-form button[type="submit"]')
   t.equal(await waitForStatus('section:has(#files-form)', /stored/), '1 stored, 1 not.')
+  await until('the form\'s POST in the log', () => posts() > postsBefore)
   t.same(await tableRows('section:has(#files-form)'), [
     ['photo.png', 'image/png', '900 kB', sha256(good.buffer)],
     ['report.pdf', '', '', 'not_accepted: type not accepted']
@@ -67,7 +70,7 @@ t.test('over HTTP (XMLHttpRequest, chosen files): bars by bytes sent, refused fi
 t.test('over the WebSocket, a refused file shows its error next to the stored ones', async (t) => {
   const huge = { name: 'huge.png', mimeType: 'image/png', buffer: randomBytes(2_100_000) }
   const fine = { name: 'fine.txt', mimeType: 'text/plain', buffer: Buffer.from('fine') }
-  await page.setInputFiles('#files-form input[type="file"]', [huge, fine])
+  await chooseFiles('#files-form input[type="file"]', [huge, fine])
   await page.click('#files-form button[type="submit"]')
   t.equal(await waitForStatus('section:has(#files-form)', /stored/), '1 stored, 1 not.')
   const line = page.locator('#files-form + ul li[data-name="huge.png"]')
@@ -80,7 +83,7 @@ t.test('a large upload cancelled midway with its button: the server closes its w
   const big = { name: 'big.bin', mimeType: 'application/octet-stream', buffer: randomBytes(8_000_000) }
   const small = { name: 'small.txt', mimeType: 'text/plain', buffer: Buffer.from('small and done') }
   t.ok(await page.locator('#echo-form input[name="slow"]').isChecked(), 'the slow writer is on: 25 ms a chunk')
-  await page.setInputFiles('#echo-form input[type="file"]', [big, small])
+  await chooseFiles('#echo-form input[type="file"]', [big, small])
   await page.click('#echo-form button[type="submit"]')
   const line = page.locator('#echo-form + ul li[data-name="big.bin"]')
   await page.waitForFunction(() => ((globalThis as any).document.querySelector('#echo-form + ul li[data-name="big.bin"] progress')?.value ?? 0) >= 5, undefined, { timeout: STEP_MS })
@@ -92,7 +95,7 @@ t.test('a large upload cancelled midway with its button: the server closes its w
 
   t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 files, 14 B echoed/)
   t.same(await tableRows('section:has(#echo-form)'), [['small.txt', 'text/plain', '14', '1', sha256(small.buffer)], ['big.bin', '', '', '', 'cancelled: cancelled']])
-  const closed = await until('the server to close big.bin\'s writer', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'big.bin'), STEP_MS)
+  const closed = await until('the server to close big.bin\'s writer', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'big.bin'))
   t.equal(closed.reason, 'cancel', 'the server\'s writer recorded cancel')
   t.ok(closed.total! > 0 && closed.total! < big.buffer.length, `after part of the file (${closed.total} bytes)`)
   t.equal(await page.locator('#echo-form + ul li[data-name="small.txt"]').getAttribute('data-status'), 'done')

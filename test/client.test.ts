@@ -6,10 +6,11 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import t from 'tap'
 import { WebSocket as WsWebSocket, WebSocketServer } from 'ws'
 import { channelUrls, SUBPROTOCOL, upload, type FileLike, type Progress, type UploadOptions, type WebSocketConstructor } from '../client/index.js'
-import { bytes, sha256, sleep } from './kit/index.js'
+import { bytes, sha256, until } from './kit/index.js'
 import {
-  discardingRecorder, file, fileWith, frames, messages, mostAnnounced, mostUnacked, recordingWebSocket, Recorder, startChannelApp, until
+  discardingRecorder, file, fileWith, frames, messages, mostAnnounced, mostUnacked, recordingWebSocket, Recorder
 } from './kit/client-kit.js'
+import { startChannelApp } from './kit/channel.js'
 
 interface Consumed { note: string | null, files: Array<{ name: string, type: string, bytes: number, sha256: string }>, errors: Array<{ clientName: string, code: string }> }
 
@@ -163,7 +164,7 @@ t.test('websocket: a file\'s own signal cancels that file only, on the server to
   t.ok(before.bytes >= 2000 && before.bytes < 50_000, 'cancelled midway, after the ack that triggered it')
   t.same(messages(wires[0]!, 'out', 'cancel'), [{ type: 'cancel', id: 2 }])
   t.ok(frames(wires[0]!, 2).length < 50, 'b.bin was not sent whole')
-  await until('b.bin\'s writer to close', () => recorder.records.length === 3 && recorder.records.every((r) => r.closes.length === 1))
+  await recorder.until('b.bin\'s writer to close', () => recorder.records.length === 3 && recorder.records.every((r) => r.closes.length === 1))
   t.same(recorder.reasons().sort(), ['cancel', 'done', 'done'], 'the server closed b.bin\'s writer with cancel')
   recorder.check(t)
 })
@@ -219,7 +220,7 @@ t.test('websocket: the upload\'s signal cancels what is in flight, discards what
   t.equal(progress.at(-1)!.status, 'uploading', 'no event after the abort')
   await until('the socket to close', () => wire.events.at(-1)?.dir === 'close')
   t.match(wire.events.at(-1), { dir: 'close', code: 1000 })
-  await until('the writers to close', () => recorder.records.length === 3 && recorder.records.every((r) => r.closes.length === 1))
+  await recorder.until('the writers to close', () => recorder.records.length === 3 && recorder.records.every((r) => r.closes.length === 1))
   t.same(recorder.reasons(), ['done', 'cancel', 'cancel'])
   await until('the done file to be discarded', () => discarded.length === 1)
   t.same(discarded, [recorder.records[0]!.id], 'the finished file is discarded')
@@ -238,7 +239,7 @@ t.test('websocket: a throwing onProgress stops the upload and rejects with its e
     uploadName: 'files', WebSocket, onProgress: (_f, p) => { if (p.bytes > 0) throw oops }
   }), oops)
   t.same(messages(wires[0]!, 'out', 'cancel'), [{ type: 'cancel', id: 1 }])
-  await until('the writer to close', () => recorder.records[0]?.closes.length === 1)
+  await recorder.until('the writer to close', () => recorder.records[0]?.closes.length === 1)
   t.same(recorder.reasons(), ['cancel'])
 
   // A throw on 'done' rejects too (the file is done, so the server discards it).
@@ -289,7 +290,7 @@ t.test('websocket: the server closing the socket ends every unfinished file with
     { name: 'b.bin', ok: false, code: 'connection_closed', message: 'the upload channel closed (4000: kicked out)' },
     { name: 'c.bin', ok: false, code: 'connection_closed' }
   ])
-  await until('the writers to close', () => recorder.records.every((r) => r.closes.length === 1))
+  await recorder.until('the writers to close', () => recorder.records.every((r) => r.closes.length === 1))
   t.same(recorder.reasons(), ['done', 'cancel'])
 
   // A throw from onProgress while the files fail stops there, and rejects.
@@ -353,7 +354,7 @@ t.test('websocket: a file that cannot be read fails alone, and its entry is canc
     { name: 'fine.bin', ok: true }
   ])
   t.same(messages(wires[0]!, 'out', 'cancel'), [{ type: 'cancel', id: 1 }, { type: 'cancel', id: 2 }])
-  await until('the writers to close', () => recorder.records.length === 3 && recorder.records.every((r) => r.closes.length === 1))
+  await recorder.until('the writers to close', () => recorder.records.length === 3 && recorder.records.every((r) => r.closes.length === 1))
   t.same(recorder.reasons(), ['cancel', 'cancel', 'done'])
 })
 
@@ -391,13 +392,19 @@ t.test('websocket: a file that stalls past chunkTimeout fails with chunk_timeout
   const recorder = new Recorder()
   const { url } = await startChannelApp(t, filesRoute(recorder.factory, { chunkTimeout: 150 }))
   const { WebSocket, wires } = recordingWebSocket()
+  // The file's second read stalls until the server gave up on it.
+  let release!: () => void
+  const stalled = new Promise<void>((resolve) => { release = resolve })
   const stalling = fileWith(file('slow.bin', 3000), async (start, _end, data) => {
-    if (start === 1000) await sleep(400)
+    if (start === 1000) await stalled
     return data
   })
-  const result = await upload(`${url}/upload/files`, [stalling, file('quick.bin', 3000)], { uploadName: 'files', WebSocket })
+  const uploading = upload(`${url}/upload/files`, [stalling, file('quick.bin', 3000)], { uploadName: 'files', WebSocket })
+  await until('slow.bin\'s error to reach the client', () => wires[0] !== undefined && messages(wires[0], 'in', 'error').length > 0)
+  release()
+  const result = await uploading
   t.match(result.files, [{ name: 'slow.bin', ok: false, code: 'chunk_timeout' }, { name: 'quick.bin', ok: true }])
-  await until('the writers to close', () => recorder.records.every((r) => r.closes.length === 1))
+  await recorder.until('the writers to close', () => recorder.records.every((r) => r.closes.length === 1))
   t.same(recorder.reasons(), ['cancel', 'done'])
   t.same(frames(wires[0]!, 1).map((f) => f.offset), [0], 'nothing sent for the timed-out file after its error')
 })
@@ -499,7 +506,7 @@ t.test('http: a file\'s signal cancels the request its files share; the upload\'
   const one = new AbortController()
   const progress = progressLog()
   // Cancelled once the server's writer has some of a.bin.
-  until('the writer to get bytes', () => (recorder.records[0]?.bytes ?? 0) >= 5000).then(() => one.abort(), () => {})
+  recorder.until('the writer to get bytes', () => (recorder.records[0]?.bytes ?? 0) >= 5000).then(() => one.abort(), () => {})
   const result = await upload(`${url}/upload/files`, [file('a.bin', 600_000), { file: file('b.bin', 10), signal: early.signal }, { file: file('c.bin', 10), signal: one.signal }], {
     uploadName: 'files', transport: 'http', onProgress: progress.onProgress
   })
@@ -509,7 +516,7 @@ t.test('http: a file\'s signal cancels the request its files share; the upload\'
   t.ok(aEvents.slice(0, -1).every((p) => p.status === 'uploading'), 'nothing after cancelled')
   t.same(progress.of('b.bin'), [], 'a file cancelled before the request is not sent')
   // The server reads what the client had already handed to the network, then the end.
-  await until('the writer to close', () => recorder.records[0]?.closes.length === 1, 10_000)
+  await recorder.until('the writer to close', () => recorder.records[0]?.closes.length === 1)
   t.same(recorder.reasons(), ['cancel'], 'the server cancelled the entry')
 
   const controller = new AbortController()

@@ -5,10 +5,10 @@ import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { setTimeout as sleep } from 'node:timers/promises'
 import t from 'tap'
 import { WebSocket } from 'ws'
-import { startDemo, until } from './kit/client-kit.js'
+import { startDemo } from './kit/client-kit.js'
+import { eventually } from './kit/index.js'
 
 /** The client library as the package exports it (dist/client/index.js), which the page loads too. */
 const CLIENT = 'fastify-chunked-upload/client'
@@ -17,8 +17,6 @@ const { upload } = await import(CLIENT) as typeof import('../client/index.js')
 function sha256 (data: Buffer): string {
   return createHash('sha256').update(data).digest('hex')
 }
-
-const waitFor = <T>(what: string, fn: () => T | undefined): Promise<T> => until(what, fn, 15_000)
 
 function form (field: string, files: Array<{ name: string, type: string, data: Buffer }>, fields: Record<string, string> = {}): FormData {
   const body = new FormData()
@@ -40,7 +38,7 @@ async function encoded (body: FormData): Promise<{ body: Buffer, headers: Record
 
 const tmp = await mkdtemp(join(tmpdir(), 'fcu-demo-'))
 t.teardown(() => rm(tmp, { recursive: true, force: true }))
-const { url, logs } = await startDemo(t, tmp)
+const { url, logs, until: waitFor } = await startDemo(t, tmp)
 
 t.test('GET / serves the page with its two upload forms, the transport switch, the client library and the Uppy bundle', async (t) => {
   const response = await fetch(url)
@@ -96,14 +94,13 @@ t.test('over the channel: files land on the socket, their refs are submitted, th
     ],
     errors: []
   })
-  t.ok(logs().some((line) => line.req?.url === '/upload/files/ws'), 'the upgrade went to the route\'s channel')
+  t.ok(await waitFor('the upgrade in the log', () => logs().some((line) => line.req?.url === '/upload/files/ws')), 'the upgrade went to the route\'s channel')
 })
 
 t.test('over the channel, with ?slow=1: EchoWriter takes its time, and a cancel closes it with cancel', async (t) => {
   const big = new File([randomBytes(3_000_000)], 'slow.bin')
   const small = new File([Buffer.from('quick')], 'quick.txt', { type: 'text/plain' })
   const cancel = new AbortController()
-  const started = Date.now()
   const result = await upload(`${url}/upload/echo?slow=1`, [{ file: big, signal: cancel.signal }, small], {
     uploadName: 'echo', WebSocket, submit: true, onProgress: (file, p) => { if (file === big && p.progress >= 10) cancel.abort() }
   })
@@ -112,7 +109,8 @@ t.test('over the channel, with ?slow=1: EchoWriter takes its time, and a cancel 
   const closed = await waitFor('the close log line', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'slow.bin'))
   t.equal(closed.reason, 'cancel', 'the cancelled entry\'s writer is closed with cancel')
   t.ok(closed.chunks! >= 4, 'it got chunks first')
-  t.ok(Date.now() - started >= 4 * 25, 'each chunk took the writer 25 ms')
+  const delays = logs().filter((line) => line.msg === 'echo writer: chunk' && line.file === 'slow.bin').map((line) => line.delay)
+  t.same(new Set(delays), new Set([25]), 'the writer waited 25 ms on each chunk (?slow=1 reached it)')
 })
 
 /** The tus 1.0 headers of a creation: length and metadata (base64 values). */
@@ -165,14 +163,15 @@ t.test('the resumable endpoint with ?slow=1: EchoWriter takes its time, and a tu
   const created = await fetch(`${url}/upload/echo/tus?slow=1`, { method: 'POST', headers: tusCreation(1_000_000, { filename: 'deleted.bin' }) })
   t.equal(created.status, 201)
   const uploadUrl = new URL(created.headers.get('location')!, url).href
-  const started = Date.now()
   t.equal((await tusPatch(uploadUrl, 0, data)).status, 204)
-  const chunks = logs().filter((line) => line.msg === 'echo writer: chunk' && line.file === 'deleted.bin').length
-  t.ok(chunks >= 4 && Date.now() - started >= chunks * 25, `the slow writer took its ${chunks} chunks`)
   const deleted = await fetch(uploadUrl, { method: 'DELETE', headers: { 'tus-resumable': '1.0.0' } })
   t.equal(deleted.status, 204)
   const closed = await waitFor('the close log line', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'deleted.bin'))
-  t.match(closed, { reason: 'cancel', total: data.length, chunks, sha256: sha256(data) }, 'closed with cancel, after what it got')
+  // The log is in order: every chunk line came before the close line.
+  const delays = logs().filter((line) => line.msg === 'echo writer: chunk' && line.file === 'deleted.bin').map((line) => line.delay)
+  t.ok(delays.length >= 4, `the writer got the PATCH in chunks (${delays.length})`)
+  t.same(new Set(delays), new Set([25]), 'and waited 25 ms on each (?slow=1 on the creation reached it)')
+  t.match(closed, { reason: 'cancel', total: data.length, chunks: delays.length, sha256: sha256(data) }, 'closed with cancel, after what it got')
 })
 
 t.test('the temp-file route reports name, type, size and sha256 of each file', async (t) => {
@@ -274,10 +273,6 @@ t.test('the demo leaves no temp file behind and still answers', async (t) => {
   const response = await fetch(url)
   t.equal(response.status, 200)
   await response.text()
-  let left = await readdir(tmp)
-  for (let i = 0; i < 50 && left.length > 0; i++) {
-    await sleep(20)
-    left = await readdir(tmp)
-  }
-  t.same(left, [], 'every temp file was removed')
+  t.ok(await eventually(async () => (await readdir(tmp)).length === 0), 'every temp file was removed')
+  t.same(await readdir(tmp), [])
 })

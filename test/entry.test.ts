@@ -8,6 +8,7 @@ import { resolveAllowUpload } from '../lib/config.js'
 import { Entry } from '../lib/entry.js'
 import { MemoryWriter, TmpFileWriter, defineWriter, type UploadWriter, type WriterFactory } from '../lib/index.js'
 import { Recorder, eventually, sleep, strayFiles, tmpDirFor } from './kit/index.js'
+import { fakeClock } from './kit/clock.js'
 
 const warnings: unknown[] = []
 const log = {
@@ -33,12 +34,13 @@ function entryWith (writer: WriterFactory, config: Record<string, unknown> = {},
 }
 
 t.test('cancel while writeChunk is in flight: close comes after the call, never during it', async (t) => {
-  const recorder = new Recorder({ chunkDelay: 100 })
+  const recorder = new Recorder({ hangOnChunk: 1 })
   const entry = entryWith(recorder.factory)
   await entry.start()
   const writing = entry.write(Buffer.from('abc'))
-  await sleep(20)
+  await recorder.hung()
   const cancelled = entry.cancel()
+  recorder.release()
   await t.rejects(writing, { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
   await cancelled
   t.equal(entry.status, 'cancelled')
@@ -56,7 +58,7 @@ t.test('cancel while init is in flight: the writer is closed once init returns',
   const recorder = new Recorder({ hangInit: true })
   const entry = entryWith(recorder.factory)
   const starting = entry.start()
-  await sleep(10)
+  await recorder.hung()
   const cancelled = entry.cancel()
   recorder.release()
   await t.rejects(starting, { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
@@ -67,12 +69,15 @@ t.test('cancel while init is in flight: the writer is closed once init returns',
 t.test('cancel while the factory runs: no init, no close', async (t) => {
   const recorder = new Recorder()
   let release!: () => void
+  let inFactory!: () => void
+  const factoryRuns = new Promise<void>((resolve) => { inFactory = resolve })
   const entry = entryWith(async () => {
+    inFactory()
     await new Promise<void>((resolve) => { release = resolve })
     return recorder.factory('f', entry, request)
   })
   const starting = entry.start()
-  await sleep(10)
+  await factoryRuns
   const cancelled = entry.cancel()
   release()
   await cancelled
@@ -107,28 +112,42 @@ t.test('a factory that throws is a writer failure, without init or close', async
 })
 
 t.test('init that outlives writerTimeout fails the entry; if it succeeds later, close(cancel) follows', async (t) => {
+  const clock = fakeClock(t)
   const recorder = new Recorder({ hangInit: true })
   const entry = entryWith(recorder.factory, { writerTimeout: 50 })
-  await t.rejects(entry.start(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  const failing = t.rejects(entry.start(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  await recorder.hung()
+  await clock.tickAsync(50)
+  await failing
   t.equal(recorder.records.length, 0)
   recorder.release()
-  t.ok(await eventually(() => recorder.reasons().length === 1))
+  await recorder.until('the late init\'s writer to close', () => recorder.reasons().length === 1)
   t.same(recorder.reasons(), ['cancel'])
   await entry.cancel()
   t.same(recorder.reasons(), ['cancel'], 'no second close')
 })
 
 t.test("close('done') that outlives writerTimeout fails the entry", async (t) => {
+  const clock = fakeClock(t)
   let release!: () => void
+  let inClose!: () => void
+  const closeRuns = new Promise<void>((resolve) => { inClose = resolve })
   const Slow = defineWriter({
     init: () => ({}),
     meta: () => ({}),
     writeChunk: (_data, state) => state,
-    close: async (state) => { await new Promise<void>((resolve) => { release = resolve }); return state }
+    close: async (state) => {
+      inClose()
+      await new Promise<void>((resolve) => { release = resolve })
+      return state
+    }
   })
   const entry = entryWith(() => Slow, { writerTimeout: 50 })
   await entry.start()
-  await t.rejects(entry.finish(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  const failing = t.rejects(entry.finish(), { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  await closeRuns
+  await clock.tickAsync(50)
+  await failing
   t.equal(entry.status, 'failed')
   release()
 })

@@ -1,6 +1,8 @@
 // Raw bodies: one entry per request, named by the route or the `upload` query parameter.
 import t from 'tap'
-import { Recorder, bytes, eventually, rawRequest, rawSocket, sha256, sleep, startApp, stillServes } from './kit/index.js'
+import { setImmediate } from 'node:timers/promises'
+import { Recorder, bytes, rawRequest, rawSocket, sha256, startApp, stillServes } from './kit/index.js'
+import { fakeClock } from './kit/clock.js'
 
 t.test('a raw body is one entry: filename, type and size from the headers', async (t) => {
   const recorder = new Recorder()
@@ -58,7 +60,9 @@ t.test('an unreadable Content-Disposition leaves the name empty', async (t) => {
   t.same(names, ['', ''])
 })
 
-t.test('client abort mid raw body: cancel, and the server carries on', async (t) => {
+t.test('client abort mid raw body: cancel at once (no timer involved), and the server carries on', async (t) => {
+  // The clock stands still: the cancel can only come from the socket's close, not from a timeout.
+  fakeClock(t)
   const recorder = new Recorder()
   const { url, port } = await startApp(t, (app) => {
     app.post('/raw', { allowUpload: { f: { accept: 'any', maxFileSize: 10_000_000, writer: recorder.factory } } }, async () => 'ok')
@@ -66,9 +70,9 @@ t.test('client abort mid raw body: cancel, and the server carries on', async (t)
   const socket = await rawSocket(port)
   socket.write('POST /raw HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 1000000\r\n\r\n')
   socket.write(bytes(100_000))
-  t.ok(await eventually(() => (recorder.records[0]?.bytes ?? 0) > 0))
+  await recorder.until('bytes to reach the writer', () => (recorder.records[0]?.bytes ?? 0) > 0)
   socket.destroy()
-  t.ok(await eventually(() => recorder.records[0]!.closes.length === 1, 1000))
+  await recorder.until('the writer to close', () => recorder.records[0]!.closes.length === 1)
   t.same(recorder.reasons(), ['cancel'])
   recorder.check(t)
   await stillServes(t, url)
@@ -108,6 +112,8 @@ t.test('no Content-Type and no filename: an entry with empty type and name', asy
 })
 
 t.test('a refused body larger than the drain limit is cut off with Connection: close', async (t) => {
+  // The clock stands still: the drain ends by its byte limit, never by its time limit.
+  fakeClock(t)
   const recorder = new Recorder()
   const { port, url } = await startApp(t, (app) => {
     app.post('/small', { allowUpload: { f: { accept: 'any', maxFileSize: 1000, writer: recorder.factory } } }, async () => 'ok')
@@ -118,10 +124,11 @@ t.test('a refused body larger than the drain limit is cut off with Connection: c
   // after the server closed would make its kernel reset the connection, and a reset
   // drops whatever the client had not read yet.)
   for (let i = 0; i < 80 && !socket.destroyed && !socket.received().includes('413'); i++) {
-    socket.write(bytes(64 * 1024, i))
-    await sleep(1)
+    await new Promise<void>((resolve) => socket.write(bytes(64 * 1024, i), () => resolve()))
+    await setImmediate()
   }
-  t.ok(await eventually(() => socket.received().includes('413'), 10_000), 'the client got its 413')
+  await socket.until('the 413', () => socket.received().includes('413'))
+  t.pass('the client got its 413')
   t.match(socket.received(), /connection: close/i)
   socket.destroy()
   t.equal(recorder.records.length, 0)

@@ -11,7 +11,7 @@ import { join } from 'node:path'
 import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import * as tus from 'tus-js-client'
-import { bytes, eventually, sha256, sleep, strayFiles, tmpDirFor } from './kit/index.js'
+import { bytes, eventually, sha256, strayFiles, tmpDirFor } from './kit/index.js'
 import { FaultProxy } from './kit/fault-proxy.js'
 import { TUS, recordOf, setupResumable, type Setup } from './kit/resumable.js'
 
@@ -45,8 +45,8 @@ function newUpload (input: Input, options: Options, acked: number[], resolve: (u
   return upload
 }
 
-/** One upload to its end, bounded in time. */
-async function run (input: Input, options: Options, ms = 20_000): Promise<Run> {
+/** One upload to its end; the bound only ends a run that would hang (generous: the machine may be loaded). */
+async function run (input: Input, options: Options, ms = 120_000): Promise<Run> {
   const acked: number[] = []
   let upload!: tus.Upload
   const url = await new Promise<string>((resolve, reject) => {
@@ -185,7 +185,7 @@ t.test('abort(), then a new Upload with uploadUrl: HEAD, then PATCH from the off
   const acked: number[] = []
   const first = newUpload(data, { endpoint: s.endpoint, chunkSize: 256 * 1024 }, acked, () => {}, () => {})
   first.start()
-  t.ok(await eventually(() => acked.length >= 2, 10_000), 'two chunks went through')
+  t.ok(await eventually(() => acked.length >= 2), 'two chunks went through')
   await first.abort()
   const kept = await eventually(() => (s.recorder.records[0]?.closes.length ?? 1) === 0 && s.recorder.records[0]!.bytes >= 512 * 1024)
   t.ok(kept, 'the writer is open and holds at least the acknowledged bytes')
@@ -209,7 +209,7 @@ t.test('abort(true) terminates: DELETE, the temp file removed, 410 for the URL, 
   const acked: number[] = []
   const upload = newUpload(data, { endpoint: s.endpoint, chunkSize: 256 * 1024 }, acked, () => {}, () => {})
   upload.start()
-  t.ok(await eventually(() => acked.length >= 1, 10_000))
+  t.ok(await eventually(() => acked.length >= 1))
   await upload.abort(true)
   t.ok(s.seen.some((line) => line.startsWith('DELETE ')), 'the client sent DELETE')
   t.equal((await s.tus('HEAD', upload.url!, TUS)).status, 410)
@@ -285,21 +285,18 @@ t.test('connections cut twice mid-PATCH by a proxy: the client resumes each time
 })
 
 t.test('a stalled connection (half-open): a new client with the upload URL pre-empts the stalled PATCH at once and finishes', async (t) => {
-  const s = await setupResumable(t, { ...config, chunkTimeout: 60_000 })
+  // chunkTimeout as long as timers allow: only pre-emption can end the stalled PATCH.
+  const s = await setupResumable(t, { ...config, chunkTimeout: 2_147_483_647 })
   const proxy = await FaultProxy.start(s.port, [{ direction: 'up', after: 600_000, kind: 'stall' }])
   t.teardown(() => proxy.close())
   const data = bytes(2 * MiB, 19)
   const acked: number[] = []
   const stalled = newUpload(data, { endpoint: `${proxy.url}/up/tus` }, acked, () => {}, () => {})
   stalled.start()
-  t.ok(await eventually(() => proxy.stats.faults === 1 && (s.recorder.records[0]?.bytes ?? 0) > 0, 5000), 'the PATCH stalled after some bytes')
-  await sleep(100)
+  t.ok(await eventually(() => proxy.stats.faults === 1 && (s.recorder.records[0]?.bytes ?? 0) > 0, 30_000), 'the PATCH stalled after some bytes')
   await stalled.abort()
-  const started = Date.now()
   const resumed = await run(data, { endpoint: s.endpoint, uploadUrl: stalled.url })
-  const took = Date.now() - started
-  t.ok(took < 3000, `the resume took ${took} ms: it did not wait for chunkTimeout (60 s)`)
-  t.equal(resumed.url, stalled.url)
+  t.equal(resumed.url, stalled.url, 'the resume pre-empted the stalled PATCH (it cannot time out)')
   t.ok(recordOf(s.recorder, data), 'every byte exactly once, in order')
   t.equal((await consumed(s, resumed.url)).sha256, sha256(data))
   await proxy.close()

@@ -3,25 +3,31 @@
 // append without Upload-Complete, and the bounded memory of ended uploads.
 import t from 'tap'
 import cors from '@fastify/cors'
-import { Recorder, bytes, eventually, sha256, sleep, startApp } from './kit/index.js'
-import { OCTETS, PARTIAL, TUS, ietf, open, setupResumable } from './kit/resumable.js'
-import { ResumableRegistry } from '../lib/transports/resumable.js'
+import { Recorder, bytes, eventually, sha256, startApp } from './kit/index.js'
+import { OCTETS, PARTIAL, TUS, WriterGate, ietf, open, setupResumable } from './kit/resumable.js'
+import { ResumableRegistry, goneError } from '../lib/transports/resumable.js'
 import type { ResumableUpload } from '../lib/transports/resumable-upload.js'
 
 t.test('an append whose client left while it waited for the upload stores nothing and leaves the upload resumable', async (t) => {
-  const s = await setupResumable(t, { chunkSize: 1_000_000 }, { faults: { chunkDelay: 400 } })
+  const gate = new WriterGate()
+  let aborted = 0
+  const s = await setupResumable(t, { chunkSize: 1_000_000 }, { gate, before: (app) => { app.addHook('onRequestAbort', async (_request) => { aborted++ }) } })
   const path = await s.create({ ...TUS, 'upload-length': 3000 })
-  // A: 1000 bytes, then silence; its writer call takes 400 ms.
+  // A: 1000 bytes, then silence; its writer call is held.
+  gate.shut()
   const first = open(s.url + path, 'PATCH', { ...TUS, 'content-type': OCTETS, 'upload-offset': 0, 'content-length': 3000 })
   first.req.write(bytes(1000))
-  await sleep(50)
+  t.ok(await eventually(() => gate.held === 1), "A's writer call is in flight")
   // B pre-empts A, then its own client gives up before A's writer call settled.
   const second = open(s.url + path, 'PATCH', { ...TUS, 'content-type': OCTETS, 'upload-offset': 1000, 'content-length': 2000 })
   second.req.write(bytes(10))
-  await sleep(20)
+  t.ok(await eventually(() => s.seen.includes(`PATCH ${path} 1000`)), 'B waits for the upload')
   second.req.destroy()
+  t.ok(await eventually(() => aborted === 1), "B's client left")
   first.req.destroy()
-  await eventually(() => s.recorder.records[0]!.bytes === 1000, 3000)
+  t.ok(await eventually(() => aborted === 2), "and A's")
+  gate.open()
+  t.ok(await eventually(() => s.recorder.records[0]!.bytes === 1000))
   const head = await s.tus('HEAD', path)
   t.equal(head.headers['upload-offset'], '1000', 'only what the writer accepted')
   t.same(s.recorder.records.map((r) => r.closes.length), [0], 'the upload lives on: its writer is not closed')
@@ -62,8 +68,8 @@ t.test('IETF: an append without Upload-Complete is an ordinary, incomplete appen
 })
 
 t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first (404)', async (t) => {
-  const registry = new ResumableRegistry()
-  const fake = (id: string): ResumableUpload => ({ id, stopTimers () {} }) as unknown as ResumableUpload
+  const registry = new ResumableRegistry(Infinity)
+  const fake = (id: string): ResumableUpload => ({ id, slot: {}, stopTimers () {}, interrupt () {} }) as unknown as ResumableUpload
   const count = 10_001
   let live = 0
   for (let i = 0; i < count; i++) {
@@ -78,10 +84,11 @@ t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first
   t.equal(registry.find(`u${count - 1}`), 'terminated')
   registry.remove(fake('u1'), 'expired')
   t.equal(registry.find('u1'), 'terminated', 'removing an upload that is not live changes nothing')
+  t.match(goneError(registry.find('u0') as undefined), { statusCode: 410, message: 'The upload ended: it ended' }, 'a request that held a forgotten upload is told it ended')
 })
 
 t.test('a multipart body to the endpoint is no upload: 415, and no upload is left behind', async (t) => {
-  const s = await setupResumable(t, { maxEntries: 1 })
+  const s = await setupResumable(t, { maxEntries: 1 }, { plugin: { owner: () => 'alice' } })
   const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10, 'content-type': 'multipart/form-data; boundary=x' }, '--x--\r\n')
   t.equal(refused.status, 415)
   t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })).status, 201, 'its maxEntries slot is free')

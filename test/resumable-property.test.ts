@@ -12,6 +12,7 @@ import type { FastifyRequest } from 'fastify'
 import * as tus from 'tus-js-client'
 import { Recorder, bytes, eventually, sha256, startApp, strayFiles, tmpDirFor } from './kit/index.js'
 import { FaultProxy, type Fault } from './kit/fault-proxy.js'
+import { propertyRun } from './kit/property.js'
 
 type Protocol = 'tus-v1' | 'ietf-draft-03' | 'ietf-draft-05'
 
@@ -102,7 +103,7 @@ t.test('uploads through random cuts complete byte-identical; each writer sees a 
       await proxy.close()
     }
     if (process.env.FC_DEBUG) console.error(JSON.stringify({ id, size, input, chunkSize, protocol, withUpload, parallel, plan, stats: proxy.stats }))
-  }), { numRuns: Number(process.env.FC_RUNS ?? 60), endOnFailure: true, seed: Number(process.env.FC_SEED ?? Date.now() % 100_000) })
+  }), { ...propertyRun(t, 60), endOnFailure: true })
 
   t.ok(struck > 0, `faults struck (${struck} over ${runs} draws)`)
   // Uploads orphaned by a lost creation answer expire; finished ones unclaimed are discarded.

@@ -134,6 +134,24 @@ t.test('another plugin\'s onRoute preParsing hook: before the plugin it runs fir
     message: /A preParsing hook was added to POST \/up after fastify-chunked-upload's, which takes the body: register the plugin that adds it before fastify-chunked-upload, or \(on a route with a channel or resumable endpoint\) declare that hook on the route itself/
   })
   await after.close()
+
+  // A plugin that appends its hook only to routes that take PATCH: the resumable endpoint's.
+  const onPatchRoutes = fp(async (app: FastifyInstance) => {
+    app.addHook('onRoute', (route) => {
+      if (![route.method].flat().includes('PATCH')) return
+      const gunzip: preParsingAsyncHookHandler = async (_request, _reply, payload) => payload
+      route.preParsing = [route.preParsing ?? []].flat().concat(gunzip)
+    })
+  })
+  const derived = Fastify()
+  await derived.register(chunkedUpload)
+  await derived.register(onPatchRoutes)
+  derived.post('/up', { allowUpload: { f: { accept: 'any', resumable: true } } }, async () => 'ok')
+  await t.rejects(async () => { await derived.ready() }, {
+    code: 'FST_CHUNKED_UPLOAD_HOOK_ORDER',
+    message: /A preParsing hook was added to \/up\/tus \(derived from POST \/up\) after fastify-chunked-upload's/
+  })
+  await derived.close()
 })
 
 t.test('an upload refused before its body arrived answers with Connection: close, as Fastify does for a parser error', async (t) => {

@@ -324,7 +324,7 @@ t.test('a plugin that adds per-route hooks, registered before: startup fails say
   }, {}, perRoutePlugin(new Map()))
   t.match(error, {
     code: 'FST_CHUNKED_UPLOAD_PLUGIN_ORDER',
-    message: /A plugin registered before fastify-chunked-upload added onRequest hooks to POST \/files from its onRoute hook: they would run twice on OPTIONS \/files\/tus, which that route derives\. Register fastify-chunked-upload before that plugin/
+    message: /A plugin registered before fastify-chunked-upload added onRequest hooks to POST \/files from its onRoute hook: they would run twice on \/files\/tus, which it derives\. Register fastify-chunked-upload before that plugin/
   })
   // Routes that derive nothing are not concerned: the plugin's hooks run once there.
   t.equal(await startupError((app) => { app.post('/plain', { allowUpload: { file: { accept: 'any' } } }, consumeAll) }, {}, perRoutePlugin(new Map())), undefined)

@@ -71,7 +71,11 @@ export interface UploadEntry {
 export interface UploadConfig {
   /** `.ext`, `type/subtype`, `type/*`, or `'any'`. */
   accept: 'any' | readonly string[]
-  /** Most entries one request may carry for this name. Default 1. */
+  /**
+   * Most entries one request may carry for this name. Default 1. On the resumable endpoint:
+   * most uploads open at once per owner (the plugin's `owner`; requests without one are
+   * not limited by it, `maxResumableUploads` bounds them).
+   */
   maxEntries?: number
   /** Largest file in bytes. Default 8_000_000. */
   maxFileSize?: number
@@ -108,7 +112,7 @@ export interface ChunkedUploadOptions {
   maxFieldSize?: number
   /**
    * Serve a WebSocket upload channel for every route with `allowUpload` (needs
-   * `@fastify/websocket`, registered before the routes). See PROTOCOL.md. Default false.
+   * `@fastify/websocket`, registered after this plugin and before the routes). See PROTOCOL.md. Default false.
    */
   channel?: boolean
   /** The channel's path is the route's path plus this. Default `'/ws'`. */
@@ -116,8 +120,20 @@ export interface ChunkedUploadOptions {
   /** Chunk frames a channel client may send before their acknowledgement. Default 32. */
   channelWindow?: number
   /**
+   * Chunk bytes received over this instance's channel sockets and waiting for their
+   * writers: past it, channel sockets stop being read until half of it is free.
+   * Default 16_777_216 (16 MiB).
+   */
+  channelQueueBytes?: number
+  /**
+   * Bytes handed to this instance's temp-file writers and not yet on disk: past it,
+   * their `writeChunk` waits for the disk. Default 67_108_864 (64 MiB).
+   */
+  tmpFileQueueBytes?: number
+  /**
    * Who owns an upload: a finished channel entry's ref can only be consumed by a request
-   * with the same owner (compared with `===`). Default: nobody, refs are bearer tokens.
+   * with the same owner (compared with `===`), a resumable upload only reached by it, and
+   * `maxEntries` counts resumable uploads per owner. Default: nobody, refs are bearer tokens.
    */
   owner?: (request: FastifyRequest) => unknown
   /** How long a finished channel or resumable entry waits for its ref to be consumed, in ms. Default 300_000. */
@@ -128,6 +144,12 @@ export interface ChunkedUploadOptions {
   resumableExpiry?: number
   /** The longest a resumable upload may take from creation to its last byte, in ms. Default 86_400_000. */
   resumableMaxLifetime?: number
+  /**
+   * Resumable uploads open at once in this plugin instance, every owner and route together
+   * (unfinished, finished waiting for their ref, staged partials); a creation past it gets
+   * 503 `FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS`. Bounds disk and file descriptors. Default 1000.
+   */
+  maxResumableUploads?: number
 }
 
 /** An error recorded against an upload name or an entry. */

@@ -2,7 +2,7 @@
 import Fastify, { type FastifyRequest } from 'fastify'
 import { describe, expect, test } from 'tstyche'
 import chunkedUpload, {
-  MemoryWriter, TmpFileWriter, defineWriter,
+  MemoryWriter, TmpFileBudget, TmpFileWriter, defineWriter,
   type CloseReason, type RequestUploads, type TmpFileMeta, type UploadEntry, type UploadError, type UploadWriter
 } from '../lib/index.js'
 
@@ -24,6 +24,7 @@ describe('defineWriter', () => {
 
   test('the built-in writers are writers', () => {
     expect(TmpFileWriter).type.toBeAssignableTo<UploadWriter>()
+    expect(TmpFileWriter.init).type.toBeCallableWith({ dir: '/tmp', budget: new TmpFileBudget(1_000_000) })
     expect(MemoryWriter).type.toBeAssignableTo<UploadWriter>()
     expect<ReturnType<typeof TmpFileWriter.meta>>().type.toBe<TmpFileMeta>()
   })
@@ -55,6 +56,8 @@ describe('the allowUpload route option', () => {
     })
     expect(app.register).type.not.toBeCallableWith(chunkedUpload, { channel: 'yes' })
     expect(app.register).type.toBeCallableWith(chunkedUpload, { resumableSuffix: '/tus', resumableExpiry: 60_000, resumableMaxLifetime: 3_600_000 })
+    expect(app.register).type.toBeCallableWith(chunkedUpload, { channelQueueBytes: 8_000_000, tmpFileQueueBytes: 32_000_000 })
+    expect(app.register).type.not.toBeCallableWith(chunkedUpload, { channelQueueBytes: '8 MB' })
   })
 })
 

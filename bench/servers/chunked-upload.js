@@ -19,9 +19,10 @@ import { MAX_FILE_SIZE, makeTmpDir, serve } from './common.js'
 const dir = makeTmpDir('chunked-upload')
 const app = Fastify()
 const channel = process.env.BENCH_CHANNEL === '1'
-if (channel) await app.register((await import('@fastify/websocket')).default)
 const channelWindow = process.env.BENCH_CHANNEL_WINDOW === undefined ? {} : { channelWindow: Number(process.env.BENCH_CHANNEL_WINDOW) }
 await app.register(chunkedUpload, { tmpDir: dir, channel, ...channelWindow })
+// After the plugin, which must tell channel sockets why they close before @fastify/websocket closes them.
+if (channel) await app.register((await import('@fastify/websocket')).default)
 
 const chunkSize = process.env.BENCH_CHUNK_SIZE === undefined ? {} : { chunkSize: Number(process.env.BENCH_CHUNK_SIZE) }
 

@@ -5,12 +5,16 @@
 import type { Readable } from 'node:stream'
 import type { ResolvedConfig } from '../config.js'
 import type { Entry } from '../entry.js'
+import { SilenceTimer } from './silence.js'
 
 /** How an append ended. */
 export type AppendEnd = 'end' | 'stopped' | 'aborted' | 'timeout' | 'limit' | 'failed'
 
-/** Why an upload is gone: what later requests for it are told (410). */
-export type GoneReason = 'terminated' | 'expired' | 'failed' | 'consumed' | 'concatenated' | 'shut down' | 'cancelled'
+/** Why an upload is gone: what later requests for it are told (410, or 503 at shutdown). */
+export type GoneReason = 'terminated' | 'expired' | 'unclaimed' | 'failed' | 'consumed' | 'concatenated' | 'shut down'
+
+/** A place an upload takes among the endpoint's limits (maxEntries, maxResumableUploads), from before its writer starts until it ends. */
+export interface Slot { readonly owner: unknown, readonly config: ResolvedConfig, readonly partial: boolean }
 
 interface Holder { stop: (() => void) | undefined, released: Promise<void> }
 
@@ -28,6 +32,8 @@ export interface UploadInit {
   maxLifetime: number
   /** Called once when the upload expires. */
   onExpire: (upload: ResumableUpload) => void
+  /** The place it took among the limits, reserved before its creation awaited anything. */
+  slot: Slot
 }
 
 export class ResumableUpload {
@@ -37,6 +43,7 @@ export class ResumableUpload {
   readonly metadata: string | undefined
   readonly concat: 'partial' | 'final' | undefined
   readonly concatHeader: string | undefined
+  readonly slot: Slot
   /** Known length of the whole upload; undefined while deferred. */
   length: number | undefined
   readonly #expiry: number
@@ -44,7 +51,12 @@ export class ResumableUpload {
   #expiresAt = 0
   readonly #idleTimer: NodeJS.Timeout
   readonly #lifeTimer: NodeJS.Timeout
+  #timersStopped = false
   #holder: Holder | undefined
+  /** Final uploads reading this (partial) upload's bytes right now. */
+  #readers = 0
+  /** A discard asked for while it was being read: it happens after the last reader. */
+  #discard: { done: Promise<void>, run: () => void } | undefined
 
   constructor (init: UploadInit) {
     this.entry = init.entry
@@ -54,6 +66,7 @@ export class ResumableUpload {
     this.metadata = init.metadata
     this.concat = init.concat
     this.concatHeader = init.concatHeader
+    this.slot = init.slot
     this.#expiry = init.expiry
     this.#deadline = Date.now() + init.maxLifetime
     const expire = (): void => {
@@ -78,15 +91,44 @@ export class ResumableUpload {
   /** When the upload expires if nothing happens (idle time, capped by its lifetime). */
   get expiresAt (): number { return this.#expiresAt }
 
-  /** Activity: the idle clock starts again. */
+  /** Activity: the idle clock starts again (unless the upload no longer expires). */
   touch (): void {
     this.#expiresAt = Math.min(Date.now() + this.#expiry, this.#deadline)
-    this.#idleTimer.refresh()
+    if (!this.#timersStopped) this.#idleTimer.refresh()
   }
 
+  /** Finished (it waits for its ref) or ended: it expires no more. */
   stopTimers (): void {
+    this.#timersStopped = true
     clearTimeout(this.#idleTimer)
     clearTimeout(this.#lifeTimer)
+  }
+
+  /** The upload ended (deleted, expired, shut down): whoever is writing to it stops reading at once. */
+  interrupt (): void {
+    this.#holder?.stop?.()
+  }
+
+  /**
+   * A final upload reads this partial: until the returned release is called (once), a discard
+   * (DELETE, expiry, shutdown, another final) waits, so the bytes stay readable.
+   */
+  read (): () => void {
+    this.#readers++
+    return () => {
+      if (--this.#readers === 0) this.#discard?.run()
+    }
+  }
+
+  /** Removes a finished upload's bytes (the writer's discard), once nobody reads them. */
+  async discard (): Promise<void> {
+    if (this.#readers === 0) return await this.entry.discard()
+    if (this.#discard === undefined) {
+      let run!: () => void
+      const done = new Promise<void>((resolve) => { run = resolve }).then(async () => await this.entry.discard())
+      this.#discard = { done, run }
+    }
+    return await this.#discard.done
   }
 
   /**
@@ -136,12 +178,13 @@ export async function append (upload: ResumableUpload, body: Readable, options: 
     let received = 0
     let writing = false
     let ending: AppendEnd | undefined
-    const timer = setTimeout(() => end('timeout'), options.idle)
+    // Client silence only: time spent in the writer does not count (writerTimeout bounds it).
+    const silence = new SilenceTimer(options.idle, () => end('timeout'))
     function end (how: AppendEnd): void {
       ending ??= how
       // A writer call in flight finishes first: the offset must be settled when we answer.
       if (writing) return
-      clearTimeout(timer)
+      silence.stop()
       body.off('data', onData)
       body.off('end', onEnd)
       body.off('close', onClose)
@@ -150,12 +193,12 @@ export async function append (upload: ResumableUpload, body: Readable, options: 
       resolve(ending)
     }
     function onData (chunk: Buffer): void {
-      timer.refresh()
+      silence.heard()
       if (received + chunk.length > options.limit) return end('limit')
       received += chunk.length
       writing = true
       body.pause()
-      sink(chunk).then(() => {
+      silence.whileBusy(sink(chunk)).then(() => {
         writing = false
         if (ending !== undefined) return end(ending)
         upload.touch()

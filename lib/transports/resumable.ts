@@ -11,17 +11,17 @@ import type { UploadWriter } from '../../types/index.js'
 import { chooseConfig, mediaType, parseAccept, safeBasename, type OwnerFn, type ResolvedConfig } from '../config.js'
 import type { Entry } from '../entry.js'
 import {
-  BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, FinalUploadError, OffsetMismatchError,
-  ResumableMediaTypeError, ResumableVersionError, ShuttingDownError, TooLargeError, TooManyFilesError,
+  BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, ConcatReadError, FinalUploadError, MethodNotAllowedError, OffsetMismatchError,
+  PastLengthError, ResumableMediaTypeError, ResumableVersionError, ShuttingDownError, TooLargeError, TooManyFilesError, TooManyUploadsError,
   UploadCompletedError, UploadGoneError, UploadLengthError, UploadNotFoundError, withUploadCode, type EntryFailure
 } from '../errors.js'
-import type { RefStore } from '../refs.js'
+import type { ForsakeReason, RefStore } from '../refs.js'
 import { Uploads } from '../uploads.js'
 import {
   CHECKSUM_ALGORITHMS, INTEROP_VERSIONS, TUS_VERSION, booleanHeader, checksumHeader, concatHeader, idOfUrl, integerHeader, mediaTypeOf,
   metadataHeader, type Checksum
 } from './resumable-headers.js'
-import { ResumableUpload, append, type AppendEnd, type GoneReason } from './resumable-upload.js'
+import { ResumableUpload, append, type AppendEnd, type GoneReason, type Slot } from './resumable-upload.js'
 
 const TUS_EXTENSIONS = 'creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation'
 const TUS_CONTENT_TYPE = 'application/offset+octet-stream'
@@ -32,6 +32,18 @@ export const CHECKSUM_BODY_LIMIT = 16 * 1024 * 1024
 const PARTIALS_PER_ENTRY = 16
 /** Ids of uploads that ended, remembered so later requests get 410 rather than 404. */
 const GONE_MEMORY = 10_000
+/** Methods each URL serves (X-HTTP-Method-Override names the method); others get 405 with Allow. */
+const ENDPOINT_METHODS = ['OPTIONS', 'POST']
+const UPLOAD_METHODS = ['OPTIONS', 'HEAD', 'PATCH', 'DELETE']
+/** What a 410 says, in words, for each way an upload ends. */
+const GONE_WORDS: Record<Exclude<GoneReason, 'shut down'>, string> = {
+  terminated: 'it was terminated (DELETE)',
+  expired: 'it expired (no request within resumableExpiry, or past resumableMaxLifetime)',
+  unclaimed: 'it was complete, but no request claimed it within entryTtl',
+  failed: 'its writer failed',
+  consumed: 'it was consumed by a request to its route',
+  concatenated: 'it was concatenated into a final upload'
+}
 /** Headers a browser page may read from our answers (CORS). */
 export const EXPOSED_HEADERS = [
   'Location', 'Upload-Offset', 'Upload-Length', 'Upload-Defer-Length', 'Upload-Metadata', 'Upload-Expires', 'Upload-Concat',
@@ -54,19 +66,63 @@ type Dialect = { ietf: false } | { ietf: true, version: string }
 
 /** An upload's own upload set: told when a request claims its entry, or its ref expires. */
 class UploadHome extends Uploads {
-  onForsake: (() => void) | undefined
-  override forsake (entry: Entry): void {
+  onForsake: ((why: ForsakeReason | undefined) => void) | undefined
+  override forsake (entry: Entry, why?: ForsakeReason): void {
     super.forsake(entry)
-    this.onForsake?.()
+    this.onForsake?.(why)
   }
 }
 
-/** Every resumable upload of the plugin, by id, and the ids of recent ended ones. */
+/** The error a request gets for an upload that ended: 410 saying why in words (503 at shutdown). */
+export function goneError (reason: GoneReason | undefined): Error {
+  if (reason === 'shut down') return withUploadCode(new ShuttingDownError(), 'cancelled')
+  // Forgotten (past GONE_MEMORY) while a request still held it: it ended, we no longer know how.
+  return new UploadGoneError(reason === undefined ? 'it ended' : GONE_WORDS[reason])
+}
+
+/**
+ * Every resumable upload of the plugin, by id, the ids of recent ended ones, and the
+ * slots uploads take among the limits: per owner (maxEntries) and per process (maxUploads).
+ */
 export class ResumableRegistry {
   readonly #uploads = new Map<string, ResumableUpload>()
   readonly #gone = new Map<string, GoneReason>()
+  /** Slots of live uploads and of creations still starting their writer. */
+  readonly #slots = new Set<Slot>()
+  readonly #maxUploads: number
+  #closed = false
 
+  constructor (maxUploads: number) {
+    this.#maxUploads = maxUploads
+  }
+
+  /**
+   * Takes a slot for a new upload, synchronously (before its creation awaits anything),
+   * or throws: 503 past maxUploads; 413 past `cap` uploads of this owner for this upload
+   * name. An anonymous owner (undefined) is everyone without an owner: one of them must
+   * not lock the others out, so only maxUploads bounds them.
+   */
+  reserve (owner: unknown, config: ResolvedConfig, partial: boolean, cap: number): Slot {
+    if (this.#closed) throw withUploadCode(new ShuttingDownError(), 'cancelled')
+    if (this.#slots.size >= this.#maxUploads) throw withUploadCode(new TooManyUploadsError(this.#maxUploads), 'too_many_files')
+    if (owner !== undefined) {
+      let count = 0
+      for (const slot of this.#slots) if (slot.owner === owner && slot.config === config && slot.partial === partial) count++
+      if (count >= cap) throw withUploadCode(new TooManyFilesError(config.uploadName, cap), 'too_many_files')
+    }
+    const slot: Slot = { owner, config, partial }
+    this.#slots.add(slot)
+    return slot
+  }
+
+  /** A creation that failed before its upload was added gives its slot back. */
+  release (slot: Slot): void {
+    this.#slots.delete(slot)
+  }
+
+  /** Adds a created upload; after shutdown began, throws (its creator ends it). */
   add (upload: ResumableUpload): void {
+    if (this.#closed) throw withUploadCode(new ShuttingDownError(), 'cancelled')
     this.#uploads.set(upload.id, upload)
   }
 
@@ -74,29 +130,27 @@ export class ResumableRegistry {
     return this.#uploads.get(id) ?? this.#gone.get(id)
   }
 
+  /** The upload ended: its slot is free, its id answers why, and whoever writes to it stops. */
   remove (upload: ResumableUpload, reason: GoneReason): void {
     if (this.#uploads.get(upload.id) !== upload) return
     upload.stopTimers()
     this.#uploads.delete(upload.id)
+    this.#slots.delete(upload.slot)
     this.#gone.set(upload.id, reason)
     if (this.#gone.size > GONE_MEMORY) this.#gone.delete(this.#gone.keys().next().value!)
+    upload.interrupt()
   }
 
-  /** Live uploads of one owner for one upload config, partial or not. */
-  count (owner: unknown, config: ResolvedConfig, partial: boolean): number {
-    let count = 0
-    for (const upload of this.#uploads.values()) {
-      if (upload.owner === owner && routeConfigOf(upload) === config && (upload.concat === 'partial') === partial) count++
-    }
-    return count
-  }
-
-  /** Shutdown: unfinished uploads are cancelled, staged partials removed. */
+  /**
+   * Shutdown: no new upload; appends in flight stop and answer 503; unfinished uploads
+   * are cancelled, staged partials removed.
+   */
   async shutdown (): Promise<void> {
+    this.#closed = true
     const failure = withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
     await Promise.all([...this.#uploads.values()].map(async (upload) => {
       this.remove(upload, 'shut down')
-      if (upload.complete && upload.concat === 'partial') await upload.entry.discard()
+      if (upload.complete && upload.concat === 'partial') await upload.discard()
       else await upload.entry.cancel(failure)
     }))
   }
@@ -120,23 +174,44 @@ export class ResumableEndpoint {
     return max
   }
 
-  /** OPTIONS: what this endpoint supports. */
-  async options (_request: FastifyRequest, reply: FastifyReply): Promise<void> {
+  /**
+   * Any request to the endpoint URL, by its method: X-HTTP-Method-Override when present
+   * (tus 1.0: it MUST be interpreted as the method, the actual one ignored).
+   */
+  async endpoint (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const method = methodOf(request)
+    if (method === 'OPTIONS') return await this.#options(request, reply)
+    if (method === 'POST') return await this.#create(request, reply)
+    throw notAllowed(method, ENDPOINT_METHODS, reply)
+  }
+
+  /** Any request to an upload URL, by its method (as for the endpoint). */
+  async upload (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const method = methodOf(request)
+    if (method === 'OPTIONS') return await this.#options(request, reply)
+    if (!UPLOAD_METHODS.includes(method)) throw notAllowed(method, UPLOAD_METHODS, reply)
+    const dialect = dialectOf(request, reply)
+    const upload = await this.#find(request)
+    if (method === 'HEAD') return await this.#head(upload, reply, dialect)
+    if (method === 'DELETE') return await this.#terminate(upload, reply)
+    await this.#append(upload, request, reply, dialect, 204)
+  }
+
+  /** OPTIONS: what this endpoint supports; the draft's Upload-Limit only to a client that speaks it. */
+  async #options (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     reply.code(204).headers({
       'tus-version': TUS_VERSION,
       'tus-extension': TUS_EXTENSIONS,
       'tus-max-size': this.maxSize,
       'tus-checksum-algorithm': [...CHECKSUM_ALGORITHMS].join(','),
-      'accept-patch': `${IETF_CONTENT_TYPE}, ${TUS_CONTENT_TYPE}`,
-      'upload-limit': `max-size=${this.maxSize}`
+      'accept-patch': `${IETF_CONTENT_TYPE}, ${TUS_CONTENT_TYPE}`
     })
+    if (request.headers['upload-draft-interop-version'] !== undefined) reply.header('upload-limit', `max-size=${this.maxSize}`)
     await reply.send()
   }
 
-  /** POST on the endpoint: a creation, unless X-HTTP-Method-Override says otherwise. */
-  async post (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const method = methodOf(request)
-    if (method !== 'POST') throw new UploadNotFoundError()
+  /** A creation: a new upload, or the final upload of a concatenation. */
+  async #create (request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const dialect = dialectOf(request, reply)
     const config = chooseConfig(this.#configs, request.query)
     const concat = concatHeader(request.headers)
@@ -159,13 +234,11 @@ export class ResumableEndpoint {
     const metadata = metadataHeader(headers)
     const values = metadata?.values
     const clientName = safeBasename(values?.get('filename') ?? values?.get('name'))
-    if (length !== undefined && length > config.maxFileSize) throw this.#tooLarge(reply, config, '', clientName)
+    if (length !== undefined && length > config.maxFileSize) throw this.#tooLarge(reply, dialect, config, '', clientName)
     const owner = await this.#settings.owner(request)
-    const cap = partial ? config.maxEntries * PARTIALS_PER_ENTRY : config.maxEntries
-    if (this.#registry.count(owner, config, partial) >= cap) {
-      throw withUploadCode(new TooManyFilesError(config.uploadName, cap), 'too_many_files')
-    }
-    const upload = await this.#open(request, partial ? this.#stagingConfig(config) : config, owner, {
+    // The slot is taken now, before any await: concurrent creations cannot pass the limits together.
+    const slot = this.#registry.reserve(owner, config, partial, partial ? config.maxEntries * PARTIALS_PER_ENTRY : config.maxEntries)
+    const upload = await this.#open(request, partial ? this.#stagingConfig(config) : config, slot, {
       clientName,
       clientType: mediaType(values?.get('filetype') ?? values?.get('type')),
       clientSize: length
@@ -189,24 +262,10 @@ export class ResumableEndpoint {
     await reply.code(201).send()
   }
 
-  /** Requests on an upload URL: HEAD, PATCH, DELETE (or POST with X-HTTP-Method-Override). */
-  async upload (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const method = methodOf(request)
-    const dialect = dialectOf(request, reply)
-    const upload = await this.#find(request)
-    if (method === 'HEAD') return await this.#head(upload, reply, dialect)
-    if (method === 'PATCH') {
-      await this.#append(upload, request, reply, dialect, 204)
-      return
-    }
-    if (method === 'DELETE') return await this.#terminate(upload, reply)
-    throw new UploadNotFoundError()
-  }
-
   async #find (request: FastifyRequest): Promise<ResumableUpload> {
     const found = this.#registry.find((request.params as { id: string }).id)
     if (found === undefined) throw new UploadNotFoundError()
-    if (typeof found === 'string') throw new UploadGoneError(found)
+    if (typeof found === 'string') throw goneError(found)
     // Another owner's upload does not exist, as far as this request can tell.
     if (found.owner !== await this.#settings.owner(request) || ![...this.#configs.values()].includes(routeConfigOf(found))) {
       throw new UploadNotFoundError()
@@ -232,7 +291,7 @@ export class ResumableEndpoint {
   /** A request that waited for the upload may find it ended meanwhile (deleted, expired…). */
   #assertLive (upload: ResumableUpload): void {
     const found = this.#registry.find(upload.id)
-    if (found !== upload) throw new UploadGoneError(found as GoneReason)
+    if (found !== upload) throw goneError(found as GoneReason | undefined)
   }
 
   /** An upload whose creation failed: it ends now, with its writer. */
@@ -240,7 +299,7 @@ export class ResumableEndpoint {
     this.#registry.remove(upload, 'terminated')
     if (!upload.complete) return await upload.entry.cancel()
     this.#settings.refs.forget(upload.entry)
-    await upload.entry.discard()
+    await upload.discard()
   }
 
   async #terminate (upload: ResumableUpload, reply: FastifyReply): Promise<void> {
@@ -250,7 +309,7 @@ export class ResumableEndpoint {
       this.#registry.remove(upload, 'terminated')
       if (upload.complete) {
         this.#settings.refs.forget(upload.entry)
-        await upload.entry.discard()
+        await upload.discard()
       } else {
         await upload.entry.cancel()
       }
@@ -267,7 +326,7 @@ export class ResumableEndpoint {
     try {
       this.#assertLive(upload)
       const { headers } = request
-      const body = request.body as Readable | undefined
+      const body = bodyOf(request)
       if (upload.concat === 'final') throw new FinalUploadError()
       if (!appendTypeOk(mediaTypeOf(headers), dialect) && (status === 204 || hasBody(request))) {
         throw new ResumableMediaTypeError(dialect.ietf ? IETF_CONTENT_TYPE : TUS_CONTENT_TYPE)
@@ -285,11 +344,11 @@ export class ResumableEndpoint {
         await reply.code(status).send()
         return undefined
       }
-      this.#declareLength(upload, integerHeader(headers, 'upload-length'), reply)
+      this.#declareLength(upload, integerHeader(headers, 'upload-length'), reply, dialect)
       const complete = dialect.ietf ? booleanHeader(headers, 'upload-complete') : undefined
-      if (complete === true && contentLength !== undefined) this.#declareLength(upload, offset + contentLength, reply)
+      if (complete === true && contentLength !== undefined) this.#declareLength(upload, offset + contentLength, reply, dialect)
       const room = (upload.length ?? upload.config.maxFileSize) - offset
-      if (contentLength !== undefined && contentLength > room) throw this.#tooLarge(reply, upload.config, 'close')
+      if (contentLength !== undefined && contentLength > room) throw this.#overflow(upload, reply, dialect)
       const checksum = checksumHeader(headers)
       const onStop = (fn: () => void): void => { stop = fn }
       const how = body === undefined
@@ -298,13 +357,14 @@ export class ResumableEndpoint {
           ? await this.#appendChecked(upload, body, checksum, room, onStop)
           : await append(upload, body, { limit: room, idle: upload.config.chunkTimeout, onStop })
       if (how === 'mismatch') throw new ChecksumMismatchError()
-      if (how === 'too large') {
-        reply.header('connection', 'close')
-        throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
-      }
+      // Stopped, cut, or over a limit: the rest of the body is unread, the connection cannot be reused.
+      if (how !== 'end') reply.header('connection', 'close')
+      if (how === 'too large') throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
       if (how === 'failed') throw this.#failed(upload)
+      // Ended meanwhile (expired, shut down): the append was stopped; say why.
+      this.#assertLive(upload)
       // However the append ended, the last byte finishes the upload.
-      if (how === 'end' && complete === true) this.#declareLength(upload, upload.offset, reply)
+      if (how === 'end' && complete === true) this.#declareLength(upload, upload.offset, reply, dialect)
       if (upload.length === upload.offset) await this.#finish(upload)
       if (how === 'timeout') {
         // The spec's advice: a timed-out append ends with its connection.
@@ -312,9 +372,8 @@ export class ResumableEndpoint {
         request.raw.destroy()
         return how
       }
-      if (how === 'limit') throw this.#tooLarge(reply, upload.config, 'close')
-      // Pre-empted or cut: answer with what was kept; the connection cannot be reused.
-      if (how !== 'end') reply.header('connection', 'close')
+      if (how === 'limit') throw this.#overflow(upload, reply, dialect)
+      // Pre-empted or cut: answer with what was kept.
       this.#describe(upload, reply, dialect)
       await reply.code(status).send()
       return how
@@ -355,11 +414,11 @@ export class ResumableEndpoint {
     })
   }
 
-  #declareLength (upload: ResumableUpload, length: number | undefined, reply: FastifyReply): void {
+  #declareLength (upload: ResumableUpload, length: number | undefined, reply: FastifyReply, dialect: Dialect): void {
     if (length === undefined || length === upload.length) return
     if (upload.length !== undefined) throw new UploadLengthError('The upload length cannot change once known')
     if (length < upload.offset) throw new UploadLengthError('The upload length cannot be less than its offset')
-    if (length > upload.config.maxFileSize) throw this.#tooLarge(reply, upload.config, 'close')
+    if (length > upload.config.maxFileSize) throw this.#tooLarge(reply, dialect, upload.config, 'close')
     upload.length = length
     upload.entry.declareSize(length)
   }
@@ -374,21 +433,28 @@ export class ResumableEndpoint {
     if (upload.concat !== 'partial') upload.stopTimers()
   }
 
-  /** The entry ended during an append: a writer failure, or an end someone else caused. */
+  /**
+   * The entry ended during a request: its writer failed (the upload ends now), or someone
+   * else ended it (DELETE, expiry, shutdown), who removed it first, saying why.
+   */
   #failed (upload: ResumableUpload): Error {
-    const { entry } = upload
-    if (entry.status === 'failed') {
-      this.#registry.remove(upload, 'failed')
-      return entry.failure!
-    }
-    // Whoever else ended it (DELETE, expiry, shutdown) removed it first, saying why.
-    return new UploadGoneError(this.#registry.find(upload.id) as GoneReason)
+    const found = this.#registry.find(upload.id)
+    if (found !== upload) return goneError(found as GoneReason | undefined)
+    this.#registry.remove(upload, 'failed')
+    return upload.entry.failure!
   }
 
-  #tooLarge (reply: FastifyReply, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload'): Error {
-    reply.header('upload-limit', `max-size=${config.maxFileSize}`)
+  /** An append past the room it has: the declared Upload-Length, or (length unknown) maxFileSize. */
+  #overflow (upload: ResumableUpload, reply: FastifyReply, dialect: Dialect): Error {
+    const pastLength = upload.length === undefined ? undefined : new PastLengthError(upload.length)
+    return this.#tooLarge(reply, dialect, upload.config, 'close', 'this upload', pastLength)
+  }
+
+  /** A 413: over maxFileSize, unless a more precise reason is given; the draft's Upload-Limit for its clients. */
+  #tooLarge (reply: FastifyReply, dialect: Dialect, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload', reason?: Error): Error {
+    if (dialect.ietf) reply.header('upload-limit', `max-size=${config.maxFileSize}`)
     if (connection === 'close') reply.header('connection', 'close')
-    return withUploadCode(new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
+    return withUploadCode(reason ?? new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
   }
 
   /** Offset, expiry and completeness, as every answer about the upload carries them. */
@@ -408,37 +474,58 @@ export class ResumableEndpoint {
     return { ...config, accept: parseAccept('any'), validate: undefined, progress: undefined, writer: () => [staging, stagingOptions], base: config }
   }
 
-  /** Validates and starts an entry for a new upload, and registers the upload. */
+  /**
+   * Validates and starts an entry for a new upload in the slot reserved for it, and
+   * registers the upload. On any failure the slot is given back and no writer stays open.
+   */
   async #open (
-    request: FastifyRequest, config: ResolvedConfig, owner: unknown, info: Parameters<Uploads['announce']>[1],
+    request: FastifyRequest, config: ResolvedConfig, slot: Slot, info: Parameters<Uploads['announce']>[1],
     shape: { length: number | undefined, metadata: string | undefined, concat: 'partial' | 'final' | undefined, concatHeader: string | undefined, hold: boolean }
   ): Promise<ResumableUpload> {
     const home = new UploadHome(new Map([[config.uploadName, config]]), request)
-    if (shape.hold) home.holdFinished(this.#settings.refs, owner)
-    const entry = await home.announce(config, info)
-    if (entry.failure !== undefined) throw entry.failure
-    await entry.start()
-    const upload = new ResumableUpload({
-      entry,
-      config,
-      owner,
-      ...shape,
-      expiry: this.#settings.expiry,
-      maxLifetime: this.#settings.maxLifetime,
-      onExpire: (expired) => {
-        this.#registry.remove(expired, 'expired')
-        // Neither rejects: both settle once the writer is closed or the file removed.
-        if (expired.complete) expired.entry.discard()
-        else expired.entry.cancel()
+    if (shape.hold) home.holdFinished(this.#settings.refs, slot.owner)
+    let entry: Entry | undefined
+    try {
+      entry = await home.announce(config, info)
+      if (entry.failure !== undefined) throw entry.failure
+      await entry.start()
+      const upload = new ResumableUpload({
+        entry,
+        config,
+        owner: slot.owner,
+        slot,
+        ...shape,
+        expiry: this.#settings.expiry,
+        maxLifetime: this.#settings.maxLifetime,
+        onExpire: (expired) => {
+          this.#registry.remove(expired, 'expired')
+          // Neither rejects: both settle once the writer is closed or the file removed.
+          if (expired.complete) expired.discard()
+          else expired.entry.cancel()
+        }
+      })
+      // Claimed by a request (consumed), or its ref expired unclaimed: the upload URL is gone.
+      home.onForsake = (why) => this.#registry.remove(upload, why === 'expired' ? 'unclaimed' : why === 'shut down' ? 'shut down' : 'consumed')
+      try {
+        this.#registry.add(upload)
+      } catch (error) {
+        // The server began shutting down while the writer started.
+        upload.stopTimers()
+        throw error
       }
-    })
-    // Claimed by a request (consumed), or its ref expired: the upload URL is gone.
-    home.onForsake = () => this.#registry.remove(upload, 'consumed')
-    this.#registry.add(upload)
-    return upload
+      return upload
+    } catch (error) {
+      this.#registry.release(slot)
+      await entry?.cancel(error as EntryFailure)
+      throw error
+    }
   }
 
-  /** `Upload-Concat: final;…`: the partials' bytes, in order, through the route's writer. */
+  /**
+   * `Upload-Concat: final;…`: the partials' bytes, in order, through the route's writer.
+   * The partials are held while read (a DELETE, expiry or shutdown removes their bytes
+   * after); a final that fails ends at once, its writer closed and its slot free.
+   */
   async #createFinal (request: FastifyRequest, reply: FastifyReply, dialect: Dialect, config: ResolvedConfig, urls: string[]): Promise<void> {
     const owner = await this.#settings.owner(request)
     const parts = urls.map((url) => {
@@ -450,34 +537,48 @@ export class ResumableEndpoint {
       return part
     })
     const length = parts.reduce((sum, part) => sum + part.length!, 0)
-    if (length > config.maxFileSize) throw this.#tooLarge(reply, config, '')
-    if (this.#registry.count(owner, config, false) >= config.maxEntries) {
-      throw withUploadCode(new TooManyFilesError(config.uploadName, config.maxEntries), 'too_many_files')
-    }
-    const values = metadataHeader(request.headers)?.values
-    const upload = await this.#open(request, config, owner, {
-      clientName: safeBasename(values?.get('filename') ?? values?.get('name')),
-      clientType: mediaType(values?.get('filetype') ?? values?.get('type')),
-      clientSize: length
-    }, { length, metadata: request.headers['upload-metadata'] as string | undefined, concat: 'final', concatHeader: request.headers['upload-concat'] as string, hold: true })
+    if (length > config.maxFileSize) throw this.#tooLarge(reply, dialect, config, '')
+    // Slot and holds are taken before any await: nothing ends between the checks above and the reads.
+    const slot = this.#registry.reserve(owner, config, false, config.maxEntries)
+    const holds = [...new Set(parts)].map((part) => part.read())
+    let upload: ResumableUpload
     try {
-      for (const part of parts) {
-        const { path } = part.entry.meta() as { path: string }
-        for await (const chunk of createReadStream(path, { highWaterMark: config.chunkSize })) {
-          await upload.entry.write(chunk as Buffer)
-        }
+      const values = metadataHeader(request.headers)?.values
+      upload = await this.#open(request, config, slot, {
+        clientName: safeBasename(values?.get('filename') ?? values?.get('name')),
+        clientType: mediaType(values?.get('filetype') ?? values?.get('type')),
+        clientSize: length
+      }, { length, metadata: request.headers['upload-metadata'] as string | undefined, concat: 'final', concatHeader: request.headers['upload-concat'] as string, hold: true })
+      for (const [index, part] of parts.entries()) {
+        await this.#concatenate(upload, part, urls[index]!)
       }
-    } catch {
-      throw this.#failed(upload)
+      await this.#finish(upload)
+    } finally {
+      for (const release of holds) release()
     }
-    await this.#finish(upload)
     for (const part of parts) {
       this.#registry.remove(part, 'concatenated')
-      await part.entry.discard()
+      await part.discard()
     }
     reply.header('location', `${pathOf(request)}/${upload.id}`)
     this.#describe(upload, reply, dialect)
     await reply.code(201).send()
+  }
+
+  /** One partial's bytes into the final upload. A failure ends the final now, and says why. */
+  async #concatenate (upload: ResumableUpload, part: ResumableUpload, url: string): Promise<void> {
+    try {
+      const { path } = part.entry.meta() as { path: string }
+      for await (const chunk of createReadStream(path, { highWaterMark: upload.config.chunkSize })) {
+        await upload.entry.write(chunk as Buffer)
+      }
+    } catch {
+      if (upload.entry.ended || this.#registry.find(upload.id) !== upload) throw this.#failed(upload)
+      // The partial's bytes could not be read (removed behind our back): the final cannot complete.
+      this.#registry.remove(upload, 'failed')
+      await upload.entry.cancel()
+      throw new ConcatReadError(url)
+    }
   }
 }
 
@@ -507,6 +608,20 @@ function dialectOf (request: FastifyRequest, reply: FastifyReply): Dialect {
   if (interop === undefined && request.headers['tus-resumable'] === TUS_VERSION) return { ietf: false }
   reply.header('tus-version', TUS_VERSION)
   throw new ResumableVersionError()
+}
+
+/** 405 with Allow: the methods this URL serves. */
+function notAllowed (method: string, allowed: string[], reply: FastifyReply): Error {
+  reply.header('allow', allowed.join(', '))
+  return new MethodNotAllowedError(JSON.stringify(method), allowed.join(', '))
+}
+
+/**
+ * The request body: as our parser passed it on, or, for a method Fastify reads no body
+ * of (GET with X-HTTP-Method-Override: PATCH), the request stream itself.
+ */
+function bodyOf (request: FastifyRequest): Readable | undefined {
+  return (request.body as Readable | undefined) ?? (hasBody(request) ? request.raw : undefined)
 }
 
 function hasBody (request: FastifyRequest): boolean {

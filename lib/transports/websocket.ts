@@ -1,11 +1,13 @@
 // The WebSocket upload channel (PROTOCOL.md): JSON control messages and binary chunk
 // frames become entry calls; acks, progress and outcomes go back to the client as JSON.
-// Frames of one entry are queued and handed to it one at a time; the socket stops
-// being read while `window` frames wait, so memory stays bounded whatever the client does.
+// Frames of one entry are queued and handed to it one at a time. Memory per socket stays
+// bounded whatever the client sends or leaves unread: the socket stops being read while
+// `window` frames wait, while announces wait, while the instance's budget is spent, and
+// while answers wait unsent; past hard limits it is closed with a coded reason.
 import * as Type from 'typebox/type'
 import { Check } from 'typebox/schema'
 import { mediaType, safeBasename, type ResolvedConfig } from '../config.js'
-import type { Entry } from '../entry.js'
+import type { ClientInfo, Entry } from '../entry.js'
 import { ChunkTimeoutError, TooLargeError, withUploadCode, type EntryFailure } from '../errors.js'
 import type { Uploads } from '../uploads.js'
 
@@ -15,21 +17,69 @@ export const HEADER_BYTES = 12
 /** Control messages need room even when chunks are tiny. */
 const MIN_MESSAGE_BYTES = 16 * 1024
 /**
- * Chunk bytes queued for writers across every channel of the process. Past it, sockets
- * stop being read (their bytes wait in the kernel), so memory does not grow with the
- * number of sockets × their windows.
+ * Answers waiting to be sent on one socket (ws's `bufferedAmount`). From this many
+ * on the socket is not read: a client that does not read its answers cannot make
+ * the server queue more of them.
  */
-const QUEUE_BUDGET = 16 * 1024 * 1024
-let queuedBytes = 0
-/** Channels paused for the budget, resumed once it has room again. */
-const overBudget = new Set<Channel>()
+export const ANSWERS_HIGH_WATER = 64 * 1024
+/**
+ * Past this many bytes of unsent answers the socket is closed (`1008 answers_not_read`).
+ * Messages already read when the socket was paused may still add answers; this bounds them.
+ */
+export const ANSWERS_LIMIT = 1024 * 1024
+/** Announces waiting for their answer on one socket: from this many on, the socket is not read. */
+export const ANNOUNCE_WINDOW = 16
+/** Past this many, further announces are refused with `too_many_announces`. */
+export const ANNOUNCE_LIMIT = 256
+/**
+ * What one read of the socket can hold (Node reads 64 KiB at a time). Pausing a socket
+ * stops further reads, not the messages of the read in hand: frames beyond the window
+ * are kept up to this much more, which a client that ignores acks cannot exceed unless
+ * compression inflates its frames.
+ */
+const READ_SLACK_BYTES = 64 * 1024
+/** The smallest chunk frame on the wire: a 6-byte WebSocket header, our header, one byte. */
+const READ_SLACK_FRAMES = Math.ceil(READ_SLACK_BYTES / (6 + HEADER_BYTES + 1))
 
-function releaseBudget (bytes: number): void {
-  queuedBytes -= bytes
-  if (queuedBytes >= QUEUE_BUDGET / 2 || overBudget.size === 0) return
-  const waiting = [...overBudget]
-  overBudget.clear()
-  for (const channel of waiting) channel.budgetFreed()
+/**
+ * Chunk bytes queued for writers across every channel socket of one plugin instance.
+ * Past the limit, sockets stop being read (their bytes wait in the kernel), so memory
+ * does not grow with the number of sockets × their windows. They read on once half
+ * of it is free.
+ */
+export class ChannelBudget {
+  readonly limit: number
+  #used = 0
+  /** Channels paused for the budget, told once it has room again. */
+  readonly #waiting = new Set<Channel>()
+
+  constructor (limit: number) {
+    this.limit = limit
+  }
+
+  take (bytes: number): void {
+    this.#used += bytes
+  }
+
+  release (bytes: number): void {
+    this.#used -= bytes
+    if (this.#used >= this.limit / 2 || this.#waiting.size === 0) return
+    const waiting = [...this.#waiting]
+    this.#waiting.clear()
+    for (const channel of waiting) channel.budgetFreed()
+  }
+
+  /** Whether `channel` must stop reading: the budget is spent, or it still waits for room. */
+  holds (channel: Channel): boolean {
+    if (this.#waiting.has(channel)) return true
+    if (this.#used < this.limit) return false
+    this.#waiting.add(channel)
+    return true
+  }
+
+  forget (channel: Channel): void {
+    this.#waiting.delete(channel)
+  }
 }
 
 /** The largest message a route's channel accepts: its largest chunk plus the header. */
@@ -39,13 +89,25 @@ export function maxMessageBytes (configs: Iterable<ResolvedConfig>): number {
   return Math.max(MIN_MESSAGE_BYTES, largest + HEADER_BYTES)
 }
 
-/** What the channel needs of a `ws` socket: structural, so the plugin does not depend on ws. */
+/** What the channel needs of a `ws` socket (its public API): structural, so the plugin does not depend on ws. */
 export interface ChannelSocket {
   readonly readyState: number
-  send (data: string): void
+  /** Bytes handed to `send` and not yet written to the network. */
+  readonly bufferedAmount: number
+  send (data: string, done: (error?: Error) => void): void
   pause (): void
   resume (): void
+  close (code: number, reason: string): void
   on (event: 'message', listener: (data: Buffer, isBinary: boolean) => void): unknown
+  once (event: 'close', listener: () => void): unknown
+}
+
+export interface ChannelOptions {
+  /** Chunk frames a client may have unacknowledged. */
+  window: number
+  /** The largest message the route's channel accepts. */
+  maxMessageBytes: number
+  budget: ChannelBudget
 }
 
 const OPEN = 1
@@ -61,6 +123,13 @@ const AnnounceSchema = Type.Object({
 })
 const CancelSchema = Type.Object({ type: Type.Literal('cancel'), id: Id })
 type Announce = Type.Static<typeof AnnounceSchema>
+
+/** An announce waiting for its turn: only what its entry needs. */
+interface PendingAnnounce {
+  readonly id: number
+  readonly uploadName: string
+  readonly info: ClientInfo
+}
 
 /** One accepted, unfinished entry of the socket. */
 interface Slot {
@@ -80,35 +149,75 @@ export class Channel {
   readonly #socket: ChannelSocket
   readonly #uploads: Uploads
   readonly #window: number
+  readonly #maxMessageBytes: number
+  readonly #budget: ChannelBudget
   readonly #slots = new Map<number, Slot>()
   readonly #slotOf = new Map<Entry, Slot>()
+  /** Announces waiting to be started, in order: `maxEntries` counts them in order. */
+  readonly #announces: PendingAnnounce[] = []
+  #starting = false
   /** Ids announced but not yet answered, and those the client cancelled meanwhile. */
   readonly #announcing = new Set<number>()
   readonly #cancelAtStart = new Set<number>()
   /** Finished entries by id, so a later `cancel` can discard them. */
   readonly #finished = new Map<number, Entry>()
-  /** Announcements are handled one at a time, so `maxEntries` counts them in order. */
-  #announcements = Promise.resolve()
-  /** Frames queued across all slots; the socket is paused at `window`, or when the process-wide budget is spent. */
+  /** Frames and their bytes queued across all slots. */
   #queued = 0
+  #queuedBytes = 0
   #paused = false
+  /** Armed while answers wait unread: the client is as silent as one that sends nothing. */
+  #answersTimer: NodeJS.Timeout | undefined
+  readonly #answersTimeout: number
+  /** The socket is closing (the channel closed it) or closed: nothing more is read or answered. */
+  #closing = false
   /** One ack per this many written frames at most, and whenever an entry's queue is empty. */
   readonly #ackEvery: number
 
-  constructor (socket: ChannelSocket, uploads: Uploads, window: number) {
+  constructor (socket: ChannelSocket, uploads: Uploads, options: ChannelOptions) {
     this.#socket = socket
     this.#uploads = uploads
-    this.#window = window
-    this.#ackEvery = Math.max(1, Math.floor(window / 4))
+    this.#window = options.window
+    this.#maxMessageBytes = options.maxMessageBytes
+    this.#budget = options.budget
+    this.#ackEvery = Math.max(1, Math.floor(this.#window / 4))
+    let timeout = 0
+    for (const config of uploads.configs.values()) timeout = Math.max(timeout, config.chunkTimeout)
+    this.#answersTimeout = timeout
     uploads.onEntryReport = (entry) => this.#onReport(entry)
     socket.on('message', (data, isBinary) => {
+      if (this.#closing) return
+      // ws's maxPayload is per server, and applies after inflation only up to it: the
+      // route's own limit is checked here, on every message, compressed or not.
+      if (data.length > this.#maxMessageBytes) return this.#close(1009, `message too big: at most ${this.#maxMessageBytes} bytes`)
       if (isBinary) this.#onFrame(data)
       else this.#onControl(data)
     })
+    socket.once('close', () => {
+      this.#closing = true
+      clearTimeout(this.#answersTimer)
+      this.#budget.forget(this)
+    })
   }
 
+  /** Every answer goes through here: what waits unsent is watched. */
   #send (message: Record<string, unknown>): void {
-    if (this.#socket.readyState === OPEN) this.#socket.send(JSON.stringify(message))
+    if (this.#closing || this.#socket.readyState !== OPEN) return
+    this.#socket.send(JSON.stringify(message), this.#onSent)
+    if (this.#socket.bufferedAmount > ANSWERS_LIMIT) return this.#close(1008, 'answers_not_read: the client does not read its answers')
+    this.#flow()
+  }
+
+  /** An answer left for the network: read on if the backlog went down. */
+  readonly #onSent = (): void => {
+    if (!this.#closing) this.#flow()
+  }
+
+  #close (code: number, reason: string): void {
+    this.#closing = true
+    clearTimeout(this.#answersTimer)
+    this.#socket.close(code, reason)
+    // Read on, so the client's closing handshake is heard (its messages are ignored).
+    this.#socket.resume()
   }
 
   #refuse (code: string, message: string, extra: Record<string, unknown> = {}): void {
@@ -134,32 +243,50 @@ export class Channel {
     if (this.#slots.has(id) || this.#announcing.has(id)) {
       return this.#refuse('duplicate_id', `Entry id ${id} is already in use on this socket`, { id })
     }
+    if (this.#announcing.size >= ANNOUNCE_LIMIT) {
+      return this.#refuse('too_many_announces', `At most ${ANNOUNCE_LIMIT} announces may wait for their answer`, { id })
+    }
     this.#announcing.add(id)
     this.#finished.delete(id)
-    this.#announcements = this.#announcements.then(() => this.#start(message))
+    // Only what the entry keeps: the raw name may be 4096 characters.
+    this.#announces.push({
+      id,
+      uploadName: message.uploadName,
+      info: { clientName: safeBasename(message.name), clientType: mediaType(message.mimeType), clientSize: message.size, clientLastModified: message.lastModified }
+    })
+    this.#flow()
+    if (!this.#starting) this.#startAll()
   }
 
-  async #start (message: Announce): Promise<void> {
-    const { id } = message
-    const config = this.#uploads.configs.get(message.uploadName)
+  /** Starts the announced entries one at a time, in order. */
+  async #startAll (): Promise<void> {
+    this.#starting = true
+    while (this.#announces.length > 0) {
+      await this.#start(this.#announces.shift()!)
+      this.#flow()
+    }
+    this.#starting = false
+  }
+
+  async #start ({ id, uploadName, info }: PendingAnnounce): Promise<void> {
+    const config = this.#uploads.configs.get(uploadName)
     if (config === undefined) {
       this.#announcing.delete(id)
+      this.#cancelAtStart.delete(id)
       const names = [...this.#uploads.configs.keys()].join(', ')
       return this.#refuse('unknown_upload', `This route accepts uploads for ${names}`, { id })
     }
-    const entry = await this.#uploads.announce(config, {
-      clientName: safeBasename(message.name),
-      clientType: mediaType(message.mimeType),
-      clientSize: message.size,
-      clientLastModified: message.lastModified
-    })
+    const entry = await this.#uploads.announce(config, info)
     try {
       await entry.start()
     } catch {
-      // Refused, or the writer could not start: the entry carries its failure.
+      // Refused, or the writer could not start: the entry carries its failure. It has
+      // nothing to close or discard: once the client is told, the socket forgets it.
       this.#announcing.delete(id)
       this.#cancelAtStart.delete(id)
-      return this.#sendFailure(id, entry)
+      this.#sendFailure(id, entry)
+      this.#uploads.forsake(entry)
+      return
     }
     this.#announcing.delete(id)
     const slot: Slot = { id, entry, expected: 0, queue: [], writing: false, unacked: 0, timer: undefined }
@@ -185,8 +312,9 @@ export class Channel {
       return
     }
     const finished = this.#finished.get(id)
-    if (finished === undefined) return this.#refuse('unknown_entry', `No entry ${id} on this socket`, { id })
     this.#finished.delete(id)
+    // Claimed by a request, or expired: no longer this socket's.
+    if (finished === undefined || finished.released) return this.#refuse('unknown_entry', `No entry ${id} on this socket`, { id })
     this.#uploads.cancel(finished.ref).then(() => this.#sendFailure(id, finished, 'cancelled'))
   }
 
@@ -209,34 +337,43 @@ export class Channel {
       entry.cancel(error as EntryFailure)
       return
     }
+    // Frames a paused socket still delivers (the rest of the read in hand) are kept, but
+    // only what one read can hold: more means inflated frames, never a polite client.
+    if (this.#queued >= this.#window + READ_SLACK_FRAMES || this.#queuedBytes >= this.#window * this.#maxMessageBytes + READ_SLACK_BYTES) {
+      return this.#close(1008, `window_exceeded: at most ${this.#window} unacknowledged frames`)
+    }
     this.#heard(slot)
     slot.expected += chunk.length
     slot.queue.push(chunk)
     this.#queued++
-    queuedBytes += chunk.length
-    this.#throttle()
+    this.#queuedBytes += chunk.length
+    this.#budget.take(chunk.length)
+    this.#flow()
     this.#pump(slot)
   }
 
-  /** Stops reading the socket while its window is full or the process-wide budget is spent. */
-  #throttle (): void {
-    if (this.#paused) return
-    if (queuedBytes >= QUEUE_BUDGET) overBudget.add(this)
-    else if (this.#queued < this.#window) return
-    this.#paused = true
-    this.#socket.pause()
-  }
-
-  /** The budget has room again: read on, unless the window is still full. */
-  budgetFreed (): void {
-    this.#maybeResume()
-  }
-
-  #maybeResume (): void {
-    if (this.#paused && this.#queued < this.#window && !overBudget.has(this)) {
-      this.#paused = false
-      this.#socket.resume()
+  /**
+   * Reads the socket only while every bound has room: its window of frames, the
+   * instance's budget, its announces, and the answers the client has not read yet.
+   */
+  #flow (): void {
+    const backlog = this.#socket.bufferedAmount >= ANSWERS_HIGH_WATER
+    if (!backlog) {
+      clearTimeout(this.#answersTimer)
+      this.#answersTimer = undefined
+    } else if (this.#answersTimer === undefined) {
+      this.#answersTimer = setTimeout(() => this.#close(1008, 'answers_not_read: the client does not read its answers'), this.#answersTimeout)
     }
+    const stop = backlog || this.#queued >= this.#window || this.#announcing.size >= ANNOUNCE_WINDOW || this.#budget.holds(this)
+    if (stop === this.#paused) return
+    this.#paused = stop
+    if (stop) this.#socket.pause()
+    else this.#socket.resume()
+  }
+
+  /** The budget has room again: read on, unless another bound is still reached. */
+  budgetFreed (): void {
+    if (!this.#closing) this.#flow()
   }
 
   /** Hands the slot's queued frames to its entry in order, acking each; finishes at the last byte. */
@@ -281,8 +418,9 @@ export class Channel {
 
   #dequeued (frames: number, bytes: number): void {
     this.#queued -= frames
-    releaseBudget(bytes)
-    this.#maybeResume()
+    this.#queuedBytes -= bytes
+    this.#budget.release(bytes)
+    if (!this.#closing) this.#flow()
   }
 
   /** The entry reached an end: tell the client, and forget its slot. */
@@ -297,6 +435,8 @@ export class Channel {
     this.#dequeued(slot.queue.length, bytes)
     slot.queue.length = 0
     if (entry.status === 'done') {
+      // Entries claimed or expired since are no longer this socket's to cancel.
+      for (const [id, finished] of this.#finished) if (finished.released) this.#finished.delete(id)
       this.#finished.set(slot.id, entry)
       this.#send({ type: 'done', id: slot.id, ref: entry.ref })
     } else {

@@ -4,9 +4,9 @@
 //
 // Like fs.WriteStream, it keeps one write in flight and gathers the chunks that
 // arrive meanwhile into the next `writev`, so receiving and writing overlap. A
-// `writeChunk` waits only when more than HIGH_WATER bytes are queued for its file (or
-// TOTAL_HIGH_WATER for all files), which bounds memory; a failed write surfaces at the
-// next `writeChunk` or at `close`.
+// `writeChunk` waits only when more than HIGH_WATER bytes are queued for its file, or
+// its budget (shared by the files of one plugin instance) is spent, which bounds
+// memory; a failed write surfaces at the next `writeChunk` or at `close`.
 import { randomBytes } from 'node:crypto'
 import { close, open, writev } from 'node:fs'
 import { rm } from 'node:fs/promises'
@@ -15,9 +15,24 @@ import { join } from 'node:path'
 import type { UploadWriter } from '../../types/index.js'
 
 const HIGH_WATER = 256 * 1024
-/** Across all temp files of the process, so memory does not grow without bound with concurrency. */
-const TOTAL_HIGH_WATER = 64 * 1024 * 1024
-let unwrittenTotal = 0
+/** The default budget's size: bytes queued and not yet written, across the files sharing it. */
+export const TMP_FILE_QUEUE_BYTES = 64 * 1024 * 1024
+
+/**
+ * Bytes handed to temp files and not yet written, across the files that share it, so
+ * memory does not grow without bound with concurrency. Past `limit`, every `writeChunk`
+ * of those files waits for its file's writes. The plugin gives each instance its own.
+ */
+export class TmpFileBudget {
+  readonly limit: number
+  unwritten = 0
+  constructor (limit = TMP_FILE_QUEUE_BYTES) {
+    this.limit = limit
+  }
+}
+
+/** Shared by the writers used without a budget of their own (outside the plugin). */
+const defaultBudget = new TmpFileBudget()
 
 // The callback forms of open/writev/close: per call they cost less than FileHandle's
 // promise machinery, which shows with hundreds of concurrent uploads.
@@ -28,6 +43,11 @@ function call<T> (fn: (done: (error: NodeJS.ErrnoException | null, value: T) => 
 export interface TmpFileOptions {
   /** Directory for the temp files. Default: the OS temp directory. */
   dir?: string
+  /**
+   * Shared by the files whose unwritten bytes it bounds. Default: one budget of 64 MiB
+   * for every writer used without one (the plugin passes its instance's).
+   */
+  budget?: TmpFileBudget
 }
 
 export interface TmpFileState {
@@ -40,6 +60,7 @@ export interface TmpFileState {
   queue: Buffer[]
   /** Bytes queued or being written. */
   unwritten: number
+  readonly budget: TmpFileBudget
   writing: Promise<void> | undefined
   failure: { error: unknown } | undefined
 }
@@ -63,12 +84,12 @@ async function drain (state: TmpFileState): Promise<void> {
       /* c8 ignore next */
       if (bytesWritten !== total) throw new Error(`short write to ${state.path}: ${bytesWritten} of ${total} bytes`)
       state.unwritten -= total
-      unwrittenTotal -= total
+      state.budget.unwritten -= total
     }
   } catch (error) {
     state.failure = { error }
     state.queue = []
-    unwrittenTotal -= state.unwritten
+    state.budget.unwritten -= state.unwritten
     state.unwritten = 0
   } finally {
     state.writing = undefined
@@ -85,7 +106,7 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
     const path = join(options?.dir ?? tmpdir(), `upload-${randomBytes(16).toString('hex')}`)
     // 'wx': fail rather than reuse an existing file; 0o600: readable by this user only
     const fd = await call<number>((done) => open(path, 'wx', 0o600, done))
-    return { path, fd, size: 0, queue: [], unwritten: 0, writing: undefined, failure: undefined }
+    return { path, fd, size: 0, queue: [], unwritten: 0, budget: options?.budget ?? defaultBudget, writing: undefined, failure: undefined }
   },
 
   meta (state) {
@@ -96,10 +117,10 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
     if (state.failure !== undefined) throw state.failure.error
     state.queue.push(data)
     state.unwritten += data.length
-    unwrittenTotal += data.length
+    state.budget.unwritten += data.length
     state.size += data.length
     state.writing ??= drain(state)
-    if (state.unwritten < HIGH_WATER && unwrittenTotal < TOTAL_HIGH_WATER) return state
+    if (state.unwritten < HIGH_WATER && state.budget.unwritten < state.budget.limit) return state
     return settle(state).then(() => state)
   },
 

@@ -1,12 +1,12 @@
 // The channel's test kit: an app with @fastify/websocket, and a protocol client that
 // speaks PROTOCOL.md frame by frame (not the client library: tests of the server must
 // be able to send what a polite client never would).
-import websocket from '@fastify/websocket'
+import websocket, { type WebsocketPluginOptions } from '@fastify/websocket'
 import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
-import { eventually, listen } from './index.js'
+import { Changes, listen, PATIENCE_MS } from './index.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 
@@ -14,11 +14,11 @@ export interface ChannelApp { app: FastifyInstance, url: string, wsUrl: string, 
 
 /** The plugin with `channel: true`, registered before @fastify/websocket (so shutdown says 1001). */
 export async function startChannelApp (
-  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}
+  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}, websocketOptions: WebsocketPluginOptions = {}
 ): Promise<ChannelApp> {
   const app = Fastify()
   await app.register(chunkedUpload, { channel: true, ...options })
-  await app.register(websocket)
+  await app.register(websocket, websocketOptions)
   app.get('/health', async () => ({ ok: true }))
   routes(app)
   const started = await listen(t, app)
@@ -43,14 +43,23 @@ export class ProtocolClient {
   readonly messages: ServerMessage[] = []
   readonly closed: Promise<{ code: number, reason: string }>
   readonly opened: Promise<void>
+  /** The socket closed: nothing more will arrive. */
+  isClosed = false
+  /** Changed on every message and at close (see `until`). */
+  readonly #changes = new Changes()
 
-  constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}) {
-    this.socket = new WebSocket(url, protocols, { headers })
+  constructor (url: string, protocols: string[] = [SUBPROTOCOL], headers: Record<string, string> = {}, options: WebSocket.ClientOptions = {}) {
+    this.socket = new WebSocket(url, protocols, { headers, ...options })
     this.socket.on('message', (data, isBinary) => {
       if (!isBinary) this.messages.push(JSON.parse(data.toString()))
+      this.#changes.changed()
     })
     this.socket.on('error', () => {})
-    this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => resolve({ code, reason: reason.toString() })))
+    this.closed = new Promise((resolve) => this.socket.once('close', (code, reason) => {
+      this.isClosed = true
+      this.#changes.changed()
+      resolve({ code, reason: reason.toString() })
+    }))
     this.opened = new Promise((resolve, reject) => {
       this.socket.once('open', () => resolve())
       this.socket.once('unexpected-response', (_req, res) => reject(new Error(`status ${String(res.statusCode)}`)))
@@ -58,10 +67,18 @@ export class ProtocolClient {
     })
   }
 
-  static async open (url: string, protocols?: string[], headers?: Record<string, string>): Promise<ProtocolClient> {
-    const client = new ProtocolClient(url, protocols, headers)
+  static async open (url: string, protocols?: string[], headers?: Record<string, string>, options?: WebSocket.ClientOptions): Promise<ProtocolClient> {
+    const client = new ProtocolClient(url, protocols, headers, options)
     await client.opened
     return client
+  }
+
+  /**
+   * Resolves once `holds()` is true, checked now, on every message and at close: an
+   * event, not a poll. Fails after `ms`, a bound on what must happen, never an ordering.
+   */
+  async until (holds: () => boolean, ms = PATIENCE_MS): Promise<void> {
+    await this.#changes.until('a message or the close', holds, ms)
   }
 
   json (message: unknown): void {
@@ -76,15 +93,18 @@ export class ProtocolClient {
     this.socket.send(frame(id, offset, data))
   }
 
-  /** The first message (from `from` on) that matches, waiting up to `ms`. */
-  async waitFor (match: (m: ServerMessage) => boolean, ms = 5000, from = 0): Promise<ServerMessage> {
-    let found: ServerMessage | undefined
-    await eventually(() => {
-      found = this.messages.slice(from).find(match)
-      return found !== undefined
-    }, ms)
-    if (found === undefined) throw new Error(`no matching message in ${JSON.stringify(this.messages.slice(-5))}`)
-    return found
+  /** The first message (from `from` on) that matches, as it arrives. */
+  async waitFor (match: (m: ServerMessage) => boolean, ms = PATIENCE_MS, from = 0): Promise<ServerMessage> {
+    let seen = from
+    try {
+      return await this.#changes.until('a matching message', () => {
+        // Only the messages not looked at yet.
+        for (; seen < this.messages.length; seen++) if (match(this.messages[seen]!)) return this.messages[seen]
+        return undefined
+      }, ms)
+    } catch (error) {
+      throw new Error(`${(error as Error).message}; the last messages: ${JSON.stringify(this.messages.slice(-5))}`)
+    }
   }
 
   async accepted (id: number): Promise<ServerMessage> {
@@ -94,7 +114,7 @@ export class ProtocolClient {
   }
 
   /** The entry's end: `done` or `error`. */
-  async outcome (id: number, ms = 5000): Promise<ServerMessage> {
+  async outcome (id: number, ms?: number): Promise<ServerMessage> {
     return await this.waitFor((m) => m.id === id && (m.type === 'done' || (m.type === 'error' && isEnd(m.code))), ms)
   }
 
@@ -110,7 +130,7 @@ export class ProtocolClient {
       // Acks are coalesced: the last one's offset says how many frames are acknowledged.
       const acked = Math.ceil(this.ackedOffset(id) / chunkSize)
       if (sent - acked >= window) {
-        await eventually(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'), 5000)
+        await this.until(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'))
         if (this.messages.some((m) => m.id === id && m.type === 'error')) return
         continue
       }
@@ -147,10 +167,4 @@ export class ProtocolClient {
 const REFUSALS = new Set(['unknown_entry', 'bad_offset', 'bad_frame', 'bad_message', 'duplicate_id'])
 export function isEnd (code: string): boolean {
   return !REFUSALS.has(code)
-}
-
-/** POSTs JSON to the route and returns status and body. */
-export async function postJson (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, json: any }> {
-  const response = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } })
-  return { status: response.status, json: await response.json() }
 }

@@ -1,13 +1,11 @@
-// Test helpers for the client library: the real plugin with its channel on 127.0.0.1,
-// files of any size, and a `ws` WebSocket that records what crosses it both ways.
+// Test helpers for the client library (the app itself is kit/channel.ts's
+// startChannelApp): files of any size, a `ws` WebSocket that records what crosses it
+// both ways, and the demo as a user runs it.
 import { spawn, type ChildProcess } from 'node:child_process'
-import websocket from '@fastify/websocket'
-import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import { WebSocket } from 'ws'
-import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
 import type { FileLike, WebSocketConstructor } from '../../client/index.js'
-import { bytes, Recorder, sleep } from './index.js'
+import { bytes, Changes, Recorder } from './index.js'
 
 /** A file of deterministic bytes (Node's File: a real Blob). */
 export function file (name: string, size: number, type = '', seed = size): File {
@@ -124,30 +122,6 @@ export function mostAnnounced (wire: Wire): number {
   return most
 }
 
-export interface ChannelApp {
-  app: FastifyInstance
-  /** The origin, `http://127.0.0.1:port`. */
-  url: string
-}
-
-/**
- * Fastify with the plugin (`channel: true`) and @fastify/websocket, given routes,
- * listening on 127.0.0.1; closed at teardown.
- */
-export async function startChannelApp (t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}): Promise<ChannelApp> {
-  const app = Fastify()
-  // The plugin's preClose must run before @fastify/websocket's (which closes every
-  // socket at once, with no code), so that shutdown says why: register it first.
-  await app.register(chunkedUpload, { channel: true, ...options })
-  await app.register(websocket)
-  routes(app)
-  await app.listen({ port: 0, host: '127.0.0.1' })
-  const address = app.server.address()
-  const port = typeof address === 'object' && address !== null ? address.port : 0
-  t.teardown(() => app.close())
-  return { app, url: `http://127.0.0.1:${port}` }
-}
-
 /**
  * A recorder whose writers also count `discard` (a finished entry dropped unconsumed),
  * so tests can see what became of finished entries.
@@ -161,20 +135,14 @@ export function discardingRecorder (recorder: Recorder): { factory: () => [Recor
   return { factory: () => [writer, { level: 'test' }], discarded }
 }
 
-/** `fn()` once it returns something, polling; fails after `ms`. */
-export async function until<T> (what: string, fn: () => T | undefined | false, ms = 5000): Promise<T> {
-  const deadline = Date.now() + ms
-  for (;;) {
-    const value = fn()
-    if (value !== undefined && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-    await sleep(10)
-  }
-}
-
 /** A line of the demo's JSON log. */
-export interface LogLine { msg?: string, url?: string, file?: string, size?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
-export interface Demo { url: string, logs: () => LogLine[] }
+export interface LogLine { msg?: string, url?: string, file?: string, size?: number, delay?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
+export interface Demo {
+  url: string
+  logs: () => LogLine[]
+  /** Waits until `fn` returns something, re-checked on every line the demo logs. */
+  until: <T>(what: string, fn: () => T | undefined | false) => Promise<T>
+}
 
 async function stop (child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return
@@ -196,16 +164,23 @@ export async function startDemo (t: Test, tmp: string): Promise<Demo> {
     stdio: ['ignore', 'pipe', 'pipe']
   })
   t.teardown(() => stop(child))
+  const changes = new Changes()
   let stdout = ''
   let stderr = ''
-  child.stdout!.setEncoding('utf8').on('data', (text: string) => { stdout += text })
+  child.stdout!.setEncoding('utf8').on('data', (text: string) => {
+    stdout += text
+    changes.changed()
+  })
   child.stderr!.setEncoding('utf8').on('data', (text: string) => { stderr += text })
-  const logs = (): LogLine[] => stdout.split('\n').filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine)
+  child.once('exit', () => changes.changed())
+  // Whole lines only: a line may come in two pieces.
+  const logs = (): LogLine[] => stdout.split('\n').slice(0, -1).filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine)
+  const until = async <T>(what: string, fn: () => T | undefined | false): Promise<T> => await changes.until(what, fn)
   const url = await until('the demo to print its URL', () => {
     if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}): ${stderr}`)
     return logs().find((line) => line.url !== undefined)?.url
-  }, 15_000)
-  return { url, logs }
+  })
+  return { url, logs, until }
 }
 
 export { Recorder }

@@ -6,6 +6,7 @@ import { mkdtemp, readdir, rm } from 'node:fs/promises'
 import { connect, type Socket } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { clearTimeout, setTimeout } from 'node:timers'
 import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
@@ -43,6 +44,54 @@ export interface Faults {
 }
 
 /**
+ * How long a wait may take before the test fails. It bounds waits for something that
+ * must happen (a close, an answer) and never orders anything: on a loaded machine these
+ * only take longer, so it is generous, and a test that passes never reaches it.
+ */
+export const PATIENCE_MS = 60_000
+
+/**
+ * Waits on something that changes: `until` re-checks its condition each time the
+ * owner calls `changed()` (no polling), and fails after PATIENCE_MS. These timers are
+ * node:timers', bound at import: they stay real under fake timers.
+ */
+export class Changes {
+  readonly #waiters = new Set<() => void>()
+
+  changed (): void {
+    for (const check of [...this.#waiters]) check()
+  }
+
+  async until<T> (what: string, fn: () => T | undefined | false, ms = PATIENCE_MS): Promise<T> {
+    return await new Promise<T>((resolve, reject) => {
+      const check = (): void => {
+        let value: T | undefined | false
+        try {
+          value = fn()
+        } catch (error) {
+          done()
+          reject(error)
+          return
+        }
+        if (value === undefined || value === false) return
+        done()
+        resolve(value)
+      }
+      const timer = setTimeout(() => {
+        done()
+        reject(new Error(`timed out after ${ms} ms waiting for ${what}`))
+      }, ms)
+      const done = (): void => {
+        clearTimeout(timer)
+        this.#waiters.delete(check)
+      }
+      this.#waiters.add(check)
+      check()
+    })
+  }
+}
+
+/**
  * A writer factory whose writers record every call and keep their bytes in memory.
  * It tracks overlap (a call while another is in flight) and the order of calls.
  */
@@ -52,6 +101,7 @@ export class Recorder {
   #next = 0
   /** Settles every hung call, so a test can finish cleanly. */
   readonly #hung: Array<() => void> = []
+  readonly #changes = new Changes()
 
   constructor (faults: Faults = {}) {
     this.faults = faults
@@ -63,14 +113,25 @@ export class Recorder {
     for (const settle of this.#hung.splice(0)) settle()
   }
 
+  /** Waits until `fn` holds, re-checked after every writer call (init, chunk, close) and every hang. */
+  async until (what: string, fn: () => boolean): Promise<void> {
+    await this.#changes.until(what, fn)
+  }
+
+  /** Resolves when a writer call hangs (a `hangInit` or `hangOnChunk` fault). */
+  async hung (): Promise<void> {
+    await this.#changes.until('a writer call to hang', () => this.#hung.length > 0)
+  }
+
   readonly writer: UploadWriter<unknown, { record: WriterRecord, busy: boolean, buffers: Buffer[] }, { bytes: number, sha256: string, buffer: Buffer }> = {
     init: async (options) => {
-      if (this.faults.hangInit === true) await new Promise<void>((resolve) => this.#hung.push(resolve))
+      if (this.faults.hangInit === true) await this.#hang()
       if (this.faults.initThrows === true) throw new Error('init failed on purpose')
       const record: WriterRecord = {
         id: this.#next++, initOptions: options, chunks: [], hash: createHash('sha256'), closes: [], bytes: 0, overlapped: false, outOfOrder: false
       }
       this.records.push(record)
+      this.#changes.changed()
       return { record, busy: false, buffers: [] }
     },
     meta: (state) => ({
@@ -85,7 +146,7 @@ export class Recorder {
       state.busy = true
       try {
         const call = record.chunks.length + 1
-        if (this.faults.hangOnChunk === call) await new Promise<void>((resolve) => this.#hung.push(resolve))
+        if (this.faults.hangOnChunk === call) await this.#hang()
         if (this.faults.chunkDelay !== undefined) await sleep(this.faults.chunkDelay)
         if (this.faults.throwOnChunk === call) throw new Error(`chunk ${call} failed on purpose`)
         record.chunks.push(data.length)
@@ -95,17 +156,25 @@ export class Recorder {
         return state
       } finally {
         state.busy = false
+        this.#changes.changed()
       }
     },
     close: async (state, reason) => {
       const { record } = state
       if (state.busy) record.overlapped = true
       record.closes.push(reason)
+      this.#changes.changed()
       if (this.faults.closeDelay !== undefined) await sleep(this.faults.closeDelay)
       if (reason === 'done' && this.faults.closeDoneThrows === true) throw new Error('close failed on purpose')
       if (reason !== 'done' && this.faults.closeCancelThrows === true) throw new Error('close(cancel) failed on purpose')
       return state
     }
+  }
+
+  async #hang (): Promise<void> {
+    const hung = new Promise<void>((resolve) => this.#hung.push(resolve))
+    this.#changes.changed()
+    await hung
   }
 
   /** Guarantees 1 and 2 on every writer seen so far (one assertion each, whatever the count). */
@@ -150,14 +219,43 @@ export async function strayFiles (dir: string): Promise<string[]> {
   return await readdir(dir)
 }
 
-/** Polls until `fn` holds or `ms` passed; returns whether it held. */
-export async function eventually (fn: () => boolean | Promise<boolean>, ms = 3000): Promise<boolean> {
-  const until = Date.now() + ms
-  while (Date.now() < until) {
-    if (await fn()) return true
+/**
+ * Polls `fn` every 10 ms until it returns something (not undefined or false), and
+ * returns that; fails after `ms`, a bound on what must happen, never an ordering.
+ * Only for what has no event to wait on (files on disk, a server's socket): where the
+ * thing watched has one, wait on it instead (Changes, Recorder.until, rawSocket's until).
+ */
+export async function until<T> (what: string, fn: () => T | undefined | false | Promise<T | undefined | false>, ms = PATIENCE_MS): Promise<T> {
+  const value = await poll(fn, ms)
+  if (value === undefined) throw new Error(`timed out after ${ms} ms waiting for ${what}`)
+  return value
+}
+
+/** As `until`, for a check: whether `fn` held within `ms`. */
+export async function eventually (fn: () => boolean | Promise<boolean>, ms = PATIENCE_MS): Promise<boolean> {
+  return await poll(fn, ms) !== undefined
+}
+
+/** `fn()` once it returns something, or undefined after `ms`. */
+async function poll<T> (fn: () => T | undefined | false | Promise<T | undefined | false>, ms: number): Promise<T | undefined> {
+  // Counted in real sleeps (node:timers/promises, bound at import), not by Date: fake
+  // timers stop Date and leave these sleeps real.
+  for (let waited = 0; ; waited += 10) {
+    const value = await fn()
+    if (value !== undefined && value !== false) return value
+    if (waited >= ms) return undefined
     await sleep(10)
   }
-  return await fn()
+}
+
+/**
+ * Once the server let its uploads go: every writer got its close, the recorder's
+ * guarantees held (see `check`), and no temp file is left in `dir`.
+ */
+export async function checkLetGo (t: Test, recorder: Recorder, dir: string): Promise<void> {
+  t.ok(await eventually(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
+  recorder.check(t)
+  t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
 }
 
 export interface App {
@@ -197,6 +295,12 @@ export async function stillServes (t: Test, url: string): Promise<void> {
   t.equal(response.status, 200, 'the server still answers')
 }
 
+/** POSTs JSON to the route and returns status and body. */
+export async function postJson (url: string, body: unknown, headers: Record<string, string> = {}): Promise<{ status: number, json: any }> {
+  const response = await fetch(url, { method: 'POST', body: JSON.stringify(body), headers: { 'content-type': 'application/json', ...headers } })
+  return { status: response.status, json: await response.json() }
+}
+
 export interface Part {
   name: string
   filename?: string
@@ -229,22 +333,41 @@ export function parseResponse (text: string): RawResponse | undefined {
   return { status, headers: head, body: text.slice(end + 4) }
 }
 
-/** Opens a raw socket to the app and sends a request head. */
-export async function rawSocket (port: number): Promise<Socket & { received: () => string }> {
-  const socket = connect(port, '127.0.0.1')
-  let data = ''
-  socket.on('data', (chunk) => { data += chunk.toString('latin1') })
-  socket.on('error', () => {})
-  await new Promise<void>((resolve) => socket.once('connect', resolve))
-  return Object.assign(socket, { received: () => data })
+export interface RawSocket extends Socket {
+  /** Everything received so far, as latin1. */
+  received: () => string
+  /** Waits until `fn` holds, re-checked on every byte received and at the socket's end and close. */
+  until: <T>(what: string, fn: () => T | undefined | false) => Promise<T>
 }
 
-/** Sends a whole request on a raw socket and waits for the server to answer or close. */
-export async function rawRequest (port: number, head: string, body: Buffer | string = '', waitMs = 5000): Promise<RawResponse | undefined> {
+/** Opens a raw socket to the app. */
+export async function rawSocket (port: number): Promise<RawSocket> {
+  const socket = connect(port, '127.0.0.1')
+  const changes = new Changes()
+  let data = ''
+  socket.on('data', (chunk) => {
+    data += chunk.toString('latin1')
+    changes.changed()
+  })
+  socket.on('error', () => {})
+  socket.on('end', () => changes.changed())
+  socket.on('close', () => changes.changed())
+  await new Promise<void>((resolve) => socket.once('connect', resolve))
+  return Object.assign(socket, { received: () => data, until: async <T>(what: string, fn: () => T | undefined | false) => await changes.until(what, fn) })
+}
+
+/** Whether a raw socket got a whole JSON answer, or was closed. */
+function answeredOrClosed (socket: RawSocket): boolean {
+  const text = socket.received()
+  return socket.destroyed || socket.readableEnded || (text.includes('\r\n\r\n{') && text.trimEnd().endsWith('}'))
+}
+
+/** Sends a whole request on a raw socket and waits for the server to answer (a JSON body) or close. */
+export async function rawRequest (port: number, head: string, body: Buffer | string = ''): Promise<RawResponse | undefined> {
   const socket = await rawSocket(port)
   socket.write(head)
   socket.write(body)
-  await Promise.race([new Promise((resolve) => socket.once('close', resolve)), eventually(() => parseResponse(socket.received())?.body !== undefined && socket.received().includes('\r\n\r\n{') && socket.received().trimEnd().endsWith('}'), waitMs)])
+  await socket.until('an answer or the socket\'s end', () => answeredOrClosed(socket))
   socket.destroy()
   return parseResponse(socket.received())
 }

@@ -4,8 +4,55 @@
 import { request, type ClientRequest, type IncomingHttpHeaders } from 'node:http'
 import type { FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
-import type { ChunkedUploadOptions, UploadConfig } from '../../lib/index.js'
-import { Recorder, eventually, sha256, startApp, stillServes, strayFiles, tmpDirFor, type App, type Faults } from './index.js'
+import type { ChunkedUploadOptions, UploadConfig, WriterFactory } from '../../lib/index.js'
+import { Recorder, bytes, checkLetGo, postJson, sha256, startApp, stillServes, tmpDirFor, type App, type Faults } from './index.js'
+
+/**
+ * Controls the recorder's writers: while shut, `init` and `writeChunk` wait for `open()`;
+ * with `delay`, each `writeChunk` takes that long on the (possibly fake) clock. `held`
+ * counts calls waiting (a barrier for tests).
+ */
+export class WriterGate {
+  held = 0
+  delay = 0
+  /** false: `init` passes even while shut (only `writeChunk` is held). */
+  holdInit = true
+  #shut = false
+  readonly #waiting: Array<() => void> = []
+
+  shut (): void { this.#shut = true }
+
+  open (): void {
+    this.#shut = false
+    for (const resume of this.#waiting.splice(0)) resume()
+  }
+
+  async #pass (delay: number, hold = true): Promise<void> {
+    this.held++
+    try {
+      if (this.#shut && hold) await new Promise<void>((resolve) => this.#waiting.push(resolve))
+      if (delay > 0) await new Promise<void>((resolve) => setTimeout(resolve, delay))
+    } finally {
+      this.held--
+    }
+  }
+
+  factory (recorder: Recorder): WriterFactory {
+    const inner = recorder.writer
+    const writer = {
+      ...inner,
+      init: async (options: unknown) => {
+        await this.#pass(0, this.holdInit)
+        return await inner.init(options)
+      },
+      writeChunk: async (data: Buffer, state: Parameters<typeof inner.writeChunk>[1]) => {
+        await this.#pass(this.delay)
+        return await inner.writeChunk(data, state)
+      }
+    }
+    return () => [writer, { level: 'test' }]
+  }
+}
 
 /** A header value of `undefined` leaves the header out (`{ 'tus-resumable': undefined }`). */
 export type Headers = Record<string, string | number | undefined>
@@ -24,6 +71,11 @@ export interface Reply {
 export const TUS: Headers = { 'tus-resumable': '1.0.0' }
 export const OCTETS = 'application/offset+octet-stream'
 export const PARTIAL = 'application/partial-upload'
+
+/** Headers of a tus 1.0 PATCH at `offset`. */
+export function patchHeaders (offset: number, more: Headers = {}): Headers {
+  return { ...TUS, 'content-type': OCTETS, 'upload-offset': offset, ...more }
+}
 
 /** Headers of the IETF draft: an interop version instead of Tus-Resumable. */
 export function ietf (version: string | number, more: Headers = {}): Headers {
@@ -116,6 +168,8 @@ export interface SetupOptions {
   route?: Record<string, unknown>
   /** Runs before the routes are declared (hooks, other plugins). */
   before?: (app: FastifyInstance) => void
+  /** The recorder's writers behind this gate. */
+  gate?: WriterGate
 }
 
 /**
@@ -141,7 +195,7 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       if (request.method === 'POST' && location !== undefined && line !== undefined) seen[line] += ` → ${String(location)}`
     })
     options.before?.(app)
-    const writer = options.tmp === true ? {} : { writer: recorder.factory }
+    const writer = options.tmp === true ? {} : { writer: options.gate?.factory(recorder) ?? recorder.factory }
     const names = { file: { accept: 'any', resumable: true, maxEntries: 3, maxFileSize: 1_000_000, chunkSize: 16_384, ...writer, ...config }, ...options.names }
     app.post('/up', { ...options.route, allowUpload: names as Record<string, UploadConfig> }, async (request) => {
       const files: unknown[] = []
@@ -176,8 +230,7 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       return new URL(String(reply.headers.location), endpoint).pathname
     },
     async claim (refs, headers = {}, path = '/up') {
-      const response = await fetch(started.url + path, { method: 'POST', headers: { 'content-type': 'application/json', ...headers }, body: JSON.stringify(refs) })
-      return { status: response.status, json: await response.json() }
+      return await postJson(started.url + path, refs, headers)
     },
     async finish (t) {
       if (finished) return
@@ -186,12 +239,25 @@ export async function setupResumable (t: Test, config: Partial<UploadConfig> = {
       const bare = replies.filter((r) => r.status !== 0 && !r.asked.startsWith('OPTIONS') && r.headers['tus-resumable'] !== '1.0.0')
       t.same(bare.map((r) => `${r.asked} → ${r.status}`), [], 'every answer but OPTIONS carries Tus-Resumable: 1.0.0')
       await started.app.close()
-      t.ok(await eventually(() => recorder.records.every((r) => r.closes.length > 0)), 'every writer got its close')
-      recorder.check(t)
-      t.ok(await eventually(async () => (await strayFiles(dir)).length === 0), 'no stray temp file')
+      await checkLetGo(t, recorder, dir)
     }
   }
   return setup
+}
+
+/**
+ * An upload of 10 000 bytes (chunkTimeout 30 s) and its PATCH, which has sent its first
+ * 1000 bytes to a writer behind a shut gate: once `gate.held === 1` the PATCH holds the
+ * upload with a writer call in flight, until `gate.open()`.
+ */
+export async function heldPatch (t: Test): Promise<{ s: Setup, gate: WriterGate, path: string, running: Open }> {
+  const gate = new WriterGate()
+  const s = await setupResumable(t, { chunkTimeout: 30_000 }, { gate })
+  const path = await s.create({ ...TUS, 'upload-length': 10_000 })
+  gate.shut()
+  const running = open(s.url + path, 'PATCH', patchHeaders(0, { 'content-length': 10_000 }))
+  running.req.write(bytes(1000))
+  return { s, gate, path, running }
 }
 
 /** The one writer record whose bytes are `data`, by digest. */
