@@ -8,7 +8,7 @@ import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
 import { CARRIED_HOOKS, DerivedRoutes, carriedFrom, derivedOptions, hookList, type Carried, type HookName, type RouterMatching } from './derived-routes.js'
 import {
-  AlreadyRegisteredError, ChannelNeedsWebsocketError, ChannelOrderError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
+  AlreadyRegisteredError, ChannelNeedsWebsocketError, InvalidConfigError, ChannelOrderError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
 import { bodyKind, continueWithoutBody, hasBody } from './route-body.js'
@@ -201,6 +201,10 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     // Fastify's automatic HEAD route for a GET route comes through here too; it carries
     // no body, so derives nothing (nor does a HEAD route of the app's own).
     if (route.method === 'HEAD') return
+    // The router allows a wildcard last only: `/files/*/tus` is no path.
+    if (route.url.endsWith('*')) {
+      throw new InvalidConfigError(`${where} has a wildcard path, under which its channel and resumable endpoint cannot be: declare the upload route on a path without one, or with channel: false and no resumable upload`)
+    }
     const origin = { where, instance: this, constraints: route.constraints, carried, routeConfigs: configs }
     const channelUrl = pathWithSuffix(route.url, settings.channelSuffix)
     if (settings.channel && derived.claim(channelUrl, 'upload channel', { ...origin, configs: new Map(configs) })) {

@@ -363,3 +363,15 @@ t.test('routes the router takes for one path share their derived routes', async 
     await app.close()
   }
 })
+
+t.test('an upload route on a wildcard path derives nothing: with a channel or resumable names, startup says why', async (t) => {
+  const resumable = await startupError((app) => { app.post('/any/*', { allowUpload: { file: { accept: 'any', resumable: true } } }, consumeAll) })
+  t.match(resumable, { code: 'FST_CHUNKED_UPLOAD_INVALID_CONFIG', message: /POST \/any\/\* has a wildcard path, under which its channel and resumable endpoint cannot be/ })
+  t.match(await startupError((app) => { app.post('/any/*', { allowUpload: { file: { accept: 'any' } } }, consumeAll) }, { channel: true }), { code: 'FST_CHUNKED_UPLOAD_INVALID_CONFIG' })
+  // Plain uploads on a wildcard path work as on any path.
+  const { url } = await start(t, (app) => {
+    app.post('/plain/*', { allowUpload: { file: { accept: 'any' } } }, async (request) => await request.uploads.consume('file', (meta: { size: number }) => meta.size))
+  }, { channel: false })
+  const response = await fetch(`${url}/plain/some/where`, { method: 'POST', headers: { 'content-type': 'application/octet-stream' }, body: bytes(100, 1) })
+  t.same([response.status, await response.json()], [200, [100]])
+})
