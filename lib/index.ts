@@ -318,12 +318,15 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const shuttingDown = (): EntryFailure => withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
   // preClose: uploads still reading stop now, so their requests can answer and drain.
   // Channel sockets hear why their entries stopped, then close with 1001 (going away).
+  // Side by side: a resumable writer call in flight does not hold up the others.
   fastify.addHook('preClose', async () => {
-    await resumables.shutdown()
-    await Promise.all([...live].map(async (uploads) => {
-      await uploads.abort(shuttingDown())
-      sockets.get(uploads)?.close(1001, 'server shutting down')
-    }))
+    await Promise.all([
+      resumables.shutdown(),
+      ...[...live].map(async (uploads) => {
+        await uploads.abort(shuttingDown())
+        sockets.get(uploads)?.close(1001, 'server shutting down')
+      })
+    ])
   })
   // onClose: every request is over; wait until their writers are closed and files gone.
   fastify.addHook('onClose', async () => {

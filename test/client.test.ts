@@ -278,7 +278,7 @@ t.test('websocket: the server closing the socket ends every unfinished file with
   const recorder = new Recorder({ chunkDelay: 5 })
   const { app, url } = await startChannelApp(t, filesRoute(recorder.factory))
   const { WebSocket } = recordingWebSocket()
-  // Channel sockets are the plugin's own (not in websocketServer.clients): catch them as they connect.
+  // Catch the channel sockets as they connect.
   const sockets = new Set<import('ws').WebSocket>()
   app.websocketServer.on('connection', (socket: import('ws').WebSocket) => sockets.add(socket))
   const kick = (): void => { for (const socket of sockets) socket.close(4000, 'kicked out') }
