@@ -19,6 +19,7 @@ import { receiveRaw } from './transports/raw.js'
 import { Channel, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
 import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transports/resumable.js'
 import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
+import { closeAfterAnswer } from './transports/close-after-answer.js'
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
 /** Set on requests to a resumable endpoint: their bodies are left unread for the endpoint. */
@@ -104,7 +105,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
     function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
       // The rest of the body was not read: the connection cannot carry another request.
-      if (uploadsOf(request)?.bodyUnread === true) reply.header('connection', 'close')
+      if (uploadsOf(request)?.bodyUnread === true || reply.getHeader('connection') === 'close') closeAfterAnswer(reply)
       done(null, payload)
     }
     /** Refs of finished channel entries, submitted as the upload name's value, join this request's entries. */

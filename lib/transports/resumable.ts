@@ -22,6 +22,7 @@ import {
   metadataHeader, type Checksum
 } from './resumable-headers.js'
 import { ResumableUpload, append, type AppendEnd, type GoneReason } from './resumable-upload.js'
+import { closeAfterAnswer } from './close-after-answer.js'
 
 const TUS_EXTENSIONS = 'creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation'
 const TUS_CONTENT_TYPE = 'application/offset+octet-stream'
@@ -299,7 +300,7 @@ export class ResumableEndpoint {
           : await append(upload, body, { limit: room, idle: upload.config.chunkTimeout, onStop })
       if (how === 'mismatch') throw new ChecksumMismatchError()
       if (how === 'too large') {
-        reply.header('connection', 'close')
+        closeAfterAnswer(reply)
         throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
       }
       if (how === 'failed') throw this.#failed(upload)
@@ -314,7 +315,7 @@ export class ResumableEndpoint {
       }
       if (how === 'limit') throw this.#tooLarge(reply, upload.config, 'close')
       // Pre-empted or cut: answer with what was kept; the connection cannot be reused.
-      if (how !== 'end') reply.header('connection', 'close')
+      if (how !== 'end') closeAfterAnswer(reply)
       this.#describe(upload, reply, dialect)
       await reply.code(status).send()
       return how
@@ -345,7 +346,8 @@ export class ResumableEndpoint {
   }
 
   async #mismatch (upload: ResumableUpload, reply: FastifyReply, dialect: Dialect, offset: number): Promise<void> {
-    reply.header('upload-offset', upload.offset).header('connection', 'close')
+    reply.header('upload-offset', upload.offset)
+    closeAfterAnswer(reply)
     if (!dialect.ietf) throw new OffsetMismatchError(offset, upload.offset)
     await reply.code(409).type('application/problem+json').send({
       type: 'https://iana.org/assignments/http-problem-types#mismatching-upload-offset',
@@ -387,7 +389,7 @@ export class ResumableEndpoint {
 
   #tooLarge (reply: FastifyReply, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload'): Error {
     reply.header('upload-limit', `max-size=${config.maxFileSize}`)
-    if (connection === 'close') reply.header('connection', 'close')
+    if (connection === 'close') closeAfterAnswer(reply)
     return withUploadCode(new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
   }
 
