@@ -29,7 +29,7 @@ const HUGE = 64 * 1024 * 1024
 /** Bound on waiting for a stream to end, only ever reached when the test fails. */
 const STREAM_END_MS = 10_000
 
-interface Server { app: FastifyInstance, url: string, port: number, recorder: Recorder }
+interface Server { app: FastifyInstance, url: string, port: number, recorder: Recorder, sessions: Set<ClientHttp2Session> }
 
 async function startServer (t: Test, flavor: Flavor): Promise<Server> {
   const recorder = new Recorder()
@@ -51,18 +51,23 @@ async function startServer (t: Test, flavor: Flavor): Promise<Server> {
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
   const port = typeof address === 'object' && address !== null ? address.port : 0
-  t.teardown(() => app.close())
-  return { app, url: `${flavor.tls ? 'https' : 'http'}://127.0.0.1:${port}`, port, recorder }
+  const sessions = new Set<ClientHttp2Session>()
+  // Sessions first: the server's close waits for them.
+  t.teardown(async () => {
+    for (const session of sessions) session.destroy()
+    await app.close()
+  })
+  return { app, url: `${flavor.tls ? 'https' : 'http'}://127.0.0.1:${port}`, port, recorder, sessions }
 }
 
-async function openSession (t: Test, server: Server): Promise<ClientHttp2Session> {
+async function openSession (server: Server): Promise<ClientHttp2Session> {
   const session = connect(server.url, { ca: cert })
   session.on('error', () => {})
   await new Promise<void>((resolve, reject) => {
     session.once('connect', () => resolve())
     session.once('error', reject)
   })
-  t.teardown(() => { session.close() })
+  server.sessions.add(session)
   return session
 }
 
@@ -155,7 +160,7 @@ function checkRefused (t: Test, answer: Answer, status: number, what: string): v
 for (const flavor of FLAVORS) {
   t.test(`${flavor.name}: multipart and raw uploads arrive byte-identical`, async (t) => {
     const server = await startServer(t, flavor)
-    const session = await openSession(t, server)
+    const session = await openSession(server)
     const a = bytes(700_001, 1)
     const b = bytes(3, 2)
     const form = multipart([
@@ -184,7 +189,7 @@ for (const flavor of FLAVORS) {
 
   t.test(`${flavor.name}: refused uploads are answered at once, their streams reset with NO_ERROR, the session goes on`, async (t) => {
     const server = await startServer(t, flavor)
-    const session = await openSession(t, server)
+    const session = await openSession(server)
     const big = { ':method': 'POST', ':path': '/raw', 'content-type': 'application/octet-stream' }
 
     // Too large by its declared length: refused before a byte is read.
@@ -212,7 +217,7 @@ for (const flavor of FLAVORS) {
 
   t.test(`${flavor.name}: the resumable endpoint: creation, PATCHes, an offset mismatch and a too-large append`, async (t) => {
     const server = await startServer(t, flavor)
-    const session = await openSession(t, server)
+    const session = await openSession(server)
     const data = bytes(600_000, 5)
     const created = await send(session, tus('/files/tus', { 'upload-length': data.length, 'upload-metadata': `filename ${Buffer.from('movie.bin').toString('base64')}` }), undefined)
     t.equal(created.status, 201)
@@ -256,6 +261,26 @@ for (const flavor of FLAVORS) {
     server.recorder.check(t)
   })
 }
+
+t.test('h2c: a creation with its upload and no Content-Length (DATA frames until END_STREAM) keeps every byte, in tus and in the IETF draft', async (t) => {
+  const server = await startServer(t, FLAVORS[0]!)
+  const session = await openSession(server)
+  const data = bytes(200_000, 11)
+  const consume = async (answer: Answer): Promise<unknown> => {
+    const json = Buffer.from(JSON.stringify({ file: answer.headers.location }))
+    return (await send(session, { ':method': 'POST', ':path': '/files', 'content-type': 'application/json', 'content-length': json.length }, json)).json
+  }
+  const expected = { files: [{ name: '', bytes: data.length, sha256: sha256(data) }] }
+  const created = await send(session, tus('/files/tus', { 'upload-length': data.length, 'content-type': 'application/offset+octet-stream' }), data)
+  t.equal(created.status, 201)
+  t.equal(created.headers['upload-offset'], String(data.length), 'tus: the body of the creation was read')
+  t.same(await consume(created), expected, 'byte-identical')
+  const draft = await send(session, { ':method': 'POST', ':path': '/files/tus', 'upload-draft-interop-version': '6', 'upload-complete': '?1', 'content-type': 'application/partial-upload' }, data)
+  t.equal(draft.status, 201)
+  t.equal(draft.headers['upload-offset'], String(data.length), 'IETF draft: the whole upload, not an empty one')
+  t.same(await consume(draft), expected, 'byte-identical')
+  server.recorder.check(t)
+})
 
 t.test('HTTP/1.1 on the allowHTTP1 server: a refused large body still closes its connection after the answer', async (t) => {
   const server = await startServer(t, FLAVORS[1]!)

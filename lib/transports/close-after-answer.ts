@@ -9,9 +9,6 @@
 import { Http2ServerResponse, constants } from 'node:http2'
 import type { FastifyReply } from 'fastify'
 
-/** Streams already set to close after their answer. */
-const closing = new WeakSet<object>()
-
 export function closeAfterAnswer (reply: FastifyReply): void {
   const response = reply.raw
   if (!(response instanceof Http2ServerResponse)) {
@@ -20,8 +17,6 @@ export function closeAfterAnswer (reply: FastifyReply): void {
   }
   reply.removeHeader('connection')
   const { stream } = response
-  if (closing.has(stream)) return
-  closing.add(stream)
   // 'finish': the answer is written. Node resets a stream whose body was never read the
   // same way, a turn later (trailers first); its NO_ERROR reset waits for data still queued.
   stream.once('finish', () => setImmediate(() => stream.close(constants.NGHTTP2_NO_ERROR)))

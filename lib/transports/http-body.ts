@@ -3,6 +3,7 @@
 // and an entry fed from a byte stream with backpressure.
 import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
+import type { FastifyRequest } from 'fastify'
 import type { Entry } from '../entry.js'
 import { ChunkTimeoutError, MalformedError, PrematureCloseError, withUploadCode, type EntryFailure } from '../errors.js'
 import type { Uploads } from '../uploads.js'
@@ -75,6 +76,18 @@ export class HttpBody {
   readonly #onClose = (): void => {
     if (!this.#payload.readableEnded) this.fail(prematureClose())
   }
+}
+
+/**
+ * Whether the request carries a body. HTTP/1.1 says so in its headers (chunked, or a
+ * Content-Length above 0); HTTP/2 by whether its HEADERS frame ended the stream: a body
+ * there needs no Content-Length.
+ */
+export function hasBody (request: FastifyRequest): boolean {
+  const { raw, headers } = request
+  const length = headers['content-length']
+  if (raw instanceof Http2ServerRequest) return !raw.stream.endAfterHeaders && length !== '0'
+  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
 
 /** How much of a failed body is read and thrown away so the client can read the answer. */

@@ -23,6 +23,7 @@ import {
 } from './resumable-headers.js'
 import { ResumableUpload, append, type AppendEnd, type GoneReason } from './resumable-upload.js'
 import { closeAfterAnswer } from './close-after-answer.js'
+import { hasBody } from './http-body.js'
 
 const TUS_EXTENSIONS = 'creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation'
 const TUS_CONTENT_TYPE = 'application/offset+octet-stream'
@@ -509,11 +510,6 @@ function dialectOf (request: FastifyRequest, reply: FastifyReply): Dialect {
   if (interop === undefined && request.headers['tus-resumable'] === TUS_VERSION) return { ietf: false }
   reply.header('tus-version', TUS_VERSION)
   throw new ResumableVersionError()
-}
-
-function hasBody (request: FastifyRequest): boolean {
-  const { headers } = request
-  return headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0')
 }
 
 /** The request's path, without its query: the endpoint (or upload) URL as the client used it. */
