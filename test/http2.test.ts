@@ -7,11 +7,12 @@
 // closes its connection after such an answer.
 import { readFileSync } from 'node:fs'
 import { request as httpsRequest } from 'node:https'
-import { connect, constants, type ClientHttp2Session, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
+import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2'
+import FakeTimers from '@sinonjs/fake-timers'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import chunkedUpload from '../lib/index.js'
-import { Recorder, bytes, multipart, sha256 } from './kit/index.js'
+import { Recorder, bytes, eventually, multipart, sha256 } from './kit/index.js'
 
 const key = readFileSync(new URL('fixtures/localhost-key.pem', import.meta.url))
 const cert = readFileSync(new URL('fixtures/localhost-cert.pem', import.meta.url))
@@ -31,7 +32,7 @@ const STREAM_END_MS = 10_000
 
 interface Server { app: FastifyInstance, url: string, port: number, recorder: Recorder, sessions: Set<ClientHttp2Session> }
 
-async function startServer (t: Test, flavor: Flavor): Promise<Server> {
+async function startServer (t: Test, flavor: Flavor, chunkTimeout?: number): Promise<Server> {
   const recorder = new Recorder()
   const app = (flavor.tls
     ? Fastify({ http2: true, https: { key, cert, allowHTTP1: true } })
@@ -40,10 +41,10 @@ async function startServer (t: Test, flavor: Flavor): Promise<Server> {
   const report = async (request: import('fastify').FastifyRequest, name: string): Promise<unknown> =>
     await request.uploads.consume(name, (meta: { bytes: number, sha256: string }, entry) => ({ name: entry.clientName, bytes: meta.bytes, sha256: meta.sha256 }))
   app.post('/form', {
-    allowUpload: { docs: { accept: ['.bin'], maxEntries: 3, maxFileSize: FILE_LIMIT, writer: recorder.factory } }
+    allowUpload: { docs: { accept: ['.bin'], maxEntries: 3, maxFileSize: FILE_LIMIT, chunkTimeout, writer: recorder.factory } }
   }, async (request) => ({ body: request.body, files: await report(request, 'docs') }))
   app.post('/raw', {
-    allowUpload: { file: { accept: 'any', maxFileSize: FILE_LIMIT, writer: recorder.factory } }
+    allowUpload: { file: { accept: 'any', maxFileSize: FILE_LIMIT, chunkTimeout, writer: recorder.factory } }
   }, async (request) => ({ files: await report(request, 'file') }))
   app.post('/files', {
     allowUpload: { file: { accept: 'any', maxFileSize: FILE_LIMIT, resumable: true, writer: recorder.factory } }
@@ -83,9 +84,11 @@ interface Answer {
 /**
  * One request on the session: `body`, then `tail` filler bytes, sent with backpressure
  * in 64 KiB pieces until the stream ends. A refused upload is never let to send it all.
+ * `onRequest` gets the client stream as soon as it is opened.
  */
-async function send (session: ClientHttp2Session, headers: OutgoingHttpHeaders, body: Buffer | undefined, tail = 0): Promise<Answer> {
+async function send (session: ClientHttp2Session, headers: OutgoingHttpHeaders, body: Buffer | undefined, tail = 0, onRequest?: (req: ClientHttp2Stream) => void): Promise<Answer> {
   const req = session.request(headers, { endStream: body === undefined && tail === 0 })
+  onRequest?.(req)
   let reset = false
   req.on('aborted', () => { reset = true })
   req.on('error', () => {})
@@ -279,6 +282,56 @@ t.test('h2c: a creation with its upload and no Content-Length (DATA frames until
   t.equal(draft.status, 201)
   t.equal(draft.headers['upload-offset'], String(data.length), 'IETF draft: the whole upload, not an empty one')
   t.same(await consume(draft), expected, 'byte-identical')
+  server.recorder.check(t)
+})
+
+t.test('h2c: a client that cancels its stream mid-upload: the writer is cancelled, the session goes on', async (t) => {
+  const server = await startServer(t, FLAVORS[0]!)
+  const session = await openSession(server)
+  const req = session.request({ ':method': 'POST', ':path': '/raw', 'content-type': 'application/octet-stream', 'content-length': FILE_LIMIT })
+  req.on('error', () => {})
+  req.write(bytes(100_000, 12))
+  t.ok(await eventually(() => server.recorder.records[0]?.bytes === 100_000), 'the first bytes reached the writer')
+  req.close(constants.NGHTTP2_CANCEL)
+  t.ok(await eventually(() => server.recorder.records[0]!.closes.length === 1), 'the writer was closed')
+  t.same(server.recorder.reasons(), ['cancel'])
+  const data = bytes(10_000, 13)
+  const after = await send(session, { ':method': 'POST', ':path': '/raw', 'content-type': 'application/octet-stream', 'content-length': data.length }, data)
+  t.same(after.json, { files: [{ name: '', bytes: data.length, sha256: sha256(data) }] }, 'the session carries the next upload')
+  server.recorder.check(t)
+})
+
+/** Turns of the event loop (setImmediate, left alone by the fake clock) until `fn` holds; bounded. */
+async function turnsUntil (fn: () => boolean, turns = 1_000_000): Promise<boolean> {
+  for (let i = 0; i < turns && !fn(); i++) await new Promise((resolve) => setImmediate(resolve))
+  return fn()
+}
+
+t.test('h2c: a client silent for chunkTimeout gets 408, then its stream is reset with NO_ERROR; the session goes on', async (t) => {
+  const chunkTimeout = 2000
+  const server = await startServer(t, FLAVORS[0]!, chunkTimeout)
+  const session = await openSession(server)
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
+  try {
+    let stalled!: ClientHttp2Stream
+    // An empty body of its own: the client writes 100 kB by hand, then nothing.
+    const answer = send(session, { ':method': 'POST', ':path': '/raw', 'content-type': 'application/octet-stream', 'content-length': FILE_LIMIT }, Buffer.alloc(0), 0, (req) => {
+      stalled = req
+      req.write(bytes(100_000, 14))
+    })
+    t.ok(await turnsUntil(() => server.recorder.records[0]?.bytes === 100_000), 'the first bytes reached the writer, then the client fell silent')
+    await clock.tickAsync(chunkTimeout + 1)
+    const timedOut = await answer
+    checkRefused(t, timedOut, 408, 'silent past chunkTimeout')
+    t.equal(timedOut.json.code, 'FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT')
+    t.ok(stalled.closed, 'the client stream is closed')
+  } finally {
+    clock.uninstall()
+  }
+  const data = bytes(10_000, 15)
+  const after = await send(session, { ':method': 'POST', ':path': '/raw', 'content-type': 'application/octet-stream', 'content-length': data.length }, data)
+  t.equal(after.status, 200, 'the session carries the next upload')
+  t.equal(server.recorder.records[0]!.closes.length, 1)
   server.recorder.check(t)
 })
 
