@@ -104,7 +104,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       done()
     }
     function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
-      // The rest of the body was not read: the connection cannot carry another request.
+      // The rest of the body was not read (by us, or by Fastify after a parser error): the exchange cannot go on.
       if (uploadsOf(request)?.bodyUnread === true || reply.getHeader('connection') === 'close') closeAfterAnswer(reply)
       done(null, payload)
     }
