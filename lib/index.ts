@@ -11,7 +11,7 @@ import {
   AlreadyRegisteredError, ChannelNeedsWebsocketError, InvalidConfigError, ChannelOrderError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, withUploadCode, type EntryFailure
 } from './errors.js'
-import { bodyKind, continueWithoutBody, hasBody } from './route-body.js'
+import { bodyKind, continueWithoutBody, takesBody } from './route-body.js'
 import { RefStore } from './refs.js'
 import { Uploads } from './uploads.js'
 import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
@@ -20,6 +20,7 @@ import { receiveRaw } from './transports/raw.js'
 import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './transports/websocket.js'
 import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transports/resumable.js'
 import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
+import { closeAfterAnswer } from './transports/close-after-answer.js'
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
 /** On a derived route's options: its preParsing hook that takes the body, which must stay last. */
@@ -158,8 +159,8 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       })
     }
     function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
-      // The rest of the body was not read: the connection cannot carry another request.
-      if (uploadsOf(request)?.bodyUnread === true) reply.header('connection', 'close')
+      // The rest of the body was not read (by us, or by Fastify after a parser error): the exchange cannot go on.
+      if (uploadsOf(request)?.bodyUnread === true || reply.getHeader('connection') === 'close') closeAfterAnswer(reply)
       done(null, payload)
     }
     /** Refs of finished channel entries, submitted as the upload name's value, join this request's entries. */
@@ -239,7 +240,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
     /** The endpoint reads bodies itself: `request.body` is the payload, unread. */
     function handOverBody (request: FastifyRequest, _reply: FastifyReply, payload: Readable, done: PreParsingDone): void {
-      if (!hasBody(request)) return done(null)
+      if (!takesBody(request)) return done(null)
       request.body = payload
       continueWithoutBody(request, done)
     }

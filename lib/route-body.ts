@@ -4,6 +4,7 @@
 // runs and the request goes on to validation and the handler.
 import type { FastifyRequest } from 'fastify'
 import { mediaType } from './config.js'
+import { hasBody } from './transports/http-body.js'
 
 /**
  * Methods whose bodies upload routes take: Fastify's standard methods with a body, but
@@ -24,16 +25,18 @@ export const FIELD_TYPES: ReadonlySet<string> = new Set(['application/json', 'te
  */
 export type BodyKind = 'none' | 'fields' | 'multipart' | 'raw'
 
-/** Whether the request has a body, as Fastify judges it (a Content-Type alone counts). */
-export function hasBody (request: FastifyRequest): boolean {
-  const { headers } = request
+/**
+ * Whether an upload route takes a body from the request: one of the methods above, with
+ * a Content-Type (Fastify then looks for a parser, even for an empty body) or a body on
+ * the wire.
+ */
+export function takesBody (request: FastifyRequest): boolean {
   if (!TAKES_BODY.has(request.method)) return false
-  const length = headers['content-length']
-  return headers['content-type'] !== undefined || headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+  return request.headers['content-type'] !== undefined || hasBody(request)
 }
 
 export function bodyKind (request: FastifyRequest): BodyKind {
-  if (!hasBody(request)) return 'none'
+  if (!takesBody(request)) return 'none'
   const type = mediaType(request.headers['content-type'])
   if (type === 'multipart/form-data') return 'multipart'
   return FIELD_TYPES.has(type) ? 'fields' : 'raw'

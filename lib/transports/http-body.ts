@@ -1,7 +1,9 @@
 // What the two HTTP transports share: one request body read under a silence limit,
 // stopped at the first failure (client abort, timeout, a failing entry, shutdown),
 // and an entry fed from a byte stream with backpressure.
+import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
+import type { FastifyRequest } from 'fastify'
 import type { Entry } from '../entry.js'
 import { ChunkTimeoutError, MalformedError, PrematureCloseError, withUploadCode, type EntryFailure } from '../errors.js'
 import type { Uploads } from '../uploads.js'
@@ -76,6 +78,18 @@ export class HttpBody {
   }
 }
 
+/**
+ * Whether the request carries a body. HTTP/1.1 says so in its headers (chunked, or a
+ * Content-Length above 0); HTTP/2 by whether its HEADERS frame ended the stream: a body
+ * there needs no Content-Length.
+ */
+export function hasBody (request: FastifyRequest): boolean {
+  const { raw, headers } = request
+  const length = headers['content-length']
+  if (raw instanceof Http2ServerRequest) return !raw.stream.endAfterHeaders && length !== '0'
+  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
+}
+
 /** How much of a failed body is read and thrown away so the client can read the answer. */
 export const DRAIN_LIMIT = { bytes: 4 * 1024 * 1024, ms: 2000 }
 
@@ -83,11 +97,13 @@ export const DRAIN_LIMIT = { bytes: 4 * 1024 * 1024, ms: 2000 }
  * A client still sending when the server answers early may lose the answer to a TCP
  * reset if the server closes with unread bytes. So, like nginx's lingering close,
  * read and discard what is left, within limits, before answering; past them the
- * answer carries `Connection: close`.
+ * connection closes after the answer (closeAfterAnswer).
+ * HTTP/2 has no such hazard: the answer goes at once, and the stream's reset after it
+ * stops the client without touching the connection. Nothing is drained there.
  */
 export async function drainRest (uploads: Uploads, payload: Readable): Promise<void> {
   uploads.bodyUnread = true
-  if (payload.readableEnded || payload.destroyed) {
+  if (payload.readableEnded || payload.destroyed || payload instanceof Http2ServerRequest) {
     uploads.bodyUnread = !payload.readableEnded
     return
   }

@@ -18,6 +18,35 @@ function isForbidden (name: string): boolean {
   return name === '__proto__' || name in Object.prototype
 }
 
+/**
+ * A file input left empty: browsers send a part with `filename=""` (and
+ * application/octet-stream) but no bytes. That is no file, so it makes no entry. Told
+ * by the part's first byte or its end, whichever comes first; a part with a file name
+ * (a chosen empty file) or with bytes is a file, and the byte seen stays in the part.
+ */
+async function isUnchosenFile (file: BusboyFileStream, filename: string | undefined, body: HttpBody): Promise<boolean> {
+  if (filename !== undefined && filename !== '') return false
+  return await new Promise<boolean>((resolve) => {
+    const settle = (unchosen: boolean): void => {
+      unregister()
+      file.off('data', onData)
+      file.off('end', onEnd)
+      resolve(unchosen)
+    }
+    function onData (chunk: Buffer): void {
+      file.pause()
+      file.unshift(chunk)
+      settle(false)
+    }
+    const onEnd = (): void => settle(true)
+    // The body failed first (cut, timed out, shut down): go on as with any part, refused.
+    const unregister = body.onFail(() => settle(false))
+    file.on('data', onData)
+    file.once('end', onEnd)
+    file.resume()
+  })
+}
+
 export async function receiveMultipart (
   uploads: Uploads, request: FastifyRequest, payload: Readable, limits: FieldLimits
 ): Promise<Record<string, unknown>> {
@@ -52,6 +81,7 @@ export async function receiveMultipart (
   }
 
   async function receiveFile (fieldName: string, file: BusboyFileStream, filename: string, mimeType: string): Promise<void> {
+    if (await isUnchosenFile(file, filename, body)) return
     const config = uploads.configs.get(fieldName)
     if (config === undefined) {
       file.resume()

@@ -22,6 +22,8 @@ import {
   metadataHeader, type Checksum
 } from './resumable-headers.js'
 import { ResumableUpload, append, type AppendEnd, type GoneReason, type Slot } from './resumable-upload.js'
+import { closeAfterAnswer } from './close-after-answer.js'
+import { hasBody } from './http-body.js'
 
 const TUS_EXTENSIONS = 'creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation'
 const TUS_CONTENT_TYPE = 'application/offset+octet-stream'
@@ -357,8 +359,8 @@ export class ResumableEndpoint {
           ? await this.#appendChecked(upload, body, checksum, room, onStop)
           : await append(upload, body, { limit: room, idle: upload.config.chunkTimeout, onStop })
       if (how === 'mismatch') throw new ChecksumMismatchError()
-      // Stopped, cut, or over a limit: the rest of the body is unread, the connection cannot be reused.
-      if (how !== 'end') reply.header('connection', 'close')
+      // Stopped, cut, or over a limit: the rest of the body is unread, the exchange cannot go on.
+      if (how !== 'end') closeAfterAnswer(reply)
       if (how === 'too large') throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
       if (how === 'failed') throw this.#failed(upload)
       // Ended meanwhile (expired, shut down): the append was stopped; say why.
@@ -404,7 +406,8 @@ export class ResumableEndpoint {
   }
 
   async #mismatch (upload: ResumableUpload, reply: FastifyReply, dialect: Dialect, offset: number): Promise<void> {
-    reply.header('upload-offset', upload.offset).header('connection', 'close')
+    reply.header('upload-offset', upload.offset)
+    closeAfterAnswer(reply)
     if (!dialect.ietf) throw new OffsetMismatchError(offset, upload.offset)
     await reply.code(409).type('application/problem+json').send({
       type: 'https://iana.org/assignments/http-problem-types#mismatching-upload-offset',
@@ -453,7 +456,7 @@ export class ResumableEndpoint {
   /** A 413: over maxFileSize, unless a more precise reason is given; the draft's Upload-Limit for its clients. */
   #tooLarge (reply: FastifyReply, dialect: Dialect, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload', reason?: Error): Error {
     if (dialect.ietf) reply.header('upload-limit', `max-size=${config.maxFileSize}`)
-    if (connection === 'close') reply.header('connection', 'close')
+    if (connection === 'close') closeAfterAnswer(reply)
     return withUploadCode(reason ?? new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
   }
 
@@ -622,11 +625,6 @@ function notAllowed (method: string, allowed: string[], reply: FastifyReply): Er
  */
 function bodyOf (request: FastifyRequest): Readable | undefined {
   return (request.body as Readable | undefined) ?? (hasBody(request) ? request.raw : undefined)
-}
-
-function hasBody (request: FastifyRequest): boolean {
-  const { headers } = request
-  return headers['transfer-encoding'] !== undefined || (headers['content-length'] !== undefined && headers['content-length'] !== '0')
 }
 
 /** The request's path, without its query: the endpoint (or upload) URL as the client used it. */
