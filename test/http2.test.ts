@@ -12,7 +12,7 @@ import FakeTimers from '@sinonjs/fake-timers'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import chunkedUpload from '../lib/index.js'
-import { Recorder, bytes, eventually, multipart, sha256 } from './kit/index.js'
+import { PATIENCE_MS, Recorder, bytes, eventually, multipart, sha256 } from './kit/index.js'
 
 const key = readFileSync(new URL('fixtures/localhost-key.pem', import.meta.url))
 const cert = readFileSync(new URL('fixtures/localhost-cert.pem', import.meta.url))
@@ -28,7 +28,7 @@ const FILE_LIMIT = 1_000_000
 /** A declared or streamed body far past every limit: a refused upload never reads it all. */
 const HUGE = 64 * 1024 * 1024
 /** Bound on waiting for a stream to end, only ever reached when the test fails. */
-const STREAM_END_MS = 10_000
+const STREAM_END_MS = PATIENCE_MS
 
 interface Server { app: FastifyInstance, url: string, port: number, recorder: Recorder, sessions: Set<ClientHttp2Session> }
 
