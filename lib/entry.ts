@@ -114,11 +114,8 @@ export class Entry implements UploadEntry {
     try {
       this.#state = await init.result
     } catch (error) {
-      if (init.timedOut()) {
-        // init may still succeed later: such a writer is owed its one close.
-        this.#closed = true
-        this.#closing = init.raw.then((late) => this.#invokeClose(late, 'cancel'), () => {})
-      }
+      // init may still succeed later: such a writer is owed its one close.
+      if (init.timedOut()) this.#oweClose(init.raw.then((late) => this.#invokeClose(late, 'cancel'), () => {}))
       throw this.#failBeforeInit(error)
     } finally {
       this.#busy = undefined
@@ -230,9 +227,8 @@ export class Entry implements UploadEntry {
       this.#busy = undefined
       if (call.timedOut()) {
         // The call is still running: close after it, so calls never overlap.
-        this.#closed = true
         const late = (state: unknown): Promise<void> => this.#invokeClose(state, { error })
-        this.#closing = call.raw.then(late, () => late(this.#state))
+        this.#oweClose(call.raw.then(late, () => late(this.#state)))
       } else {
         await this.#close({ error })
       }
@@ -241,6 +237,24 @@ export class Entry implements UploadEntry {
     this.#busy = undefined
     this.bytesReceived += piece.length
     await this.#honourCancel()
+  }
+
+  /**
+   * A writer call outlived writerTimeout and may still settle: its one `close` is owed
+   * for then (`owed`). Whoever waits for the entry's close (a cancel, shutdown) waits at
+   * most one more writerTimeout: a call that never settles must not hold `app.close()`
+   * forever. The close still follows if the call settles later.
+   */
+  #oweClose (owed: Promise<void>): void {
+    this.#closed = true
+    let timer: NodeJS.Timeout | undefined
+    const gaveUp = new Promise<void>((resolve) => {
+      timer = setTimeout(() => {
+        this.#log.warn({ ref: this.ref, uploadName: this.uploadName }, 'upload writer call still hung past writerTimeout: its close follows if it ever settles')
+        resolve()
+      }, this.#config.writerTimeout)
+    })
+    this.#closing = Promise.race([owed, gaveUp]).finally(() => clearTimeout(timer))
   }
 
   /** `close` exactly once: a second request gets the first one's outcome. Rejects only for `'done'`. */

@@ -288,6 +288,29 @@ t.test('a writer call that hangs is bounded by writerTimeout', async (t) => {
   t.same(s.recorder.reasons(), ['error'], 'closed with { error } once the hung call settled')
 })
 
+t.test('a writer call that never settles holds app.close() at most one more writerTimeout; its close still follows if it settles', async (t) => {
+  const clock = fakeClock(t)
+  const s = await setup(t, { writerTimeout: 200, chunkSize: 1000 }, { hangOnChunk: 2 })
+  const posting = postForm(s.url, [{ name: 'file', filename: 'a.bin', data: bytes(5000) }])
+  await s.recorder.hung()
+  let closed = false
+  const closing = s.app.close().then(() => { closed = true })
+  const { status, json } = await posting
+  t.equal(status, 503, 'shutdown answers the request at once')
+  t.equal(json.code, 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN')
+  await clock.tickAsync(200)
+  t.notOk(closed, 'close() waits while the call may still settle within writerTimeout…')
+  await clock.tickAsync(199)
+  t.notOk(closed, '…and one more writerTimeout for its close')
+  await clock.tickAsync(1)
+  await closing
+  t.same(s.recorder.records[0]!.closes, [], 'no close while the hung call runs: calls never overlap')
+  s.recorder.release()
+  await s.recorder.until('the owed close', () => s.recorder.records[0]!.closes.length === 1)
+  t.same(s.recorder.reasons(), ['error'], 'closed once, with { error }, when the call settled')
+  s.recorder.check(t)
+})
+
 t.test('10,000 tiny parts', async (t) => {
   const s = await setup(t, { maxEntries: 10_000 })
   const parts = Array.from({ length: 10_000 }, (_, i) => ({ name: 'file', filename: `${i}.txt`, data: String(i % 10) }))
