@@ -363,6 +363,13 @@ export class ResumableEndpoint {
       if (how !== 'end') closeAfterAnswer(reply)
       if (how === 'too large') throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
       if (how === 'failed') throw this.#failed(upload)
+      if (how instanceof Error) {
+        // A body that could not be read: the client's bad input. The upload keeps what its
+        // writer accepted, and the answer says how much.
+        this.#assertLive(upload)
+        this.#describe(upload, reply, dialect)
+        throw how
+      }
       // Ended meanwhile (expired, shut down): the append was stopped; say why.
       this.#assertLive(upload)
       // However the append ended, the last byte finishes the upload.
