@@ -5,7 +5,7 @@
 import type { Readable } from 'node:stream'
 import type { ResolvedConfig } from '../config.js'
 import type { Entry } from '../entry.js'
-import type { EntryFailure } from '../errors.js'
+import { PrematureCloseError, type EntryFailure } from '../errors.js'
 import { bodyStreamFailure } from './http-body.js'
 import { SilenceTimer } from './silence.js'
 
@@ -174,9 +174,9 @@ export interface AppendOptions {
 export async function append (upload: ResumableUpload, body: Readable, options: AppendOptions): Promise<AppendEnd> {
   const { entry } = upload
   const sink = options.sink ?? (async (chunk: Buffer) => await entry.write(chunk))
-  // The body may have failed, or the client gone, while this append waited for the upload.
-  if (body.errored !== null) return endOfError(body.errored)
-  if (body.destroyed) return 'aborted'
+  // The client may have gone, or the body failed, while this append waited for the upload
+  // (a body destroyed without an error was closed early: HTTP/2's request on a reset stream).
+  if (body.destroyed) return endOfError(body.errored ?? new PrematureCloseError())
   return await new Promise<AppendEnd>((resolve) => {
     let received = 0
     let writing = false
