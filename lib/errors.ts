@@ -15,6 +15,7 @@ export const FieldsTooLargeError = createError('FST_CHUNKED_UPLOAD_FIELDS_TOO_LA
 export const FieldTooLargeError = createError('FST_CHUNKED_UPLOAD_FIELD_TOO_LARGE', 'Form field "%s" exceeds %s bytes', 413)
 export const MalformedError = createError('FST_CHUNKED_UPLOAD_MALFORMED', 'Malformed multipart body: %s', 400)
 export const PrematureCloseError = createError('FST_CHUNKED_UPLOAD_PREMATURE_CLOSE', 'The request closed before its body ended', 400)
+export const BodyUnreadableError = createError('FST_CHUNKED_UPLOAD_BODY_UNREADABLE', 'The request body could not be read (%s)', 400)
 export const ChunkTimeoutError = createError('FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT', 'No bytes arrived for %s ms', 408)
 export const WriterFailureError = createError('FST_CHUNKED_UPLOAD_WRITER_FAILURE', 'The upload of "%s" could not be stored', 500)
 export const CancelledError = createError('FST_CHUNKED_UPLOAD_CANCELLED', 'The upload of "%s" was cancelled', 400)

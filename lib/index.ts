@@ -21,6 +21,7 @@ import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocke
 import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './transports/resumable.js'
 import { TUS_VERSION, idOfUrl } from './transports/resumable-headers.js'
 import { closeAfterAnswer } from './transports/close-after-answer.js'
+import { holdErrors } from './transports/http-body.js'
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
 /** On a derived route's options: its preParsing hook that takes the body, which must stay last. */
@@ -147,6 +148,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       const kind = bodyKind(request)
       if (kind === 'none' || kind === 'fields') return done(null)
       const uploads = uploadsOf(request)!
+      holdErrors(payload)
       const received = kind === 'multipart' ? receiveMultipart(uploads, request, payload, settings) : receiveRaw(uploads, request, payload)
       received.then((body) => {
         request.body = body
@@ -241,6 +243,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     /** The endpoint reads bodies itself: `request.body` is the payload, unread. */
     function handOverBody (request: FastifyRequest, _reply: FastifyReply, payload: Readable, done: PreParsingDone): void {
       if (!takesBody(request)) return done(null)
+      holdErrors(payload)
       request.body = payload
       continueWithoutBody(request, done)
     }

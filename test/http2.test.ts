@@ -47,7 +47,7 @@ async function startServer (t: Test, flavor: Flavor, chunkTimeout?: number): Pro
     allowUpload: { file: { accept: 'any', maxFileSize: FILE_LIMIT, chunkTimeout, writer: recorder.factory } }
   }, async (request) => ({ files: await report(request, 'file') }))
   app.post('/files', {
-    allowUpload: { file: { accept: 'any', maxFileSize: FILE_LIMIT, resumable: true, writer: recorder.factory } }
+    allowUpload: { file: { accept: 'any', maxFileSize: FILE_LIMIT, resumable: true, chunkTimeout, writer: recorder.factory } }
   }, async (request) => ({ files: await report(request, 'file') }))
   await app.listen({ port: 0, host: '127.0.0.1' })
   const address = app.server.address()
@@ -332,6 +332,45 @@ t.test('h2c: a client silent for chunkTimeout gets 408, then its stream is reset
   const after = await send(session, { ':method': 'POST', ':path': '/raw', 'content-type': 'application/octet-stream', 'content-length': data.length }, data)
   t.equal(after.status, 200, 'the session carries the next upload')
   t.equal(server.recorder.records[0]!.closes.length, 1)
+  server.recorder.check(t)
+})
+
+t.test('h2c: a resumable append silent for chunkTimeout gets 408 with the offset kept, then its stream is reset with NO_ERROR; the upload and the session go on', async (t) => {
+  const chunkTimeout = 2000
+  const server = await startServer(t, FLAVORS[0]!, chunkTimeout)
+  const session = await openSession(server)
+  const data = bytes(200_000, 16)
+  const created = await send(session, tus('/files/tus', { 'upload-length': data.length }), undefined)
+  const location = String(created.headers.location)
+  const patch = (offset: number, more: OutgoingHttpHeaders = {}): OutgoingHttpHeaders =>
+    tus(location, { ':method': 'PATCH', 'upload-offset': offset, 'content-type': 'application/offset+octet-stream', ...more })
+  const clock = FakeTimers.install({ toFake: ['setTimeout', 'clearTimeout', 'setInterval', 'clearInterval', 'Date'] })
+  try {
+    let answered = false
+    // An empty body of its own: the client writes 100 kB by hand, then nothing.
+    const answer = send(session, patch(0), Buffer.alloc(0), 0, (req) => {
+      req.once('response', () => { answered = true })
+      req.write(data.subarray(0, 100_000))
+    })
+    t.ok(await turnsUntil(() => server.recorder.records[0]?.bytes === 100_000), 'the first bytes reached the writer, then the client fell silent')
+    await clock.tickAsync(chunkTimeout + 1)
+    // Bounded in real time: a stream left unanswered (or reset bare) fails here rather than hanging.
+    if (!await eventually(() => answered, STREAM_END_MS)) return t.fail('the timed-out append got no answer')
+    const timedOut = await answer
+    checkRefused(t, timedOut, 408, 'an append silent past chunkTimeout')
+    t.equal(timedOut.json.code, 'FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT')
+    t.equal(timedOut.headers['upload-offset'], '100000', 'the answer says what was kept')
+  } finally {
+    clock.uninstall()
+  }
+  const head = await send(session, tus(location, { ':method': 'HEAD' }), undefined)
+  t.equal(head.headers['upload-offset'], '100000', 'the upload kept what its writer accepted')
+  const rest = await send(session, patch(100_000, { 'content-length': 100_000 }), data.subarray(100_000))
+  t.equal(rest.status, 204, 'the client resumes on the same session')
+  t.equal(rest.headers['upload-offset'], String(data.length))
+  t.equal(server.recorder.records.length, 1, 'one writer throughout')
+  t.same(server.recorder.reasons(), ['done'], 'closed once, done')
+  t.equal(server.recorder.records[0]!.hash.copy().digest('hex'), sha256(data), 'byte-identical')
   server.recorder.check(t)
 })
 

@@ -5,7 +5,7 @@ import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
 import type { FastifyRequest } from 'fastify'
 import type { Entry } from '../entry.js'
-import { ChunkTimeoutError, MalformedError, PrematureCloseError, withUploadCode, type EntryFailure } from '../errors.js'
+import { BodyUnreadableError, ChunkTimeoutError, MalformedError, PrematureCloseError, withUploadCode, type EntryFailure } from '../errors.js'
 import type { Uploads } from '../uploads.js'
 import { SilenceTimer } from './silence.js'
 
@@ -29,7 +29,12 @@ export class HttpBody {
     })
     uploads.onAbort = (error) => this.#reject(error)
     payload.on('close', this.#onClose)
-    payload.on('error', this.#onClose)
+    payload.on('error', this.#onError)
+    // It may have failed already, while the writer started (holdErrors kept its error).
+    if (payload.errored !== null) {
+      this.#failed.catch(() => {})
+      this.#onError(payload.errored)
+    }
   }
 
   /** Runs the transport's reading until it ends or the body fails, whichever is first. */
@@ -55,7 +60,7 @@ export class HttpBody {
   #detach (): void {
     this.silence.stop()
     this.#payload.off('close', this.#onClose)
-    this.#payload.off('error', this.#onClose)
+    this.#payload.off('error', this.#onError)
     this.#uploads.onAbort = undefined
   }
 
@@ -76,6 +81,26 @@ export class HttpBody {
   readonly #onClose = (): void => {
     if (!this.#payload.readableEnded) this.fail(prematureClose())
   }
+
+  readonly #onError = (error: Error): void => { this.fail(bodyStreamFailure(error)) }
+}
+
+/** Node's words for a body whose source closed before its end: the client went away. */
+const CLOSED_EARLY = new Set(['ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE'])
+
+/**
+ * What a body stream's 'error' means. The client going away shows as Node's reset (or,
+ * through a pipeline, a premature close): a premature close. Anything else is a body that
+ * could not be read (a preParsing hook's decoder failed on it): the client's bad input, a
+ * 400 naming the error's code only (its message and stack, possibly internal, are logged
+ * as the cause). An error that carries its own status (a hook's coded error) passes through.
+ */
+export function bodyStreamFailure (error: Error): EntryFailure {
+  const { code, statusCode } = error as Error & { code?: unknown, statusCode?: unknown }
+  if (typeof code === 'string' && CLOSED_EARLY.has(code)) return prematureClose()
+  if (typeof statusCode === 'number') return asFailure(error)
+  const reason = typeof code === 'string' && /^[A-Z][A-Z0-9_]*$/.test(code) ? code : 'its stream failed'
+  return withUploadCode(new BodyUnreadableError(reason, { cause: error }), 'cancelled') as EntryFailure
 }
 
 /**
@@ -189,3 +214,14 @@ export function asFailure (error: unknown): EntryFailure {
   failure.uploadCode ??= 'cancelled'
   return failure
 }
+
+/**
+ * For a body stream the plugin took: its 'error' may come while no reader listens (a
+ * writer starting, a handler waiting for its upload). Unheard, it would crash the process;
+ * heard here, the stream keeps it (`errored`) for whoever reads it next.
+ */
+export function holdErrors (payload: Readable): void {
+  payload.on('error', heardLater)
+}
+
+function heardLater (): void {}

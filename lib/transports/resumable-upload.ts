@@ -5,10 +5,12 @@
 import type { Readable } from 'node:stream'
 import type { ResolvedConfig } from '../config.js'
 import type { Entry } from '../entry.js'
+import { PrematureCloseError, type EntryFailure } from '../errors.js'
+import { bodyStreamFailure } from './http-body.js'
 import { SilenceTimer } from './silence.js'
 
-/** How an append ended. */
-export type AppendEnd = 'end' | 'stopped' | 'aborted' | 'timeout' | 'limit' | 'failed'
+/** How an append ended; a body that could not be read (its stream failed) ends it with that failure. */
+export type AppendEnd = 'end' | 'stopped' | 'aborted' | 'timeout' | 'limit' | 'failed' | EntryFailure
 
 /** Why an upload is gone: what later requests for it are told (410, or 503 at shutdown). */
 export type GoneReason = 'terminated' | 'expired' | 'unclaimed' | 'failed' | 'consumed' | 'concatenated' | 'shut down'
@@ -172,8 +174,9 @@ export interface AppendOptions {
 export async function append (upload: ResumableUpload, body: Readable, options: AppendOptions): Promise<AppendEnd> {
   const { entry } = upload
   const sink = options.sink ?? (async (chunk: Buffer) => await entry.write(chunk))
-  // The client may have gone while this append waited for the upload.
-  if (body.destroyed) return 'aborted'
+  // The client may have gone, or the body failed, while this append waited for the upload
+  // (a body destroyed without an error was closed early: HTTP/2's request on a reset stream).
+  if (body.destroyed) return endOfError(body.errored ?? new PrematureCloseError())
   return await new Promise<AppendEnd>((resolve) => {
     let received = 0
     let writing = false
@@ -188,7 +191,7 @@ export async function append (upload: ResumableUpload, body: Readable, options: 
       body.off('data', onData)
       body.off('end', onEnd)
       body.off('close', onClose)
-      body.off('error', onClose)
+      body.off('error', onError)
       body.pause()
       resolve(ending)
     }
@@ -210,11 +213,18 @@ export async function append (upload: ResumableUpload, body: Readable, options: 
     }
     function onEnd (): void { end('end') }
     function onClose (): void { end(body.readableEnded ? 'end' : 'aborted') }
+    function onError (error: Error): void { end(endOfError(error)) }
     options.onStop(() => end('stopped'))
     body.on('data', onData)
     body.once('end', onEnd)
     body.once('close', onClose)
-    body.once('error', onClose)
+    body.once('error', onError)
     body.resume()
   })
+}
+
+/** A body stream's error: the client gone (the append is cut), or a body that could not be read. */
+function endOfError (error: Error): AppendEnd {
+  const failure = bodyStreamFailure(error)
+  return failure.code === 'FST_CHUNKED_UPLOAD_PREMATURE_CLOSE' ? 'aborted' : failure
 }

@@ -5,13 +5,14 @@
 // accepted.
 import { createHash } from 'node:crypto'
 import { createReadStream } from 'node:fs'
+import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { UploadWriter } from '../../types/index.js'
 import { chooseConfig, mediaType, parseAccept, safeBasename, type OwnerFn, type ResolvedConfig } from '../config.js'
 import type { Entry } from '../entry.js'
 import {
-  BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, ConcatReadError, FinalUploadError, MethodNotAllowedError, OffsetMismatchError,
+  BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, ChunkTimeoutError, ConcatReadError, FinalUploadError, MethodNotAllowedError, OffsetMismatchError,
   PastLengthError, ResumableMediaTypeError, ResumableVersionError, ShuttingDownError, TooLargeError, TooManyFilesError, TooManyUploadsError,
   UploadCompletedError, UploadGoneError, UploadLengthError, UploadNotFoundError, withUploadCode, type EntryFailure
 } from '../errors.js'
@@ -363,16 +364,29 @@ export class ResumableEndpoint {
       if (how !== 'end') closeAfterAnswer(reply)
       if (how === 'too large') throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
       if (how === 'failed') throw this.#failed(upload)
+      if (how instanceof Error) {
+        // A body that could not be read: the client's bad input. The upload keeps what its
+        // writer accepted, and the answer says how much.
+        this.#assertLive(upload)
+        this.#describe(upload, reply, dialect)
+        throw how
+      }
       // Ended meanwhile (expired, shut down): the append was stopped; say why.
       this.#assertLive(upload)
       // However the append ended, the last byte finishes the upload.
       if (how === 'end' && complete === true) this.#declareLength(upload, upload.offset, reply, dialect)
       if (upload.length === upload.offset) await this.#finish(upload)
       if (how === 'timeout') {
-        // The spec's advice: a timed-out append ends with its connection.
-        reply.hijack()
-        request.raw.destroy()
-        return how
+        // The spec's advice: a timed-out append ends with its connection. Over HTTP/2 the
+        // stream is the unit (the session carries other uploads): the client is answered
+        // with the offset kept, then its stream is reset (closeAfterAnswer, above).
+        if (!(request.raw instanceof Http2ServerRequest)) {
+          reply.hijack()
+          request.raw.destroy()
+          return how
+        }
+        this.#describe(upload, reply, dialect)
+        throw withUploadCode(new ChunkTimeoutError(upload.config.chunkTimeout), 'chunk_timeout')
       }
       if (how === 'limit') throw this.#overflow(upload, reply, dialect)
       // Pre-empted or cut: answer with what was kept.
