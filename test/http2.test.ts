@@ -285,6 +285,19 @@ t.test('h2c: a creation with its upload and no Content-Length (DATA frames until
   server.recorder.check(t)
 })
 
+t.test('h2c: a creation whose stream ends with an empty DATA frame (Node\'s client default) has no body: 201, not 415', async (t) => {
+  const server = await startServer(t, FLAVORS[0]!)
+  const session = await openSession(server)
+  // HEADERS without END_STREAM, then an empty DATA frame that ends the stream.
+  const created = await send(session, tus('/files/tus', { 'upload-length': 10 }), Buffer.alloc(0), 0, (req) => req.end())
+  t.equal(created.status, 201)
+  t.equal(created.headers['upload-offset'], '0')
+  checkAnswer(t, created, 'empty creation')
+  const resumed = await send(session, tus(String(created.headers.location), { ':method': 'PATCH', 'upload-offset': 0, 'content-type': 'application/offset+octet-stream' }), bytes(10, 3))
+  t.equal(resumed.status, 204, 'the upload it created takes its bytes')
+  t.equal(resumed.headers['upload-offset'], '10')
+})
+
 t.test('h2c: a client that cancels its stream mid-upload: the writer is cancelled, the session goes on', async (t) => {
   const server = await startServer(t, FLAVORS[0]!)
   const session = await openSession(server)

@@ -250,6 +250,7 @@ t.test('a creation-with-upload refused for its body (415, 413, 400, 460) leaves 
       const s = await setupResumable(t, { maxEntries: 1 }, { plugin: { owner: () => 'alice' } })
       const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 100, ...headers }, bytes(10))
       t.equal(refused.status, status)
+      t.notOk('location' in refused.headers, 'no Location: the refused upload has no URL')
       t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length === 1)), 'no writer stays open for it')
       t.equal((await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 100 })).status, 201, 'it took no maxEntries slot')
       await s.finish(t)

@@ -111,7 +111,12 @@ export function bodyStreamFailure (error: Error): EntryFailure {
 export function hasBody (request: FastifyRequest): boolean {
   const { raw, headers } = request
   const length = headers['content-length']
-  if (raw instanceof Http2ServerRequest) return !raw.stream.endAfterHeaders && length !== '0'
+  // An HTTP/2 stream left open after its HEADERS may still end with no DATA (Node's own
+  // client does that by default): without Content-Length or Content-Type, as for Fastify,
+  // that is no body.
+  if (raw instanceof Http2ServerRequest) {
+    return !raw.stream.endAfterHeaders && length !== '0' && (length !== undefined || headers['content-type'] !== undefined)
+  }
   return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
 

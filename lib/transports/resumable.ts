@@ -134,12 +134,13 @@ export class ResumableRegistry {
   }
 
   /** The upload ended: its slot is free, its id answers why, and whoever writes to it stops. */
-  remove (upload: ResumableUpload, reason: GoneReason): void {
+  /** Ends an upload's registration; with a reason, later requests to its URL get 410 saying it, else 404. */
+  remove (upload: ResumableUpload, reason: GoneReason | undefined): void {
     if (this.#uploads.get(upload.id) !== upload) return
     upload.stopTimers()
     this.#uploads.delete(upload.id)
     this.#slots.delete(upload.slot)
-    this.#gone.set(upload.id, reason)
+    if (reason !== undefined) this.#gone.set(upload.id, reason)
     if (this.#gone.size > GONE_MEMORY) this.#gone.delete(this.#gone.keys().next().value!)
     upload.interrupt()
   }
@@ -252,7 +253,8 @@ export class ResumableEndpoint {
       try {
         how = await this.#append(upload, request, reply, dialect, 201)
       } catch (error) {
-        // Refused (its body, type, checksum…): the client never got the upload's URL.
+        // Refused (its body, type, checksum…): the client never gets the upload's URL.
+        reply.removeHeader('location')
         await this.#abandon(upload)
         throw error
       }
@@ -299,7 +301,8 @@ export class ResumableEndpoint {
 
   /** An upload whose creation failed: it ends now, with its writer. */
   async #abandon (upload: ResumableUpload): Promise<void> {
-    this.#registry.remove(upload, 'terminated')
+    // Nobody was told its URL: it was never there (404), rather than ended (410).
+    this.#registry.remove(upload, undefined)
     if (!upload.complete) return await upload.entry.cancel()
     this.#settings.refs.forget(upload.entry)
     await upload.discard()
