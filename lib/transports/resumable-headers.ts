@@ -98,7 +98,3 @@ export function idOfUrl (url: string): string {
   const path = url.split(/[?#]/, 1)[0]!
   return path.slice(path.lastIndexOf('/') + 1)
 }
-
-export function mediaTypeOf (headers: IncomingHttpHeaders): string {
-  return (headers['content-type'] ?? '').split(';', 1)[0]!.trim().toLowerCase()
-}

@@ -19,7 +19,7 @@ import {
 import type { ForsakeReason, RefStore } from '../refs.js'
 import { Uploads } from '../uploads.js'
 import {
-  CHECKSUM_ALGORITHMS, INTEROP_VERSIONS, TUS_VERSION, booleanHeader, checksumHeader, concatHeader, idOfUrl, integerHeader, mediaTypeOf,
+  CHECKSUM_ALGORITHMS, INTEROP_VERSIONS, TUS_VERSION, booleanHeader, checksumHeader, concatHeader, idOfUrl, integerHeader,
   metadataHeader, type Checksum
 } from './resumable-headers.js'
 import { ResumableUpload, append, type AppendEnd, type GoneReason, type Slot } from './resumable-upload.js'
@@ -334,7 +334,7 @@ export class ResumableEndpoint {
       const { headers } = request
       const body = bodyOf(request)
       if (upload.concat === 'final') throw new FinalUploadError()
-      if (!appendTypeOk(mediaTypeOf(headers), dialect) && (status === 204 || hasBody(request))) {
+      if (!appendTypeOk(mediaType(headers['content-type']), dialect) && (status === 204 || hasBody(request))) {
         throw new ResumableMediaTypeError(dialect.ietf ? IETF_CONTENT_TYPE : TUS_CONTENT_TYPE)
       }
       const offset = status === 201 ? 0 : integerHeader(headers, 'upload-offset')
