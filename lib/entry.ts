@@ -153,7 +153,7 @@ export class Entry implements UploadEntry {
       const failure = this.#endAs('failed', this.#writerFailure(error))
       // 'done' was the writer's last word, but the entry failed: once that close is
       // over (even late), let the writer remove what it left behind.
-      this.#closeSettled!.then(() => this.#writer!.discard?.(this.#state)).catch((err: unknown) => {
+      this.#closeSettled!.then(() => this.#writer!.discard?.(this.#state, { consumed: false })).catch((err: unknown) => {
         this.#log.warn({ err, ref: this.ref }, 'upload writer discard failed')
       })
       throw failure
@@ -194,13 +194,16 @@ export class Entry implements UploadEntry {
     return this.#writer!.meta(this.#state)
   }
 
-  /** Lets go of a finished entry: the writer's `discard`, once. Never throws. */
-  async discard (): Promise<void> {
+  /**
+   * Lets go of a finished entry: the writer's `discard`, once, told whether a consumer
+   * took the entry (`consumed`) or it was dropped unclaimed. Never throws.
+   */
+  async discard (consumed = false): Promise<void> {
     if (this.released) return
     this.released = true
     if (this.status !== 'done' || this.#writer?.discard === undefined) return
     try {
-      await this.#writer.discard(this.#state)
+      await this.#writer.discard(this.#state, { consumed })
     } catch (error) {
       this.#log.warn({ err: error, ref: this.ref }, 'upload writer discard failed')
     }

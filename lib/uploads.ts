@@ -188,11 +188,11 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
       result = await fn(entry.meta() as Meta, entry)
     } catch (error) {
       // A consumer that throws still took the entry (as LiveView does).
-      await entry.discard()
+      await entry.discard(true)
       throw error
     }
     if (isPostpone(result)) return result.postpone as T
-    await entry.discard()
+    await entry.discard(true)
     return result as T
   }
 

@@ -229,7 +229,7 @@ t.test('MemoryWriter drops its bytes on cancel; TmpFileWriter makes writeChunk w
   await waited
   await TmpFileWriter.close(state, 'done')
   t.same(TmpFileWriter.meta(state), { path: state.path, size: 2 * 1024 * 1024 })
-  await TmpFileWriter.discard!(state)
+  await TmpFileWriter.discard!(state, { consumed: true })
   t.same(await strayFiles(dir), [])
 })
 

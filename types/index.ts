@@ -5,6 +5,12 @@ import type { FastifyRequest } from 'fastify'
 /** Why a writer is closed. `{ error }` exactly when `writeChunk` threw (or timed out). */
 export type CloseReason = 'done' | 'cancel' | { error: unknown }
 
+/** What `discard` is told about the entry it lets go of. */
+export interface DiscardInfo {
+  /** A consumer took the entry; `false`: it was dropped unconsumed. */
+  readonly consumed: boolean
+}
+
 /**
  * An upload writer: where the bytes of one entry go. The plugin calls `init` once,
  * `writeChunk` once per chunk in order, and `close` exactly once if `init` succeeded.
@@ -17,10 +23,13 @@ export interface UploadWriter<Options = any, State = any, Meta = any> {
   close (state: State, reason: CloseReason): State | Promise<State>
   /**
    * Optional. Called once, after `close(state, 'done')`, when the plugin lets go of a
-   * finished entry: after it was consumed, or when it is discarded unconsumed. A
-   * writer that leaves something behind (a temp file) removes it here.
+   * finished entry: after it was consumed (`consumed: true`: a consumer, or the final
+   * upload of a concatenation, took it), or when it is dropped unconsumed (`false`: the
+   * request ended, its ref expired or was cancelled, its `'done'` failed). A writer that
+   * leaves something behind removes it here: a temp file always, an object in storage
+   * only when it was dropped.
    */
-  discard? (state: State): void | Promise<void>
+  discard? (state: State, info: DiscardInfo): void | Promise<void>
 }
 
 /** What a writer factory returns: a writer (initialised with `undefined`) or `[writer, options]`. */

@@ -3,7 +3,7 @@ import Fastify, { type FastifyRequest } from 'fastify'
 import { describe, expect, test } from 'tstyche'
 import chunkedUpload, {
   MemoryWriter, TmpFileBudget, TmpFileWriter, defineWriter,
-  type CloseReason, type RequestUploads, type TmpFileMeta, type UploadEntry, type UploadError, type UploadWriter
+  type CloseReason, type DiscardInfo, type RequestUploads, type TmpFileMeta, type UploadEntry, type UploadError, type UploadWriter
 } from '../lib/index.js'
 
 describe('defineWriter', () => {
@@ -16,6 +16,19 @@ describe('defineWriter', () => {
     })
     expect(EchoWriter).type.toBe<UploadWriter<{ level: 'info' | 'debug' }, { total: number, level: 'info' | 'debug' }, { level: 'info' | 'debug', total: number }>>()
     expect(EchoWriter.writeChunk).type.not.toBeCallableWith('text', { total: 0, level: 'info' })
+  })
+
+  test('discard is told whether the entry was consumed; a writer may ignore it', () => {
+    const Kept = defineWriter({
+      init: () => ({ key: 'k' }),
+      meta: (state) => state,
+      writeChunk: (_data, state) => state,
+      close: (state) => state,
+      discard: (state, { consumed }) => { if (!consumed) state.key = '' }
+    })
+    expect(Kept.discard!).type.toBeCallableWith({ key: 'k' }, { consumed: false })
+    expect<DiscardInfo>().type.toBe<{ readonly consumed: boolean }>()
+    expect(defineWriter({ init: () => 1, meta: () => 1, writeChunk: (_d, s) => s, close: (s) => s, discard: (_state) => {} })).type.toBeAssignableTo<UploadWriter>()
   })
 
   test('close reasons are done, cancel or an error', () => {

@@ -122,12 +122,12 @@ export class ResumableUpload {
     }
   }
 
-  /** Removes a finished upload's bytes (the writer's discard), once nobody reads them. */
-  async discard (): Promise<void> {
-    if (this.#readers === 0) return await this.entry.discard()
+  /** Removes a finished upload's bytes (the writer's discard), once nobody reads them; `consumed`: a final upload took them. */
+  async discard (consumed = false): Promise<void> {
+    if (this.#readers === 0) return await this.entry.discard(consumed)
     if (this.#discard === undefined) {
       let run!: () => void
-      const done = new Promise<void>((resolve) => { run = resolve }).then(async () => await this.entry.discard())
+      const done = new Promise<void>((resolve) => { run = resolve }).then(async () => await this.entry.discard(consumed))
       this.#discard = { done, run }
     }
     return await this.#discard.done

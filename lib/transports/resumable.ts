@@ -578,7 +578,8 @@ export class ResumableEndpoint {
     }
     for (const part of parts) {
       this.#registry.remove(part, 'concatenated')
-      await part.discard()
+      // Its bytes went into the final upload: taken, not dropped.
+      await part.discard(true)
     }
     reply.header('location', `${pathOf(request)}/${upload.id}`)
     this.#describe(upload, reply, dialect)
