@@ -56,6 +56,8 @@ export class Entry implements UploadEntry {
   #reportedProgress = -1
   #reportedEnd = false
   #watchdog: NodeJS.Timeout | undefined
+  /** Aborted when the entry is cancelled: writer calls waiting on something stop at once. */
+  readonly #abort = new AbortController()
   #onWatchdog: (() => void) | undefined
 
   /** `onReport` hears every change of progress or status, before the route's `progress` callback. */
@@ -110,12 +112,14 @@ export class Entry implements UploadEntry {
     if (this.#stopping !== undefined) throw this.#endAs('cancelled', this.#stopping)
     const [writer, options] = Array.isArray(spec) ? spec as [UploadWriter, unknown] : [spec as UploadWriter, undefined]
     this.#writer = writer
-    const init = this.#call('init', () => writer.init(options))
+    const init = this.#call('init', () => writer.init(options, { signal: this.#abort.signal }))
     try {
       this.#state = await init.result
     } catch (error) {
       // init may still succeed later: such a writer is owed its one close.
       if (init.timedOut()) this.#oweClose(init.raw.then((late) => this.#invokeClose(late, 'cancel'), () => {}))
+      // Stopped by the cancel's signal: a cancel, not a writer failure (no state, no close).
+      else if (this.#stopping !== undefined) throw this.#endAs('cancelled', this.#stopping)
       throw this.#failBeforeInit(error)
     } finally {
       this.#busy = undefined
@@ -168,6 +172,7 @@ export class Entry implements UploadEntry {
   async cancel (reason?: EntryFailure): Promise<void> {
     if (this.ended) return
     this.#stopping ??= reason ?? this.#cancelledError()
+    this.#abort.abort(this.#stopping)
     if (this.#busy !== undefined) {
       // The call's owner (start/write/finish) sees #stopping when it resumes and ends the entry.
       await this.#busy
@@ -223,11 +228,16 @@ export class Entry implements UploadEntry {
 
   async #writeChunk (piece: Buffer): Promise<void> {
     const writer = this.#writer!
-    const call = this.#call('writeChunk', () => writer.writeChunk(piece, this.#state))
+    const call = this.#call('writeChunk', () => writer.writeChunk(piece, this.#state, { signal: this.#abort.signal }))
     try {
       this.#state = await call.result
     } catch (error) {
       this.#busy = undefined
+      if (this.#stopping !== undefined && !call.timedOut()) {
+        // Ended by the cancel's signal (or failing while cancelled): the entry is cancelled.
+        await this.#close('cancel').catch(() => {})
+        throw this.#endAs('cancelled', this.#stopping)
+      }
       if (call.timedOut()) {
         // The call is still running: close after it, so calls never overlap.
         const late = (state: unknown): Promise<void> => this.#invokeClose(state, { error })

@@ -280,3 +280,28 @@ t.test('many temp files share one queue budget: past it, writeChunk waits even f
   await Promise.all(states.map(async (state) => await TmpFileWriter.close(state, 'cancel')))
   t.same(await strayFiles(dir), [])
 })
+
+t.test('an init waiting on a remote service stops at the cancel (its signal aborts): the entry is cancelled, no close (no state)', async (t) => {
+  fakeClock(t)
+  let closes = 0
+  let initStarted!: () => void
+  const started = new Promise<void>((resolve) => { initStarted = resolve })
+  const Remote = defineWriter({
+    init: async (_options: undefined, call) => {
+      initStarted()
+      const signal = call!.signal
+      return await new Promise<object>((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
+    },
+    meta: () => ({}),
+    writeChunk: (_data, state) => state,
+    close: (state) => { closes++; return state }
+  })
+  const entry = entryWith(() => Remote)
+  const starting = t.rejects(entry.start(), { code: 'FST_CHUNKED_UPLOAD_CANCELLED' })
+  await started
+  await entry.cancel()
+  await starting
+  t.equal(entry.status, 'cancelled', 'cancelled, not failed: the writer did not fail')
+  t.same(entry.errors, ['cancelled'])
+  t.equal(closes, 0, 'init never succeeded: nothing to close')
+})

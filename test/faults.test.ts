@@ -9,6 +9,7 @@ import {
   type Faults
 } from './kit/index.js'
 import { fakeClock } from './kit/clock.js'
+import { defineWriter } from '../lib/index.js'
 
 interface Setup { recorder: Recorder, url: string, port: number, dir: string, app: FastifyInstance }
 
@@ -70,6 +71,33 @@ for (const tmp of [false, true]) {
     await afterEach(t, s)
   })
 }
+
+t.test('a writer call waiting on a remote service stops at the entry\'s cancel (its signal aborts): close(cancel), not { error }, no writerTimeout', async (t) => {
+  // The clock stands still: only the signal can end the waiting call.
+  fakeClock(t)
+  const calls: string[] = []
+  const Remote = defineWriter({
+    init: (_options: undefined, call) => { calls.push(`init signal ${String(call?.signal.aborted)}`); return {} },
+    meta: () => ({}),
+    writeChunk: async (_data, state, call) => {
+      calls.push('writeChunk waits')
+      const signal = call!.signal
+      await new Promise((_resolve, reject) => signal.addEventListener('abort', () => reject(signal.reason), { once: true }))
+      return state
+    },
+    close: (state, reason) => { calls.push(`close ${typeof reason === 'string' ? reason : 'error'}`); return state }
+  })
+  const { port } = await startApp(t, (app) => {
+    app.post('/up', { allowUpload: { file: { accept: 'any', writer: () => Remote } } }, async () => 'never')
+  })
+  const socket = await rawSocket(port)
+  socket.write(head(port, 'application/octet-stream', 100_000))
+  socket.write(bytes(1000))
+  await until('the call to wait', () => calls.includes('writeChunk waits'))
+  socket.destroy()
+  await until('the writer to close', () => calls.some((c) => c.startsWith('close')))
+  t.same(calls, ['init signal false', 'writeChunk waits', 'close cancel'], 'one close, cancel, with no time passing')
+})
 
 t.test('writer throws on the 3rd chunk: close with { error }, a 500 that does not leak internals', async (t) => {
   const s = await setup(t, { chunkSize: 1000 }, { throwOnChunk: 3 })

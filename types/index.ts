@@ -2,7 +2,7 @@
 // and handlers rely on. Types only: nothing here runs.
 import type { FastifyRequest } from 'fastify'
 
-/** Why a writer is closed. `{ error }` exactly when `writeChunk` threw (or timed out). */
+/** Why a writer is closed. `{ error }` exactly when `writeChunk` threw (or timed out) while the entry was not being cancelled. */
 export type CloseReason = 'done' | 'cancel' | { error: unknown }
 
 /** What `discard` is told about the entry it lets go of. */
@@ -12,14 +12,25 @@ export interface DiscardInfo {
 }
 
 /**
+ * What `init` and `writeChunk` get besides their data: `signal` is aborted when the
+ * entry is cancelled (client gone, timeout, shutdown, …), so a call waiting on a remote
+ * service can stop at once rather than hold the cancellation up to `writerTimeout`. A
+ * call that ends because of it may throw: the writer then gets `close(state, 'cancel')`. The
+ * plugin always passes it; it is optional for code that calls a writer directly.
+ */
+export interface WriterCall {
+  readonly signal: AbortSignal
+}
+
+/**
  * An upload writer: where the bytes of one entry go. The plugin calls `init` once,
  * `writeChunk` once per chunk in order, and `close` exactly once if `init` succeeded.
  * Calls on one writer never overlap.
  */
 export interface UploadWriter<Options = any, State = any, Meta = any> {
-  init (options: Options): State | Promise<State>
+  init (options: Options, call?: WriterCall): State | Promise<State>
   meta (state: State): Meta
-  writeChunk (data: Buffer, state: State): State | Promise<State>
+  writeChunk (data: Buffer, state: State, call?: WriterCall): State | Promise<State>
   close (state: State, reason: CloseReason): State | Promise<State>
   /**
    * Optional. Called once, after `close(state, 'done')`, when the plugin lets go of a
