@@ -30,6 +30,11 @@ export interface WriterCall {
 export interface UploadWriter<Options = any, State = any, Meta = any> {
   init (options: Options, call?: WriterCall): State | Promise<State>
   meta (state: State): Meta
+  /**
+   * `data` is the writer's: the plugin never reuses or changes it after the call, so a
+   * writer may keep it without copying. It may be a view into a larger buffer (the
+   * socket read it came from), which it keeps alive while held.
+   */
   writeChunk (data: Buffer, state: State, call?: WriterCall): State | Promise<State>
   close (state: State, reason: CloseReason): State | Promise<State>
   /**

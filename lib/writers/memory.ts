@@ -22,8 +22,8 @@ export const MemoryWriter: UploadWriter<unknown, MemoryState, MemoryMeta> = {
   },
 
   writeChunk (data, state) {
-    // Transports may reuse their buffers: keep a copy, not a view.
-    state.chunks.push(Buffer.from(data))
+    // `data` is the writer's to keep (the plugin never reuses it): no copy until close.
+    state.chunks.push(data)
     state.size += data.length
     return state
   },
