@@ -130,7 +130,7 @@ export async function upload (url: string | URL, files: Iterable<FileLike | File
     if (typeof file?.slice !== 'function' || typeof file.name !== 'string' || !Number.isSafeInteger(file.size) || file.size < 0) {
       throw new TypeError(`upload(): item ${index} is not a file (a name, a size and slice())`)
     }
-    return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, pending: [], frame: undefined, reading: false, progress: 0, bytes: 0, result: undefined }
+    return newJob(file, signal)
   })
   const urls = channelUrls(url, options.channelSuffix ?? '/ws')
   options.signal?.throwIfAborted()
@@ -182,6 +182,10 @@ interface Job {
   progress: number
   bytes: number
   result: FileResult | undefined
+}
+
+function newJob (file: FileLike, signal: AbortSignal | undefined): Job {
+  return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, pending: [], frame: undefined, reading: false, progress: 0, bytes: 0, result: undefined }
 }
 
 function statusOf (result: FileResult): UploadStatus {
@@ -238,190 +242,275 @@ function listeners (): { on: (signal: AbortSignal | undefined, fn: () => void) =
 function uploadOverWebSocket (url: string, jobs: Job[], options: UploadOptions, concurrency: number): Promise<FileResult[]> {
   const WebSocketClass = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket
   if (WebSocketClass === undefined) throw new TypeError('upload(): there is no global WebSocket here: pass options.WebSocket (for example from the ws package)')
-  const { uploadName, onProgress, signal } = options
-
-  return new Promise((resolve, reject) => {
-    const aborts = listeners()
-    /** Announced, unfinished entries by id, in round-robin order for sending. */
-    const live = new Map<number, Job>()
-    let queued = 0
-    let nextId = 1
-    let window = 1
-    let inflight = 0
-    let opened = false
-    let finished = false
-
-    const send = (data: string | Uint8Array): void => socket.send(data)
-
-    function finish (): void {
-      finished = true
-      aborts.clear()
-      socket.close(1000)
-    }
-
-    /** Cancels everything in flight, discards the finished entries, and rejects. */
-    function abortAll (reason: unknown): void {
-      if (finished) return
-      for (const job of jobs) {
-        if (job.id !== 0 && (job.result === undefined || job.result.ok)) send(JSON.stringify({ type: 'cancel', id: job.id }))
-      }
-      finish()
-      reject(reason)
-    }
-
-    function emit (job: Job, status: UploadStatus): void {
-      if (onProgress === undefined) return
-      try {
-        onProgress(job.file, { progress: job.progress, bytes: job.bytes, status })
-      } catch (error) {
-        abortAll(error)
-      }
-    }
-
-    /** The file's outcome; frees its concurrency slot and its window slots. */
-    function end (job: Job, result: FileResult): void {
-      if (job.result !== undefined || finished) return
-      job.result = result
-      live.delete(job.id)
-      inflight -= job.pending.length
-      job.pending.length = 0
-      job.frame = undefined
-      if (result.ok) {
-        job.progress = 100
-        job.bytes = job.file.size
-      }
-      emit(job, statusOf(result))
-      startMore()
-      pump()
-      if (!finished && jobs.every((other) => other.result !== undefined)) {
-        finish()
-        resolve(jobs.map((other) => other.result!))
-      }
-    }
-
-    /** Every unfinished file fails with this code. */
-    function failAll (code: string, message: string): void {
-      for (const job of jobs) end(job, { name: job.file.name, ok: false, code, message })
-    }
-
-    /** Announces files while fewer than `concurrency` are in flight. */
-    function startMore (): void {
-      for (;;) {
-        if (!opened || finished || live.size === concurrency || queued === jobs.length) return
-        const job = jobs[queued++]!
-        if (job.result !== undefined) continue
-        job.id = nextId++
-        live.set(job.id, job)
-        const { name, size, type, lastModified } = job.file
-        send(JSON.stringify({ type: 'announce', id: job.id, uploadName, name, size, mimeType: type, lastModified }))
-      }
-    }
-
-    /** Sends chunk frames, round-robin over the files, while the window has room. */
-    function pump (): void {
-      for (;;) {
-        if (finished || inflight >= window) return
-        let job: Job | undefined
-        for (const candidate of live.values()) {
-          if (candidate.ref !== undefined && !candidate.reading && candidate.sent < candidate.file.size) {
-            job = candidate
-            break
-          }
-        }
-        if (job === undefined) return
-        live.delete(job.id)
-        live.set(job.id, job)
-        const start = job.sent
-        const stop = Math.min(start + job.chunkSize, job.file.size)
-        job.sent = stop
-        job.reading = true
-        job.pending.push(stop)
-        inflight++
-        job.file.slice(start, stop).arrayBuffer().then((data) => {
-          if (data.byteLength !== stop - start) throw new Error(`read ${data.byteLength} bytes at ${start} instead of ${stop - start}: the file changed`)
-          job.reading = false
-          if (job.result !== undefined || finished) return
-          send(chunkFrame(job, start, data))
-          pump()
-        }).catch((error: unknown) => {
-          job.reading = false
-          if (job.result !== undefined || finished) return
-          send(JSON.stringify({ type: 'cancel', id: job.id }))
-          end(job, { name: job.file.name, ok: false, code: 'read_failed', message: `could not read the file: ${(error as Error)?.message}` })
-        })
-      }
-    }
-
-    function receive (message: ServerMessage): void {
-      if (message.type === 'error' && message.id === undefined) {
-        return failAll(String(message.code), String(message.message))
-      }
-      const job = live.get(message.id!)
-      if (job === undefined) return // a file this client cancelled or gave up on
-      switch (message.type) {
-        case 'accepted':
-          job.ref = message.ref
-          job.chunkSize = message.chunkSize!
-          window = message.window!
-          emit(job, 'uploading')
-          return pump()
-        case 'ack':
-          // One ack may cover several frames: every frame that ends at or before its offset.
-          while (job.pending.length > 0 && job.pending[0]! <= message.offset!) {
-            job.pending.shift()
-            inflight--
-          }
-          job.progress = message.progress!
-          job.bytes = message.offset!
-          emit(job, 'uploading')
-          return pump()
-        case 'done':
-          return end(job, { name: job.file.name, ok: true, ref: message.ref! })
-        case 'error':
-          return end(job, { name: job.file.name, ok: false, code: message.code!, message: message.message! })
-      }
-    }
-
-    for (const job of jobs) {
-      if (job.signal?.aborted === true) job.result = cancelled(job)
-      aborts.on(job.signal, () => {
-        if (job.id !== 0 && job.result === undefined) send(JSON.stringify({ type: 'cancel', id: job.id }))
-        end(job, cancelled(job))
-      })
-    }
-    aborts.on(signal, () => abortAll(signal!.reason))
-    if (jobs.every((job) => job.result !== undefined)) {
-      aborts.clear()
-      return resolve(jobs.map((job) => job.result!))
-    }
-
-    const socket = new WebSocketClass(url, [SUBPROTOCOL], options.headers === undefined ? undefined : { headers: options.headers })
-    socket.binaryType = 'arraybuffer'
-    socket.onopen = () => {
-      opened = true
-      startMore()
-    }
-    socket.onmessage = (event: { data: unknown }) => {
-      if (finished) return
-      let message: ServerMessage
-      try {
-        message = Object(JSON.parse(event.data as string)) as ServerMessage
-      } catch {
-        // binary, or not JSON: no file can be trusted to be where this client thinks
-        return failAll(PROTOCOL_ERROR, 'the server sent a message that is not JSON')
-      }
-      receive(message)
-    }
-    socket.onerror = () => {} // 'close' follows
-    socket.onclose = (event: { code: number, reason: string }) => {
-      if (finished) return
-      const how = `${event.code}${event.reason === '' ? '' : `: ${event.reason}`}`
-      const wasOpen = opened
-      opened = false // nothing more starts
-      if (wasOpen) failAll(CONNECTION_CLOSED, `the upload channel closed (${how})`)
-      else failAll(CONNECTION_FAILED, `could not open the upload channel ${url} (${how})`)
-    }
+  const { headers } = options
+  const session = new ChannelSession(jobs.map(({ file, signal }) => ({ file, signal })), {
+    uploadName: options.uploadName,
+    concurrency,
+    onProgress: options.onProgress,
+    signal: options.signal,
+    openSocket: () => new WebSocketClass(url, [SUBPROTOCOL], headers === undefined ? undefined : { headers }),
+    url
   })
+  return session.run()
+}
+
+/** What a `ChannelSession` needs besides its files. */
+export interface ChannelSessionOptions {
+  uploadName: string
+  /** Files announced (in flight) at once. */
+  concurrency: number
+  onProgress?: UploadOptions['onProgress']
+  /** Cancels everything: `run()` rejects with its reason. */
+  signal?: AbortSignal | undefined
+  /** Opens the channel's socket (subprotocol `SUBPROTOCOL`); called once, by `run()`, unless every file is already cancelled. */
+  openSocket: () => WebSocketLike
+  /** The channel's URL, for the message of `connection_failed`. */
+  url: string
+}
+
+/**
+ * One upload over one channel socket (PROTOCOL.md): announces up to `concurrency` files,
+ * sends their chunk frames round-robin while fewer than `window` frames are unacknowledged,
+ * counts acks, cancels files whose signal aborts, and settles with one result per file.
+ * `upload()` makes one per call; it is exported so that its logic can be tested against
+ * a scripted socket. A session runs once.
+ */
+export class ChannelSession {
+  readonly #jobs: Job[]
+  readonly #options: ChannelSessionOptions
+  readonly #aborts = listeners()
+  /** Announced, unfinished files by id, in round-robin order for sending. */
+  readonly #live = new Map<number, Job>()
+  /** How many of the files have been taken for announcing (or skipped, already settled). */
+  #queued = 0
+  #nextId = 1
+  /** Frames the server lets be unacknowledged at once (from `accepted`). */
+  #window = 1
+  /** Frames sent (or being read) and not acknowledged yet, over every file. */
+  #inflight = 0
+  #opened = false
+  #finished = false
+  #socket: WebSocketLike | undefined
+  /** How `run()`'s promise settles; set when it starts. */
+  #settle: { resolve: (results: FileResult[]) => void, reject: (reason: unknown) => void } | undefined
+
+  /** `files` as `upload()` takes them (it checks their shape; this does not). */
+  constructor (files: ReadonlyArray<FileLike | FileItem>, options: ChannelSessionOptions) {
+    this.#jobs = files.map((item) => 'slice' in item ? newJob(item, undefined) : newJob(item.file, item.signal))
+    this.#options = options
+  }
+
+  /** Runs the session: resolves with one result per file, in order; rejects when `signal` aborts or `onProgress` throws. */
+  run (): Promise<FileResult[]> {
+    return new Promise((resolve, reject) => {
+      this.#settle = { resolve, reject }
+      this.#start()
+    })
+  }
+
+  #start (): void {
+    for (const job of this.#jobs) {
+      if (job.signal?.aborted === true) job.result = cancelled(job)
+      this.#aborts.on(job.signal, () => this.#cancel(job))
+    }
+    const { signal } = this.#options
+    this.#aborts.on(signal, () => this.#abortAll(signal!.reason))
+    if (this.#settled()) {
+      this.#aborts.clear()
+      return this.#settle!.resolve(this.#results())
+    }
+    const socket = this.#socket = this.#options.openSocket()
+    socket.binaryType = 'arraybuffer'
+    socket.onopen = () => this.#onOpen()
+    socket.onmessage = (event: { data: unknown }) => this.#onMessage(event.data)
+    socket.onerror = () => {} // 'close' follows
+    socket.onclose = (event: { code: number, reason: string }) => this.#onClose(event.code, event.reason)
+  }
+
+  #send (data: string | Uint8Array): void {
+    this.#socket!.send(data)
+  }
+
+  #settled (): boolean {
+    return this.#jobs.every((job) => job.result !== undefined)
+  }
+
+  #results (): FileResult[] {
+    return this.#jobs.map((job) => job.result!)
+  }
+
+  #finish (): void {
+    this.#finished = true
+    this.#aborts.clear()
+    this.#socket!.close(1000)
+  }
+
+  #onOpen (): void {
+    this.#opened = true
+    this.#announceMore()
+  }
+
+  #onMessage (data: unknown): void {
+    if (this.#finished) return
+    let message: ServerMessage
+    try {
+      message = Object(JSON.parse(data as string)) as ServerMessage
+    } catch {
+      // binary, or not JSON: no file can be trusted to be where this client thinks
+      return this.#failAll(PROTOCOL_ERROR, 'the server sent a message that is not JSON')
+    }
+    this.#receive(message)
+  }
+
+  #onClose (code: number, reason: string): void {
+    if (this.#finished) return
+    const how = `${code}${reason === '' ? '' : `: ${reason}`}`
+    const wasOpen = this.#opened
+    this.#opened = false // nothing more starts
+    if (wasOpen) this.#failAll(CONNECTION_CLOSED, `the upload channel closed (${how})`)
+    else this.#failAll(CONNECTION_FAILED, `could not open the upload channel ${this.#options.url} (${how})`)
+  }
+
+  /** One file's signal aborted: cancel it on the server if it was announced, and settle it. */
+  #cancel (job: Job): void {
+    if (job.id !== 0 && job.result === undefined) this.#send(JSON.stringify({ type: 'cancel', id: job.id }))
+    this.#end(job, cancelled(job))
+  }
+
+  /** Cancels everything in flight, discards the finished entries, and rejects. */
+  #abortAll (reason: unknown): void {
+    if (this.#finished) return
+    for (const job of this.#jobs) {
+      if (job.id !== 0 && (job.result === undefined || job.result.ok)) this.#send(JSON.stringify({ type: 'cancel', id: job.id }))
+    }
+    this.#finish()
+    this.#settle!.reject(reason)
+  }
+
+  #emit (job: Job, status: UploadStatus): void {
+    const { onProgress } = this.#options
+    if (onProgress === undefined) return
+    try {
+      onProgress(job.file, { progress: job.progress, bytes: job.bytes, status })
+    } catch (error) {
+      this.#abortAll(error)
+    }
+  }
+
+  /** The file's outcome; frees its concurrency slot and its window slots. */
+  #end (job: Job, result: FileResult): void {
+    if (job.result !== undefined || this.#finished) return
+    job.result = result
+    this.#live.delete(job.id)
+    this.#inflight -= job.pending.length
+    job.pending.length = 0
+    job.frame = undefined
+    if (result.ok) {
+      job.progress = 100
+      job.bytes = job.file.size
+    }
+    this.#emit(job, statusOf(result))
+    this.#announceMore()
+    this.#pump()
+    if (!this.#finished && this.#settled()) {
+      this.#finish()
+      this.#settle!.resolve(this.#results())
+    }
+  }
+
+  /** Every unfinished file fails with this code. */
+  #failAll (code: string, message: string): void {
+    for (const job of this.#jobs) this.#end(job, { name: job.file.name, ok: false, code, message })
+  }
+
+  /** Announces files while fewer than `concurrency` are in flight. */
+  #announceMore (): void {
+    const { concurrency, uploadName } = this.#options
+    for (;;) {
+      if (!this.#opened || this.#finished || this.#live.size === concurrency || this.#queued === this.#jobs.length) return
+      const job = this.#jobs[this.#queued++]!
+      if (job.result !== undefined) continue
+      job.id = this.#nextId++
+      this.#live.set(job.id, job)
+      const { name, size, type, lastModified } = job.file
+      this.#send(JSON.stringify({ type: 'announce', id: job.id, uploadName, name, size, mimeType: type, lastModified }))
+    }
+  }
+
+  /** The next accepted file with bytes left and no read under way, round-robin. */
+  #nextToSend (): Job | undefined {
+    for (const job of this.#live.values()) {
+      if (job.ref !== undefined && !job.reading && job.sent < job.file.size) {
+        // to the back of the line, so the files take turns
+        this.#live.delete(job.id)
+        this.#live.set(job.id, job)
+        return job
+      }
+    }
+    return undefined
+  }
+
+  /** Sends chunk frames, round-robin over the files, while the window has room. */
+  #pump (): void {
+    for (;;) {
+      if (this.#finished || this.#inflight >= this.#window) return
+      const job = this.#nextToSend()
+      if (job === undefined) return
+      const start = job.sent
+      const stop = Math.min(start + job.chunkSize, job.file.size)
+      job.sent = stop
+      job.reading = true
+      job.pending.push(stop)
+      this.#inflight++
+      this.#sendChunk(job, start, stop)
+    }
+  }
+
+  /** Reads the bytes `start`–`stop` of the file and sends them as one frame (its window slot is taken). */
+  #sendChunk (job: Job, start: number, stop: number): void {
+    job.file.slice(start, stop).arrayBuffer().then((data) => {
+      if (data.byteLength !== stop - start) throw new Error(`read ${data.byteLength} bytes at ${start} instead of ${stop - start}: the file changed`)
+      job.reading = false
+      if (job.result !== undefined || this.#finished) return
+      this.#send(chunkFrame(job, start, data))
+      this.#pump()
+    }).catch((error: unknown) => {
+      job.reading = false
+      if (job.result !== undefined || this.#finished) return
+      this.#send(JSON.stringify({ type: 'cancel', id: job.id }))
+      this.#end(job, { name: job.file.name, ok: false, code: 'read_failed', message: `could not read the file: ${(error as Error)?.message}` })
+    })
+  }
+
+  #receive (message: ServerMessage): void {
+    if (message.type === 'error' && message.id === undefined) {
+      return this.#failAll(String(message.code), String(message.message))
+    }
+    const job = this.#live.get(message.id!)
+    if (job === undefined) return // a file this client cancelled or gave up on
+    switch (message.type) {
+      case 'accepted':
+        job.ref = message.ref
+        job.chunkSize = message.chunkSize!
+        this.#window = message.window!
+        this.#emit(job, 'uploading')
+        return this.#pump()
+      case 'ack':
+        // One ack may cover several frames: every frame that ends at or before its offset.
+        while (job.pending.length > 0 && job.pending[0]! <= message.offset!) {
+          job.pending.shift()
+          this.#inflight--
+        }
+        job.progress = message.progress!
+        job.bytes = message.offset!
+        this.#emit(job, 'uploading')
+        return this.#pump()
+      case 'done':
+        return this.#end(job, { name: job.file.name, ok: true, ref: message.ref! })
+      case 'error':
+        return this.#end(job, { name: job.file.name, ok: false, code: message.code!, message: message.message! })
+    }
+  }
 }
 
 /** The answer of the route: JSON when it parses, else the text. */
