@@ -7,7 +7,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter, WriterSpec } from '../types/index.js'
 import type { ResolvedConfig } from './config.js'
 import {
-  CancelledError, TooLargeError, WriterFailureError, WriterTimeoutError, withUploadCode, type EntryFailure
+  CancelledError, TooLargeError, WriterFailureError, WriterTimeoutError, type EntryFailure
 } from './errors.js'
 
 /** What the client said about the file before sending it. */
@@ -137,7 +137,7 @@ export class Entry implements UploadEntry {
     this.#assertOpen()
     const limit = this.#limit()
     if (this.bytesReceived + data.length > limit) {
-      await this.cancel(withUploadCode(new TooLargeError(this.clientName, this.uploadName, limit), 'too_large') as EntryFailure)
+      await this.cancel(new TooLargeError(this.clientName, this.uploadName, limit))
       throw this.failure
     }
     const { chunkSize } = this.#config
@@ -347,11 +347,11 @@ export class Entry implements UploadEntry {
 
   #writerFailure (cause: unknown): EntryFailure {
     this.#log.error({ err: cause, ref: this.ref, uploadName: this.uploadName }, 'upload writer failed')
-    return withUploadCode(new WriterFailureError(this.clientName, { cause }), 'writer_failure') as EntryFailure
+    return new WriterFailureError(this.clientName, { cause })
   }
 
   #cancelledError (): EntryFailure {
-    return withUploadCode(new CancelledError(this.clientName), 'cancelled') as EntryFailure
+    return new CancelledError(this.clientName)
   }
 
   #endAs (status: 'failed' | 'cancelled', error: EntryFailure): EntryFailure {

@@ -1,11 +1,25 @@
-// Every error the plugin raises, with its code and HTTP status. Entry-level failures
-// also carry `uploadCode`, the short code `request.uploads.errors()` reports.
-import createError from '@fastify/error'
+// Every error the plugin raises, in one table: its code, message and HTTP status, and for
+// the errors that can end an entry, `uploadCode`, the short code `request.uploads.errors()`
+// reports. Built with @fastify/error; `entryError` puts the entry code on the error's
+// prototype, so every instance carries it and the type says so (no tagging, no casts).
+import createError, { type FastifyErrorConstructor } from '@fastify/error'
 
-export const TooLargeError = createError('FST_CHUNKED_UPLOAD_TOO_LARGE', 'File "%s" for "%s" exceeds the size limit of %s bytes', 413)
-export const TooManyFilesError = createError('FST_CHUNKED_UPLOAD_TOO_MANY_FILES', 'Too many files for "%s": at most %s allowed', 413)
-export const NotAcceptedError = createError('FST_CHUNKED_UPLOAD_NOT_ACCEPTED', 'File "%s" of type "%s" is not accepted for "%s"', 415)
-export const ValidateFailureError = createError('FST_CHUNKED_UPLOAD_VALIDATE_FAILURE', 'The check of "%s" failed', 500)
+/** An error that ends an entry: its HTTP status and the short entry-level code it maps to. */
+export type EntryFailure = Error & { statusCode: number, code: string, uploadCode: string }
+
+/** `createError`, for an error that can end an entry: its instances carry `uploadCode`. */
+function entryError<C extends string, S extends number> (code: C, message: string, statusCode: S, uploadCode: string) {
+  const constructor = createError<C, S>(code, message, statusCode)
+  // Writable, so a transport may still say better on one instance (see `asFailure`).
+  Object.defineProperty(constructor.prototype, 'uploadCode', { value: uploadCode, writable: true, configurable: true })
+  // The one cast: the property set just above, which createError's type cannot know.
+  return constructor as FastifyErrorConstructor<{ code: C, statusCode: S, uploadCode: string }>
+}
+
+export const TooLargeError = entryError('FST_CHUNKED_UPLOAD_TOO_LARGE', 'File "%s" for "%s" exceeds the size limit of %s bytes', 413, 'too_large')
+export const TooManyFilesError = entryError('FST_CHUNKED_UPLOAD_TOO_MANY_FILES', 'Too many files for "%s": at most %s allowed', 413, 'too_many_files')
+export const NotAcceptedError = entryError('FST_CHUNKED_UPLOAD_NOT_ACCEPTED', 'File "%s" of type "%s" is not accepted for "%s"', 415, 'not_accepted')
+export const ValidateFailureError = entryError('FST_CHUNKED_UPLOAD_VALIDATE_FAILURE', 'The check of "%s" failed', 500, 'validate_failure')
 export const InvalidEntryError = createError('FST_CHUNKED_UPLOAD_INVALID', 'File "%s" for "%s" was refused: %s', 422)
 export const UnexpectedFieldError = createError('FST_CHUNKED_UPLOAD_UNEXPECTED_FILE', 'Unexpected file field "%s": this route accepts uploads for %s', 400)
 export const NoUploadNameError = createError('FST_CHUNKED_UPLOAD_NO_UPLOAD_NAME', 'This route accepts several uploads (%s): name one with the "upload" query parameter', 400)
@@ -13,13 +27,13 @@ export const ForbiddenFieldNameError = createError('FST_CHUNKED_UPLOAD_FORBIDDEN
 export const FieldsLimitError = createError('FST_CHUNKED_UPLOAD_FIELDS_LIMIT', 'Too many form fields: at most %s allowed', 413)
 export const FieldsTooLargeError = createError('FST_CHUNKED_UPLOAD_FIELDS_TOO_LARGE', 'Form fields exceed %s bytes in total (the route bodyLimit)', 413)
 export const FieldTooLargeError = createError('FST_CHUNKED_UPLOAD_FIELD_TOO_LARGE', 'Form field "%s" exceeds %s bytes', 413)
-export const MalformedError = createError('FST_CHUNKED_UPLOAD_MALFORMED', 'Malformed multipart body: %s', 400)
-export const PrematureCloseError = createError('FST_CHUNKED_UPLOAD_PREMATURE_CLOSE', 'The request closed before its body ended', 400)
-export const BodyUnreadableError = createError('FST_CHUNKED_UPLOAD_BODY_UNREADABLE', 'The request body could not be read (%s)', 400)
-export const ChunkTimeoutError = createError('FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT', 'No bytes arrived for %s ms', 408)
-export const WriterFailureError = createError('FST_CHUNKED_UPLOAD_WRITER_FAILURE', 'The upload of "%s" could not be stored', 500)
-export const CancelledError = createError('FST_CHUNKED_UPLOAD_CANCELLED', 'The upload of "%s" was cancelled', 400)
-export const ShuttingDownError = createError('FST_CHUNKED_UPLOAD_SHUTTING_DOWN', 'The server is shutting down', 503)
+export const MalformedError = entryError('FST_CHUNKED_UPLOAD_MALFORMED', 'Malformed multipart body: %s', 400, 'cancelled')
+export const PrematureCloseError = entryError('FST_CHUNKED_UPLOAD_PREMATURE_CLOSE', 'The request closed before its body ended', 400, 'cancelled')
+export const BodyUnreadableError = entryError('FST_CHUNKED_UPLOAD_BODY_UNREADABLE', 'The request body could not be read (%s)', 400, 'cancelled')
+export const ChunkTimeoutError = entryError('FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT', 'No bytes arrived for %s ms', 408, 'chunk_timeout')
+export const WriterFailureError = entryError('FST_CHUNKED_UPLOAD_WRITER_FAILURE', 'The upload of "%s" could not be stored', 500, 'writer_failure')
+export const CancelledError = entryError('FST_CHUNKED_UPLOAD_CANCELLED', 'The upload of "%s" was cancelled', 400, 'cancelled')
+export const ShuttingDownError = entryError('FST_CHUNKED_UPLOAD_SHUTTING_DOWN', 'The server is shutting down', 503, 'cancelled')
 export const WriterTimeoutError = createError('FST_CHUNKED_UPLOAD_WRITER_TIMEOUT', 'Writer call %s took longer than %s ms', 500)
 export const UnknownEntryError = createError('FST_CHUNKED_UPLOAD_UNKNOWN_ENTRY', 'No completed entry "%s" to consume', 404)
 export const InProgressError = createError('FST_CHUNKED_UPLOAD_IN_PROGRESS', 'Cannot consume "%s" while entries are still uploading', 409)
@@ -51,16 +65,27 @@ export const PluginOrderError = createError(
   'FST_CHUNKED_UPLOAD_PLUGIN_ORDER',
   'A plugin registered before fastify-chunked-upload added %s hooks to %s from its onRoute hook: they would run twice on %s, which it derives. Register fastify-chunked-upload before that plugin', 500, TypeError
 )
-export const PastLengthError = createError('FST_CHUNKED_UPLOAD_PAST_LENGTH', 'The append goes past the upload length of %s bytes (Upload-Length)', 413)
-export const TooManyUploadsError = createError('FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS', 'The server holds its most resumable uploads (%s, maxResumableUploads): try again later', 503)
+export const PastLengthError = entryError('FST_CHUNKED_UPLOAD_PAST_LENGTH', 'The append goes past the upload length of %s bytes (Upload-Length)', 413, 'too_large')
+export const TooManyUploadsError = entryError('FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS', 'The server holds its most resumable uploads (%s, maxResumableUploads): try again later', 503, 'too_many_files')
 export const MethodNotAllowedError = createError('FST_CHUNKED_UPLOAD_METHOD_NOT_ALLOWED', 'Method %s is not allowed here: use %s', 405)
 export const ConcatReadError = createError('FST_CHUNKED_UPLOAD_CONCAT_READ', 'Partial upload %s could not be read: the final upload ended', 500)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
-/** An error plus the short entry-level code it maps to. */
-export type EntryFailure = Error & { statusCode: number, code: string, uploadCode: string }
+/** A refusal by the route's `validate`: the entry code is the one the check returned. */
+export function invalidEntry (clientName: string, uploadName: string, uploadCode: string): EntryFailure {
+  return Object.assign(new InvalidEntryError(clientName, uploadName, uploadCode), { uploadCode })
+}
 
-/** Tags an error with the short code users see in `request.uploads.errors()`. */
-export function withUploadCode<E extends Error> (error: E, uploadCode: string): E & { uploadCode: string } {
-  return Object.assign(error, { uploadCode })
+/**
+ * Any error, as the failure that ends an entry. Errors that carry their own HTTP status (ours,
+ * or a hook's coded error) pass through, recording `cancelled` unless they say better; anything
+ * else a parser or stream threw is a malformed body.
+ */
+export function asFailure (error: unknown): EntryFailure {
+  if (!carriesStatus(error)) return new MalformedError((error as Error).message)
+  return Object.assign(error, { uploadCode: error.uploadCode ?? 'cancelled' })
+}
+
+function carriesStatus (error: unknown): error is Error & { statusCode: number, code: string, uploadCode?: string } {
+  return error instanceof Error && typeof (error as { statusCode?: unknown }).statusCode === 'number'
 }

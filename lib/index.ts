@@ -9,7 +9,7 @@ import { resolveAllowUpload, validatePluginOptions } from './config.js'
 import { CARRIED_HOOKS, DerivedRoutes, carriedFrom, derivedOptions, hookList, type Carried, type HookName, type RouterMatching } from './derived-routes.js'
 import {
   AlreadyRegisteredError, ChannelNeedsWebsocketError, InvalidConfigError, ChannelOrderError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
-  UnknownRefError, withUploadCode, type EntryFailure
+  UnknownRefError, type EntryFailure
 } from './errors.js'
 import { bodyKind, continueWithoutBody, takesBody } from './route-body.js'
 import { RefStore } from './refs.js'
@@ -135,7 +135,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       // first: onResponse alone misses the second.
       reply.raw.once('close', () => {
         // Stays in `live` until every writer closed and every file is gone: shutdown waits for it.
-        uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).finally(() => live.delete(uploads))
+        uploads.end(new PrematureCloseError()).finally(() => live.delete(uploads))
       })
       done()
     }
@@ -181,7 +181,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
         // A resumable upload may be named by its URL: its id is the ref.
         const submitted = given.map((ref) => ref.includes('/') ? idOfUrl(ref) : ref)
         if (uploads.acceptedCount(uploadName) + submitted.length > config.maxEntries) {
-          throw withUploadCode(new TooManyFilesError(uploadName, config.maxEntries), 'too_many_files')
+          throw new TooManyFilesError(uploadName, config.maxEntries)
         }
         owner ??= await settings.owner(request)
         // All or none: a bad ref leaves the good ones claimable.
@@ -293,7 +293,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       new Channel(socket, uploads, { window: settings.channelWindow, maxMessageBytes: maxBytes, budget: channelBudget }) // eslint-disable-line no-new
       socket.once('close', () => {
         sockets.delete(uploads)
-        uploads.end(withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure).finally(() => live.delete(uploads))
+        uploads.end(new PrematureCloseError()).finally(() => live.delete(uploads))
       })
     }
 
@@ -319,7 +319,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
   })
 
-  const shuttingDown = (): EntryFailure => withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
+  const shuttingDown = (): EntryFailure => new ShuttingDownError()
   // preClose: uploads still reading stop now, so their requests can answer and drain.
   // Channel sockets hear why their entries stopped, then close with 1001 (going away).
   // Side by side: a resumable writer call in flight does not hold up the others.

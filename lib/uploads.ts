@@ -6,8 +6,8 @@ import type { ConsumeFn, RequestUploads, UploadEntry, UploadError } from '../typ
 import { isAccepted, type ResolvedConfig } from './config.js'
 import { Entry, type ClientInfo } from './entry.js'
 import {
-  InProgressError, InvalidEntryError, NotAcceptedError, TooLargeError, TooManyFilesError, UnknownEntryError, ValidateFailureError,
-  withUploadCode, type EntryFailure
+  InProgressError, NotAcceptedError, TooLargeError, TooManyFilesError, UnknownEntryError, ValidateFailureError,
+  invalidEntry, type EntryFailure
 } from './errors.js'
 import type { EntryHome, RefStore } from './refs.js'
 
@@ -92,13 +92,13 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
     this.#entries.push(entry)
     const refusal = this.#aborted ??
       (accepted >= config.maxEntries
-        ? withUploadCode(new TooManyFilesError(uploadName, config.maxEntries), 'too_many_files')
+        ? new TooManyFilesError(uploadName, config.maxEntries)
         : !isAccepted(config.accept, info.clientName, info.clientType)
-            ? withUploadCode(new NotAcceptedError(info.clientName, info.clientType, uploadName), 'not_accepted')
+            ? new NotAcceptedError(info.clientName, info.clientType, uploadName)
             : info.clientSize !== undefined && info.clientSize > config.maxFileSize
-              ? withUploadCode(new TooLargeError(info.clientName, uploadName, config.maxFileSize), 'too_large')
+              ? new TooLargeError(info.clientName, uploadName, config.maxFileSize)
               : await this.#validate(config, entry))
-    if (refusal !== undefined) entry.refuse(refusal as EntryFailure)
+    if (refusal !== undefined) entry.refuse(refusal)
     else this.#accepted.set(uploadName, accepted + 1)
     return entry
   }
@@ -111,10 +111,10 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
     } catch (error) {
       // A throwing validate is a server bug: a 500 that keeps its message on the server.
       this.#log.error({ err: error, ref: entry.ref }, 'upload validate callback failed')
-      return withUploadCode(new ValidateFailureError(entry.clientName, { cause: error }), 'validate_failure') as EntryFailure
+      return new ValidateFailureError(entry.clientName, { cause: error })
     }
     if (typeof code !== 'string' || code === '') return undefined
-    return withUploadCode(new InvalidEntryError(entry.clientName, entry.uploadName, code), code) as EntryFailure
+    return invalidEntry(entry.clientName, entry.uploadName, code)
   }
 
   /**

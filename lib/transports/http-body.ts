@@ -5,7 +5,7 @@ import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
 import type { FastifyRequest } from 'fastify'
 import type { Entry } from '../entry.js'
-import { BodyUnreadableError, ChunkTimeoutError, MalformedError, PrematureCloseError, withUploadCode, type EntryFailure } from '../errors.js'
+import { BodyUnreadableError, ChunkTimeoutError, PrematureCloseError, asFailure, type EntryFailure } from '../errors.js'
 import type { Uploads } from '../uploads.js'
 import { SilenceTimer } from './silence.js'
 
@@ -25,7 +25,7 @@ export class HttpBody {
     let chunkTimeout = 0
     for (const config of uploads.configs.values()) chunkTimeout = Math.max(chunkTimeout, config.chunkTimeout)
     this.silence = new SilenceTimer(chunkTimeout, (ms) => {
-      this.fail(withUploadCode(new ChunkTimeoutError(ms), 'chunk_timeout') as EntryFailure)
+      this.fail(new ChunkTimeoutError(ms))
     })
     uploads.onAbort = (error) => this.#reject(error)
     payload.on('close', this.#onClose)
@@ -100,7 +100,7 @@ export function bodyStreamFailure (error: Error): EntryFailure {
   if (typeof code === 'string' && CLOSED_EARLY.has(code)) return prematureClose()
   if (typeof statusCode === 'number') return asFailure(error)
   const reason = typeof code === 'string' && /^[A-Z][A-Z0-9_]*$/.test(code) ? code : 'its stream failed'
-  return withUploadCode(new BodyUnreadableError(reason, { cause: error }), 'cancelled') as EntryFailure
+  return new BodyUnreadableError(reason, { cause: error })
 }
 
 /**
@@ -205,19 +205,7 @@ export async function feedEntry (entry: Entry, source: Readable, body: HttpBody)
 }
 
 export function prematureClose (): EntryFailure {
-  return withUploadCode(new PrematureCloseError(), 'cancelled') as EntryFailure
-}
-
-/**
- * Our errors pass through (an entry cancelled by them records `cancelled` unless they
- * say better); anything else a parser or stream threw is a malformed body.
- */
-export function asFailure (error: unknown): EntryFailure {
-  const failure = error instanceof Error && typeof (error as EntryFailure).statusCode === 'number'
-    ? error as EntryFailure
-    : new MalformedError((error as Error).message) as EntryFailure
-  failure.uploadCode ??= 'cancelled'
-  return failure
+  return new PrematureCloseError()
 }
 
 /**

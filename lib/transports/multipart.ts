@@ -5,8 +5,7 @@ import { Busboy, type BusboyConfig, type BusboyFileStream, type BusboyInstance }
 import type { FastifyRequest } from 'fastify'
 import { mediaType, safeBasename } from '../config.js'
 import {
-  FieldsLimitError, FieldsTooLargeError, FieldTooLargeError, ForbiddenFieldNameError, MalformedError, TooManyFilesError, UnexpectedFieldError,
-  withUploadCode, type EntryFailure
+  FieldsLimitError, FieldsTooLargeError, FieldTooLargeError, ForbiddenFieldNameError, MalformedError, TooManyFilesError, UnexpectedFieldError
 } from '../errors.js'
 import type { Uploads } from '../uploads.js'
 import { HttpBody, feedEntry } from './http-body.js'
@@ -62,7 +61,7 @@ export async function receiveMultipart (
       limits: { fields: limits.maxFields, fieldSize: limits.maxFieldSize, files: totalEntries + 100 }
     })
   } catch (error) {
-    throw withUploadCode(new MalformedError((error as Error).message), 'cancelled')
+    throw new MalformedError((error as Error).message)
   }
 
   const body = new HttpBody(uploads, payload)
@@ -70,10 +69,10 @@ export async function receiveMultipart (
   // Text fields are held in memory: together they may not exceed the route's bodyLimit.
   let fieldBudget = request.routeOptions.bodyLimit
   const onField = (name: string, value: string, _nameTruncated: boolean, valueTruncated: boolean): void => {
-    if (isForbidden(name)) return body.fail(new ForbiddenFieldNameError(name) as EntryFailure)
-    if (valueTruncated) return body.fail(new FieldTooLargeError(name, limits.maxFieldSize) as EntryFailure)
+    if (isForbidden(name)) return body.fail(new ForbiddenFieldNameError(name))
+    if (valueTruncated) return body.fail(new FieldTooLargeError(name, limits.maxFieldSize))
     fieldBudget -= name.length + value.length
-    if (fieldBudget < 0) return body.fail(new FieldsTooLargeError(request.routeOptions.bodyLimit) as EntryFailure)
+    if (fieldBudget < 0) return body.fail(new FieldsTooLargeError(request.routeOptions.bodyLimit))
     const previous = fields[name]
     if (previous === undefined) fields[name] = value
     else if (Array.isArray(previous)) previous.push(value)
@@ -113,7 +112,7 @@ export async function receiveMultipart (
     })
     parser.on('field', onField)
     parser.on('fieldsLimit', () => reject(new FieldsLimitError(limits.maxFields)))
-    parser.on('filesLimit', () => reject(withUploadCode(new TooManyFilesError('this request', totalEntries), 'too_many_files')))
+    parser.on('filesLimit', () => reject(new TooManyFilesError('this request', totalEntries)))
     parser.on('error', reject)
     parser.on('finish', () => { queue.then(resolve, reject) })
   })

@@ -14,7 +14,7 @@ import type { Entry } from '../entry.js'
 import {
   BadConcatError, ChecksumBodyTooLargeError, ChecksumMismatchError, ChunkTimeoutError, ConcatReadError, FinalUploadError, MethodNotAllowedError, OffsetMismatchError,
   PastLengthError, ResumableMediaTypeError, ResumableVersionError, ShuttingDownError, TooLargeError, TooManyFilesError, TooManyUploadsError,
-  UploadCompletedError, UploadGoneError, UploadLengthError, UploadNotFoundError, withUploadCode, type EntryFailure
+  UploadCompletedError, UploadGoneError, UploadLengthError, UploadNotFoundError, asFailure
 } from '../errors.js'
 import type { ForsakeReason, RefStore } from '../refs.js'
 import { Uploads } from '../uploads.js'
@@ -78,7 +78,7 @@ class UploadHome extends Uploads {
 
 /** The error a request gets for an upload that ended: 410 saying why in words (503 at shutdown). */
 export function goneError (reason: GoneReason | undefined): Error {
-  if (reason === 'shut down') return withUploadCode(new ShuttingDownError(), 'cancelled')
+  if (reason === 'shut down') return new ShuttingDownError()
   // Forgotten (past GONE_MEMORY) while a request still held it: it ended, we no longer know how.
   return new UploadGoneError(reason === undefined ? 'it ended' : GONE_WORDS[reason])
 }
@@ -106,12 +106,12 @@ export class ResumableRegistry {
    * not lock the others out, so only maxUploads bounds them.
    */
   reserve (owner: unknown, config: ResolvedConfig, partial: boolean, cap: number): Slot {
-    if (this.#closed) throw withUploadCode(new ShuttingDownError(), 'cancelled')
-    if (this.#slots.size >= this.#maxUploads) throw withUploadCode(new TooManyUploadsError(this.#maxUploads), 'too_many_files')
+    if (this.#closed) throw new ShuttingDownError()
+    if (this.#slots.size >= this.#maxUploads) throw new TooManyUploadsError(this.#maxUploads)
     if (owner !== undefined) {
       let count = 0
       for (const slot of this.#slots) if (slot.owner === owner && slot.config === config && slot.partial === partial) count++
-      if (count >= cap) throw withUploadCode(new TooManyFilesError(config.uploadName, cap), 'too_many_files')
+      if (count >= cap) throw new TooManyFilesError(config.uploadName, cap)
     }
     const slot: Slot = { owner, config, partial }
     this.#slots.add(slot)
@@ -125,7 +125,7 @@ export class ResumableRegistry {
 
   /** Adds a created upload; after shutdown began, throws (its creator ends it). */
   add (upload: ResumableUpload): void {
-    if (this.#closed) throw withUploadCode(new ShuttingDownError(), 'cancelled')
+    if (this.#closed) throw new ShuttingDownError()
     this.#uploads.set(upload.id, upload)
   }
 
@@ -151,7 +151,7 @@ export class ResumableRegistry {
    */
   async shutdown (): Promise<void> {
     this.#closed = true
-    const failure = withUploadCode(new ShuttingDownError(), 'cancelled') as EntryFailure
+    const failure = new ShuttingDownError()
     await Promise.all([...this.#uploads.values()].map(async (upload) => {
       this.remove(upload, 'shut down')
       if (upload.complete && upload.concat === 'partial') await upload.discard()
@@ -389,7 +389,7 @@ export class ResumableEndpoint {
           return how
         }
         this.#describe(upload, reply, dialect)
-        throw withUploadCode(new ChunkTimeoutError(upload.config.chunkTimeout), 'chunk_timeout')
+        throw new ChunkTimeoutError(upload.config.chunkTimeout)
       }
       if (how === 'limit') throw this.#overflow(upload, reply, dialect)
       // Pre-empted or cut: answer with what was kept.
@@ -474,7 +474,7 @@ export class ResumableEndpoint {
   #tooLarge (reply: FastifyReply, dialect: Dialect, config: ResolvedConfig, connection: '' | 'close', clientName = 'this upload', reason?: Error): Error {
     if (dialect.ietf) reply.header('upload-limit', `max-size=${config.maxFileSize}`)
     if (connection === 'close') closeAfterAnswer(reply)
-    return withUploadCode(reason ?? new TooLargeError(clientName, config.uploadName, config.maxFileSize), 'too_large')
+    return reason ?? new TooLargeError(clientName, config.uploadName, config.maxFileSize)
   }
 
   /** Offset, expiry and completeness, as every answer about the upload carries them. */
@@ -536,7 +536,7 @@ export class ResumableEndpoint {
       return upload
     } catch (error) {
       this.#registry.release(slot)
-      await entry?.cancel(error as EntryFailure)
+      await entry?.cancel(asFailure(error))
       throw error
     }
   }

@@ -8,7 +8,7 @@ import * as Type from 'typebox/type'
 import { Check } from 'typebox/schema'
 import { mediaType, safeBasename, type ResolvedConfig } from '../config.js'
 import type { ClientInfo, Entry } from '../entry.js'
-import { ChunkTimeoutError, TooLargeError, withUploadCode, type EntryFailure } from '../errors.js'
+import { ChunkTimeoutError, TooLargeError } from '../errors.js'
 import type { Uploads } from '../uploads.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
@@ -333,8 +333,8 @@ export class Channel {
     const chunk = frame.subarray(HEADER_BYTES)
     const { entry } = slot
     if (slot.expected + chunk.length > entry.clientSize!) {
-      const error = withUploadCode(new TooLargeError(entry.clientName, entry.uploadName, entry.clientSize), 'too_large')
-      entry.cancel(error as EntryFailure)
+      const error = new TooLargeError(entry.clientName, entry.uploadName, entry.clientSize)
+      entry.cancel(error)
       return
     }
     // Frames a paused socket still delivers (the rest of the read in hand) are kept, but
@@ -406,8 +406,8 @@ export class Channel {
   #wait (slot: Slot): void {
     const { chunkTimeout } = slot.entry.config
     slot.timer = setTimeout(() => {
-      const error = withUploadCode(new ChunkTimeoutError(chunkTimeout), 'chunk_timeout')
-      slot.entry.cancel(error as EntryFailure)
+      const error = new ChunkTimeoutError(chunkTimeout)
+      slot.entry.cancel(error)
     }, chunkTimeout)
   }
 
