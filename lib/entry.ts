@@ -4,7 +4,7 @@
 // `writeChunk`, `{ error }` exactly when `writeChunk` threw, `'cancel'` otherwise.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter, WriterSpec } from '../types/index.js'
+import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter, WriterCall, WriterSpec } from '../types/index.js'
 import type { ResolvedConfig } from './config.js'
 import {
   CancelledError, TooLargeError, WriterFailureError, WriterTimeoutError, type EntryFailure
@@ -58,6 +58,8 @@ export class Entry implements UploadEntry {
   #watchdog: NodeJS.Timeout | undefined
   /** Aborted when the entry is cancelled: writer calls waiting on something stop at once. */
   readonly #abort = new AbortController()
+  /** What every init and writeChunk call gets: one object per entry, not one per chunk. */
+  readonly #writerCall: WriterCall = { signal: this.#abort.signal }
   #onWatchdog: (() => void) | undefined
 
   /** `onReport` hears every change of progress or status, before the route's `progress` callback. */
@@ -112,7 +114,7 @@ export class Entry implements UploadEntry {
     if (this.#stopping !== undefined) throw this.#endAs('cancelled', this.#stopping)
     const [writer, options] = Array.isArray(spec) ? spec as [UploadWriter, unknown] : [spec as UploadWriter, undefined]
     this.#writer = writer
-    const init = this.#call('init', () => writer.init(options, { signal: this.#abort.signal }))
+    const init = this.#call('init', () => writer.init(options, this.#writerCall))
     try {
       this.#state = await init.result
     } catch (error) {
@@ -228,7 +230,7 @@ export class Entry implements UploadEntry {
 
   async #writeChunk (piece: Buffer): Promise<void> {
     const writer = this.#writer!
-    const call = this.#call('writeChunk', () => writer.writeChunk(piece, this.#state, { signal: this.#abort.signal }))
+    const call = this.#call('writeChunk', () => writer.writeChunk(piece, this.#state, this.#writerCall))
     try {
       this.#state = await call.result
     } catch (error) {
