@@ -4,7 +4,7 @@ import * as Type from 'typebox/type'
 import { Check, Errors } from 'typebox/schema'
 import type { FastifyRequest } from 'fastify'
 import type { UploadConfig, UploadEntry, WriterFactory, ChunkedUploadOptions } from '../types/index.js'
-import { InvalidConfigError, NoUploadNameError, UnexpectedFieldError } from './errors.js'
+import { BadOwnerError, InvalidConfigError, NoUploadNameError, UnexpectedFieldError } from './errors.js'
 
 const Fn = Type.Function([], Type.Any())
 const PositiveInt = Type.Integer({ minimum: 1 })
@@ -75,6 +75,12 @@ export const PLUGIN_DEFAULTS = {
 
 /** An upload config with every default filled in and `accept` parsed. */
 export interface ResolvedConfig {
+  /**
+   * Stable across processes and restarts: the route (method, path, constraints) and the
+   * upload name. Configs are compared by key, never by identity, so anything that names
+   * one (a parked ref, a resumable upload) can be stored outside the process.
+   */
+  key: string
   uploadName: string
   accept: Accept
   maxEntries: number
@@ -88,8 +94,6 @@ export interface ResolvedConfig {
   onEntryError: 'fail' | 'continue'
   /** Served by the route's resumable (tus / IETF) endpoint too. */
   resumable: boolean
-  /** A staging copy (partial uploads) points to the route's own config. */
-  base?: ResolvedConfig
 }
 
 export interface Accept { any: boolean, extensions: string[], types: Set<string>, wildcards: string[] }
@@ -163,7 +167,23 @@ export interface PluginSettings {
   maxResumableUploads: number
 }
 
-export type OwnerFn = (request: FastifyRequest) => unknown
+/** Who owns what a request uploads: a string (a user id, a session), or undefined for nobody. */
+export type OwnerFn = (request: FastifyRequest) => Promise<string | undefined>
+
+/**
+ * The app's `owner` option, checked: owners are strings (stored, compared and logged as
+ * they are), so anything else is a server bug, a 500 that says what came back.
+ */
+function checkedOwner (owner: ChunkedUploadOptions['owner']): OwnerFn {
+  // Without an owner, refs are bearer tokens: everyone is the same owner.
+  if (owner === undefined) return async () => undefined
+  return async (request) => {
+    const found: unknown = await owner(request)
+    if (found === undefined || found === null) return undefined
+    if (typeof found !== 'string') throw new BadOwnerError(typeof found)
+    return found
+  }
+}
 
 export function validatePluginOptions (options: unknown): PluginSettings {
   const problem = describe(PluginOptionsSchema, options)
@@ -179,8 +199,7 @@ export function validatePluginOptions (options: unknown): PluginSettings {
     channelWindow: opts.channelWindow ?? PLUGIN_DEFAULTS.channelWindow,
     channelQueueBytes: opts.channelQueueBytes ?? PLUGIN_DEFAULTS.channelQueueBytes,
     tmpFileQueueBytes: opts.tmpFileQueueBytes ?? PLUGIN_DEFAULTS.tmpFileQueueBytes,
-    // Without an owner, refs are bearer tokens: everyone is the same owner.
-    owner: opts.owner ?? (() => undefined),
+    owner: checkedOwner(opts.owner),
     entryTtl: opts.entryTtl ?? PLUGIN_DEFAULTS.entryTtl,
     resumableSuffix: opts.resumableSuffix ?? PLUGIN_DEFAULTS.resumableSuffix,
     resumableExpiry: opts.resumableExpiry ?? PLUGIN_DEFAULTS.resumableExpiry,
@@ -191,13 +210,15 @@ export function validatePluginOptions (options: unknown): PluginSettings {
 
 /**
  * Validates one route's allowUpload against the schema and resolves every default.
- * `where` names the route (`POST /profile`) in the error message.
+ * `where` names the route (`POST /profile`) in the error message; `routeKey` (the route
+ * with its constraints) prefixes each config's key.
  */
 export function resolveAllowUpload (
   allowUpload: unknown,
   defaults: Partial<UploadConfig>,
   defaultWriter: WriterFactory,
-  where: string
+  where: string,
+  routeKey = where
 ): Map<string, ResolvedConfig> {
   if (allowUpload === null || typeof allowUpload !== 'object' || Array.isArray(allowUpload)) {
     throw new InvalidConfigError(`allowUpload of ${where} must be an object of upload names`)
@@ -217,6 +238,7 @@ export function resolveAllowUpload (
     const problem = describe(UploadConfigSchema, merged)
     if (problem !== undefined) throw new InvalidConfigError(`allowUpload.${uploadName} of ${where}: ${problem}`)
     resolved.set(uploadName, {
+      key: `${routeKey} ${JSON.stringify(uploadName)}`,
       uploadName,
       accept: parseAccept(merged.accept),
       maxEntries: merged.maxEntries ?? DEFAULTS.maxEntries,

@@ -104,14 +104,16 @@ function difference (first: Origin, later: Origin): string | undefined {
   }
   const names = (configs: Map<string, ResolvedConfig>): string => [...configs.keys()].sort().join(', ')
   if (names(first.configs) !== names(later.configs)) return `upload names (${names(first.configs)} / ${names(later.configs)})`
-  for (const [name, config] of first.configs) {
-    if (!isDeepStrictEqual(config, later.configs.get(name))) return `the declaration of upload "${name}"`
+  for (const [name, { key: _first, ...config }] of first.configs) {
+    // Keys name each route: alike declarations on two routes differ in them only.
+    const { key: _later, ...other } = later.configs.get(name)!
+    if (!isDeepStrictEqual(config, other)) return `the declaration of upload "${name}"`
   }
   return undefined
 }
 
 /** Constraints as a key: equal constraints, equal keys (a RegExp by its source). */
-function constraintsKey (constraints: RouteOptions['constraints'] = {}): string {
+export function constraintsKey (constraints: RouteOptions['constraints'] = {}): string {
   const entries = Object.keys(constraints).sort().map((name) => [name, constraints[name]])
   return JSON.stringify(entries, (_key, value: unknown) => value instanceof RegExp ? String(value) : value)
 }

@@ -69,6 +69,7 @@ export const PastLengthError = entryError('FST_CHUNKED_UPLOAD_PAST_LENGTH', 'The
 export const TooManyUploadsError = entryError('FST_CHUNKED_UPLOAD_TOO_MANY_UPLOADS', 'The server holds its most resumable uploads (%s, maxResumableUploads): try again later', 503, 'too_many_files')
 export const MethodNotAllowedError = createError('FST_CHUNKED_UPLOAD_METHOD_NOT_ALLOWED', 'Method %s is not allowed here: use %s', 405)
 export const ConcatReadError = createError('FST_CHUNKED_UPLOAD_CONCAT_READ', 'Partial upload %s could not be read: the final upload ended', 500)
+export const BadOwnerError = createError('FST_CHUNKED_UPLOAD_BAD_OWNER', 'The owner option must return a string, or undefined for nobody (it returned a %s)', 500)
 export const AlreadyRegisteredError = createError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 
 /** A refusal by the route's `validate`: the entry code is the one the check returned. */

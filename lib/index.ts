@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyPluginAsync, FastifyReply, FastifyRequest,
 import fp from 'fastify-plugin'
 import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types/index.js'
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
-import { CARRIED_HOOKS, DerivedRoutes, carriedFrom, derivedOptions, hookList, type Carried, type HookName, type RouterMatching } from './derived-routes.js'
+import { CARRIED_HOOKS, DerivedRoutes, carriedFrom, constraintsKey, derivedOptions, hookList, type Carried, type HookName, type RouterMatching } from './derived-routes.js'
 import {
   AlreadyRegisteredError, ChannelNeedsWebsocketError, InvalidConfigError, ChannelOrderError, HookOrderError, PluginOrderError, PrematureCloseError, ShuttingDownError, TooManyFilesError,
   UnknownRefError, type EntryFailure
@@ -123,7 +123,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
     if (route.allowUpload === undefined) return
     const where = `${[route.method].flat().join(',')} ${route.url}`
-    const configs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where)
+    const configs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where, `${where} ${constraintsKey(route.constraints)}`)
     // As declared, before the plugin adds its hooks: what derived routes carry.
     const carried = carriedFrom(route)
 
@@ -170,7 +170,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       const body = request.body as Record<string, unknown> | null | undefined
       if (body === null || typeof body !== 'object') return
       const uploads = uploadsOf(request)!
-      let owner: unknown
+      let owner: string | undefined
       for (const [uploadName, config] of uploads.configs) {
         if (!Object.hasOwn(body, uploadName)) continue
         const value = body[uploadName]

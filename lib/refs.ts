@@ -9,7 +9,7 @@ export type ForsakeReason = 'claimed' | 'expired' | 'shut down'
 /** Where a parked entry came from: told when it leaves the store (and why), so it is listed there no more. */
 export interface EntryHome { forsake (entry: Entry, why: ForsakeReason): void }
 
-interface Parked { entry: Entry, owner: unknown, home: EntryHome, timer: NodeJS.Timeout }
+interface Parked { entry: Entry, owner: string | undefined, home: EntryHome, timer: NodeJS.Timeout }
 
 export class RefStore {
   readonly #ttl: number
@@ -20,7 +20,7 @@ export class RefStore {
   }
 
   /** Keeps a finished entry for `ttl` ms; parking it again restarts the clock. */
-  park (entry: Entry, owner: unknown, home: EntryHome): void {
+  park (entry: Entry, owner: string | undefined, home: EntryHome): void {
     this.forget(entry)
     const timer = setTimeout(() => {
       this.#parked.delete(entry.ref)
@@ -47,9 +47,9 @@ export class RefStore {
    * Whether a request may take the entry: only with the same owner and the same upload
    * config (the route and name it was checked against).
    */
-  claimable (ref: string, owner: unknown, config: ResolvedConfig): boolean {
+  claimable (ref: string, owner: string | undefined, config: ResolvedConfig): boolean {
     const parked = this.#parked.get(ref)
-    return parked !== undefined && parked.owner === owner && parked.entry.config === config
+    return parked !== undefined && parked.owner === owner && parked.entry.config.key === config.key
   }
 
   /** Hands a claimable entry (callers check first) to a request. Once: it leaves the store. */

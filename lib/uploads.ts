@@ -37,7 +37,7 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   #aborting: Promise<void> | undefined
   #ended: Promise<void> | undefined
   /** Channel uploads: finished entries wait in the store for their ref, whatever becomes of the socket. */
-  #hold: { store: RefStore, owner: unknown } | undefined
+  #hold: { store: RefStore, owner: string | undefined } | undefined
 
   constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest) {
     super()
@@ -49,7 +49,7 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   get aborted (): EntryFailure | undefined { return this.#aborted }
 
   /** From now on, finished entries outlive these uploads: parked under `owner` until claimed or expired. */
-  holdFinished (store: RefStore, owner: unknown): void {
+  holdFinished (store: RefStore, owner: string | undefined): void {
     this.#hold = { store, owner }
   }
 

@@ -117,3 +117,20 @@ t.test('a route path with a trailing slash: its endpoint is the path plus the su
   t.match(created.headers.get('location'), /^\/a\/tus\/[0-9a-f-]{36}$/)
   recorder.check(t)
 })
+
+t.test('owners are strings: one that is not fails the request with a 500 saying so; null is nobody', async (t) => {
+  let owner: unknown = 42
+  const s = await setupResumable(t, { maxEntries: 1 }, { plugin: { owner: () => owner as string } })
+  const refused = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })
+  t.equal(refused.status, 500)
+  t.equal(refused.json.code, 'FST_CHUNKED_UPLOAD_BAD_OWNER')
+  t.match(refused.json.message, /returned a number/)
+  owner = null
+  const created = await s.tus('POST', '/up/tus', { ...TUS, 'upload-length': 10 })
+  t.equal(created.status, 201, 'null: nobody, as undefined')
+  owner = undefined
+  const path = new URL(String(created.headers.location), s.endpoint).pathname
+  t.equal((await s.tus('HEAD', path)).status, 200, 'the same nobody reaches it')
+  await s.tus('DELETE', path)
+  await s.finish(t)
+})

@@ -12,7 +12,7 @@ import { bytes, eventually, sha256, strayFiles } from './kit/index.js'
 import { TUS, WriterGate, heldPatch, ietf, open, patchHeaders, setupResumable, type Headers, type Reply } from './kit/resumable.js'
 import { fakeClock } from './kit/clock.js'
 
-const byUser = { owner: (request: FastifyRequest) => request.headers['x-user'] }
+const byUser = { owner: (request: FastifyRequest) => request.headers['x-user'] as string | undefined }
 const alice = { 'x-user': 'alice' }
 
 function statuses (replies: Reply[]): Record<number, number> {

@@ -27,7 +27,7 @@ t.test('uploads through random cuts complete byte-identical; each writer sees a 
   }, {
     tmpDir: dir,
     // Each draw is its own owner: what earlier draws left behind takes none of its slots.
-    owner: (request: FastifyRequest) => request.headers['x-draw'],
+    owner: (request: FastifyRequest) => request.headers['x-draw'] as string | undefined,
     resumableExpiry: expiry,
     entryTtl: expiry
   })

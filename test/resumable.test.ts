@@ -829,7 +829,7 @@ t.test('writer failures: a coded 500, the writer closed with { error }, and late
 })
 
 t.test("owner binding: another owner's requests get 404 and its ref claim 400; the upload is untouched", async (t) => {
-  const s = await setupResumable(t, {}, { plugin: { owner: (request: FastifyRequest) => request.headers['x-user'] } })
+  const s = await setupResumable(t, {}, { plugin: { owner: (request: FastifyRequest) => request.headers['x-user'] as string | undefined } })
   const data = bytes(1000, 30)
   const alice = { 'x-user': 'alice' }
   const path = await s.create({ ...TUS, ...alice, 'upload-length': data.length })

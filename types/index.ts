@@ -156,11 +156,13 @@ export interface ChunkedUploadOptions {
    */
   tmpFileQueueBytes?: number
   /**
-   * Who owns an upload: a finished channel entry's ref can only be consumed by a request
-   * with the same owner (compared with `===`), a resumable upload only reached by it, and
-   * `maxEntries` counts resumable uploads per owner. Default: nobody, refs are bearer tokens.
+   * Who owns an upload, as a string (a user id, say): a finished channel entry's ref can
+   * only be consumed by a request with the same owner, a resumable upload only reached by
+   * it, and `maxEntries` counts resumable uploads per owner. `undefined` (or `null`) is
+   * nobody; any other value fails the request with a 500 `FST_CHUNKED_UPLOAD_BAD_OWNER`.
+   * Default: nobody, refs are bearer tokens.
    */
-  owner?: (request: FastifyRequest) => unknown
+  owner?: (request: FastifyRequest) => string | undefined | null | Promise<string | undefined | null>
   /** How long a finished channel or resumable entry waits for its ref to be consumed, in ms. Default 300_000. */
   entryTtl?: number
   /** The resumable endpoint's path is the route's path plus this. Default `'/tus'`. */

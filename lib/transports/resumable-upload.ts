@@ -16,14 +16,14 @@ export type AppendEnd = 'end' | 'stopped' | 'aborted' | 'timeout' | 'limit' | 'f
 export type GoneReason = 'terminated' | 'expired' | 'unclaimed' | 'failed' | 'consumed' | 'concatenated' | 'shut down'
 
 /** A place an upload takes among the endpoint's limits (maxEntries, maxResumableUploads), from before its writer starts until it ends. */
-export interface Slot { readonly owner: unknown, readonly config: ResolvedConfig, readonly partial: boolean }
+export interface Slot { readonly owner: string | undefined, readonly config: ResolvedConfig, readonly partial: boolean }
 
 interface Holder { stop: (() => void) | undefined, released: Promise<void> }
 
 export interface UploadInit {
   entry: Entry
   config: ResolvedConfig
-  owner: unknown
+  owner: string | undefined
   length: number | undefined
   metadata: string | undefined
   /** 'partial' uploads are staged for a later 'final' one; 'final' ones are concatenations. */
@@ -41,7 +41,7 @@ export interface UploadInit {
 export class ResumableUpload {
   readonly entry: Entry
   readonly config: ResolvedConfig
-  readonly owner: unknown
+  readonly owner: string | undefined
   readonly metadata: string | undefined
   readonly concat: 'partial' | 'final' | undefined
   readonly concatHeader: string | undefined

@@ -105,12 +105,12 @@ export class ResumableRegistry {
    * name. An anonymous owner (undefined) is everyone without an owner: one of them must
    * not lock the others out, so only maxUploads bounds them.
    */
-  reserve (owner: unknown, config: ResolvedConfig, partial: boolean, cap: number): Slot {
+  reserve (owner: string | undefined, config: ResolvedConfig, partial: boolean, cap: number): Slot {
     if (this.#closed) throw new ShuttingDownError()
     if (this.#slots.size >= this.#maxUploads) throw new TooManyUploadsError(this.#maxUploads)
     if (owner !== undefined) {
       let count = 0
-      for (const slot of this.#slots) if (slot.owner === owner && slot.config === config && slot.partial === partial) count++
+      for (const slot of this.#slots) if (slot.owner === owner && slot.config.key === config.key && slot.partial === partial) count++
       if (count >= cap) throw new TooManyFilesError(config.uploadName, cap)
     }
     const slot: Slot = { owner, config, partial }
@@ -272,7 +272,7 @@ export class ResumableEndpoint {
     if (found === undefined) throw new UploadNotFoundError()
     if (typeof found === 'string') throw goneError(found)
     // Another owner's upload does not exist, as far as this request can tell.
-    if (found.owner !== await this.#settings.owner(request) || ![...this.#configs.values()].includes(routeConfigOf(found))) {
+    if (found.owner !== await this.#settings.owner(request) || this.#configs.get(found.config.uploadName)?.key !== found.config.key) {
       throw new UploadNotFoundError()
     }
     return found
@@ -491,7 +491,7 @@ export class ResumableEndpoint {
   /** Partials are staged (they reach the route's writer through their final upload): any type, no validate. */
   #stagingConfig (config: ResolvedConfig): ResolvedConfig {
     const { staging, stagingOptions } = this.#settings
-    return { ...config, accept: parseAccept('any'), validate: undefined, progress: undefined, writer: () => [staging, stagingOptions], base: config }
+    return { ...config, accept: parseAccept('any'), validate: undefined, progress: undefined, writer: () => [staging, stagingOptions] }
   }
 
   /**
@@ -550,7 +550,7 @@ export class ResumableEndpoint {
     const owner = await this.#settings.owner(request)
     const parts = urls.map((url) => {
       const part = this.#registry.find(idOfUrl(url))
-      if (typeof part !== 'object' || part.concat !== 'partial' || part.owner !== owner || routeConfigOf(part) !== config) {
+      if (typeof part !== 'object' || part.concat !== 'partial' || part.owner !== owner || part.config.key !== config.key) {
         throw new BadConcatError(`${url} is not a partial upload of this endpoint`)
       }
       if (!part.complete) throw new BadConcatError(`${url} is not complete (concatenation-unfinished is not supported)`)
@@ -610,11 +610,6 @@ export class ResumableEndpoint {
 function appendTypeOk (type: string, dialect: Dialect): boolean {
   if (!dialect.ietf) return type === TUS_CONTENT_TYPE
   return type === IETF_CONTENT_TYPE || (dialect.version === '5' && (type === '' || type === TUS_CONTENT_TYPE))
-}
-
-/** The route's own config of an upload (a partial one is staged under a copy of it). */
-function routeConfigOf (upload: ResumableUpload): ResolvedConfig {
-  return upload.config.base ?? upload.config
 }
 
 function methodOf (request: FastifyRequest): string {
