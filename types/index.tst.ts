@@ -2,7 +2,7 @@
 import Fastify, { type FastifyRequest } from 'fastify'
 import { describe, expect, test } from 'tstyche'
 import chunkedUpload, {
-  MemoryWriter, TmpFileBudget, TmpFileWriter, defineWriter,
+  MemoryWriter, TmpFileBudget, TmpFileWriter, defineWriter, errors,
   type CloseReason, type DiscardInfo, type RequestUploads, type TmpFileMeta, type UploadEntry, type UploadError, type UploadWriter
 } from '../lib/index.js'
 
@@ -65,8 +65,12 @@ describe('the allowUpload route option', () => {
   test('plugin options are typed', () => {
     expect(app.register).type.not.toBeCallableWith(chunkedUpload, { tmpdir: '/tmp' })
     expect(app.register).type.toBeCallableWith(chunkedUpload, {
-      channel: true, channelSuffix: '/ws', channelWindow: 16, entryTtl: 60_000, owner: (request: FastifyRequest) => request.headers['x-user']
+      channel: true, channelSuffix: '/ws', channelWindow: 16, entryTtl: 60_000, owner: (request: FastifyRequest) => request.headers['x-user'] as string | undefined
     })
+    // Owners are strings (or nobody): a header that may be a list, or a number, is not one.
+    expect(app.register).type.not.toBeCallableWith(chunkedUpload, { owner: (request: FastifyRequest) => request.headers['x-user'] })
+    expect(app.register).type.not.toBeCallableWith(chunkedUpload, { owner: () => 42 })
+    expect(app.register).type.toBeCallableWith(chunkedUpload, { owner: async () => null })
     expect(app.register).type.not.toBeCallableWith(chunkedUpload, { channel: 'yes' })
     expect(app.register).type.toBeCallableWith(chunkedUpload, { resumableSuffix: '/tus', resumableExpiry: 60_000, resumableMaxLifetime: 3_600_000 })
     expect(app.register).type.toBeCallableWith(chunkedUpload, { channelQueueBytes: 8_000_000, tmpFileQueueBytes: 32_000_000 })
@@ -100,5 +104,21 @@ describe('request.uploads', () => {
     // @ts-expect-error Cannot assign to 'bytesReceived' because it is a read-only property
     entry.bytesReceived = 3
     expect(entry.bytesReceived).type.toBe<number>()
+  })
+})
+
+describe('errors', () => {
+  test('each error takes one argument per placeholder of its message, and an optional cause', () => {
+    expect(errors.TooLargeError).type.toBeConstructableWith('a.bin', 'file', 1000)
+    expect(errors.TooLargeError).type.toBeConstructableWith('a.bin', 'file', 1000, { cause: new Error('disk') })
+    expect(errors.TooLargeError).type.not.toBeConstructableWith('a.bin', 'file')
+    expect(errors.UnknownRefError).type.not.toBeConstructableWith({}, 'file')
+    expect(errors.ShuttingDownError).type.toBeConstructableWith()
+    expect(errors.ShuttingDownError).type.not.toBeConstructableWith('why')
+  })
+
+  test('an error that can end an entry carries its entry code and status', () => {
+    expect(new errors.TooLargeError('a.bin', 'file', 1000).uploadCode).type.toBe<string>()
+    expect(new errors.TooLargeError('a.bin', 'file', 1000).statusCode).type.toBe<413>()
   })
 })

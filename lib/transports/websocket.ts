@@ -333,7 +333,7 @@ export class Channel {
     const chunk = frame.subarray(HEADER_BYTES)
     const { entry } = slot
     if (slot.expected + chunk.length > entry.clientSize!) {
-      const error = new TooLargeError(entry.clientName, entry.uploadName, entry.clientSize)
+      const error = new TooLargeError(entry.clientName, entry.uploadName, entry.clientSize!)
       entry.cancel(error)
       return
     }
