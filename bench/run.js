@@ -10,11 +10,12 @@
 // Env: BENCH_RUNS (3), BENCH_SIZE_MIB (1024, scenario A), BENCH_B_COUNT (200),
 // BENCH_B_SIZE_MIB (4), BENCH_SCENARIOS (A,B), BENCH_CONTENDERS (comma list of ids),
 // BENCH_CPU_PROF=1 (servers run with --cpu-prof into bench/results/profiles/; slows them),
-// BENCH_OUT (JSON output path, default bench/results/latest.json), BENCH_TIMEOUT_S (180, per upload).
+// BENCH_OUT (JSON output path, default bench/results/latest.json), BENCH_TIMEOUT_S (180, per upload),
+// BENCH_BASELINE (a built checkout of another commit: its plugin runs beside this one, `<id>@base`).
 import { mkdirSync, writeFileSync } from 'node:fs'
 import http from 'node:http'
 import os from 'node:os'
-import { dirname, join } from 'node:path'
+import { dirname, join, resolve } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
 import { MiB, getJson, tusBody, upload, uploadBareWs, uploadChannel, uploadTus } from './client.js'
@@ -63,6 +64,16 @@ const CONTENDERS = [
   // writes, the request's writableHighWaterMark), to tell client cost from server cost.
   { id: 'bare-pipe-16k', name: 'bare pipe, client writing 16 KiB pieces like tus-js-client', server: 'bare-pipe.js', format: 'raw', writeSize: 16 * 1024, optional: true }
 ].filter((c) => env.BENCH_CONTENDERS === undefined ? !c.optional : env.BENCH_CONTENDERS.split(',').includes(c.id))
+// BENCH_BASELINE=<a checkout of another commit, built, with its node_modules>: each of
+// the plugin's contenders runs a second time on that build, in the same interleaved
+// rounds (`<id>@base`), so a change is compared with what it changed on one machine
+// state, not across days.
+if (env.BENCH_BASELINE !== undefined) {
+  const plugin = join(resolve(env.BENCH_BASELINE), 'dist', 'lib', 'index.js')
+  for (const contender of CONTENDERS.filter((c) => c.server === 'chunked-upload.js')) {
+    CONTENDERS.push({ ...contender, id: `${contender.id}@base`, name: `${contender.name} — baseline build`, env: { ...contender.env, BENCH_PLUGIN: plugin } })
+  }
+}
 
 const SCENARIOS = [
   { id: 'A', title: `A: one ${fmtSize(SIZE_A)} upload`, count: 1, size: SIZE_A },
@@ -241,6 +252,14 @@ function checks (summary) {
       if (s[id] === undefined) continue
       add(`${id} failures (all runs)`, s[id].failures, '0', s[id].failures === 0)
       add(`${id} leftover files (max)`, s[id].leftoverFiles, '0', s[id].leftoverFiles === 0)
+    }
+    // This build against the baseline build (BENCH_BASELINE), same rounds.
+    for (const id of Object.keys(s).filter((id) => id.endsWith('@base'))) {
+      const now = s[id.slice(0, -'@base'.length)]
+      const base = s[id]
+      if (now === undefined) continue
+      out.push({ scenario: scenario.id, what: `${id.slice(0, -5)} ÷ baseline build, throughput (info)`, value: ratio(now, base), target: '—', verdict: 'info' })
+      out.push({ scenario: scenario.id, what: `${id.slice(0, -5)} server CPU s/GiB ÷ baseline build's (info)`, value: now.serverCpuSPerGiB / base.serverCpuSPerGiB, target: '—', verdict: 'info' })
     }
     for (const id of ['chunked-upload', 'chunked-upload-raw']) {
       if (s[id] === undefined) continue

@@ -13,8 +13,10 @@
 // bounds an owner's unfinished uploads.
 import { stat } from 'node:fs/promises'
 import Fastify from 'fastify'
-import chunkedUpload from 'fastify-chunked-upload'
 import { MAX_FILE_SIZE, makeTmpDir, serve } from './common.js'
+
+// BENCH_PLUGIN: another build of the plugin (the runner's BENCH_BASELINE), else this one.
+const { default: chunkedUpload } = await import(process.env.BENCH_PLUGIN ?? 'fastify-chunked-upload')
 
 const dir = makeTmpDir('chunked-upload')
 const app = Fastify()
