@@ -4,22 +4,17 @@
 // refs for the route, and calls each transport's stop at preClose and close at onClose;
 // the rest (hooks, handlers, sockets, what is in flight) is the transport's own.
 //
-// To add a transport:
-// 1. Write one module, lib/transports/<name>-route.ts, with a class that implements
-//    Transport. Its constructor gets the plugin's scope and the shared services, throws
-//    what is wrong at registration, and keeps the transport's state (what is in flight).
-// 2. addRoute wires an upload route: hooks on the route itself (`route.options`), or a
-//    route it derives on the route's path plus a suffix (`services.derived.derive`, then
-//    `derivedRoute` for its options: it is behind everything the route declares).
-// 3. Its hooks and handlers receive into an Uploads (lib/uploads.ts): announce an entry
-//    per file, feed it, end the Uploads when the request or socket is over (LiveUploads
-//    tracks them for shutdown).
-// 4. stop (preClose) stops reading, so that requests can answer; close (onClose) ends
-//    what is left and resolves once every writer is closed.
-// 5. If its finished entries wait for a ref that a request to the route submits, say for
-//    which routes (holdsEntries) and, if clients submit something else than the ref (an
-//    upload URL), how it names one (refOf).
-// 6. Add its class to TRANSPORTS in lib/index.ts.
+// To add a transport, write one module (lib/transports/<name>-route.ts) with a class that
+// implements Transport, and add the class to TRANSPORTS in lib/index.ts. Its constructor
+// gets the plugin's scope and the shared services, throws what is wrong at registration,
+// and holds the transport's state. addRoute wires each upload route: hooks on the route
+// itself, or a route derived on its path plus a suffix (`services.derived.derive` gives the
+// path, `derivedRoute` options that put it behind everything the route declares). Its
+// hooks and handlers receive into an Uploads: an entry per file, announced then fed
+// (LiveUploads keeps the open ones). stop (preClose) stops reading, so requests can answer;
+// close (onClose) resolves once every writer it opened is closed. If its finished entries
+// wait for a ref, holdsEntries says on which routes, and refOf reads a ref submitted in
+// another form (an upload URL).
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import type { PluginSettings, ResolvedConfig } from '../config.js'
 import type { Carried, DerivedRoutes } from '../derived-routes.js'
