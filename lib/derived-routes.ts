@@ -1,9 +1,10 @@
 // The routes an upload route derives (its WebSocket channel, its resumable endpoint):
-// what they take from the route, and one set of them per path.
+// what they take from the route, how they are marked as derived, and one set of them per path.
 import { isDeepStrictEqual } from 'node:util'
 import type { FastifyInstance, RouteOptions } from 'fastify'
 import type { ResolvedConfig } from './config.js'
-import { RouteConflictError } from './errors.js'
+import { InvalidConfigError, PluginOrderError, RouteConflictError } from './errors.js'
+import type { UploadRoute } from './transports/transport.js'
 
 /** The route's hooks that run on its derived routes too, in the route's order. */
 export const CARRIED_HOOKS = [
@@ -70,6 +71,55 @@ export function derivedOptions (
   return options as Partial<RouteOptions>
 }
 
+/** On a derived route's options: the route it derives from, and what this plugin gave it. */
+const kDerivedFrom = Symbol('fastify-chunked-upload.derivedFrom')
+interface DerivedFrom {
+  /** The route it derives from, for messages: `POST /files`. */
+  where: string
+  /** How many hooks of each kind it was given. */
+  hookCounts: Record<HookName, number>
+  /** Its preParsing hook that takes the body, which must stay last; undefined if it takes none. */
+  bodyHook: unknown
+}
+type Derived = RouteOptions & { [kDerivedFrom]?: DerivedFrom }
+
+/**
+ * A derived route's options (see derivedOptions: spread them once per route), marked with
+ * the route it derives from and, if it takes the body itself, the hook that does.
+ */
+export function derivedRoute (where: string, bodyHook: unknown, ...args: Parameters<typeof derivedOptions>): Partial<RouteOptions> {
+  const options = derivedOptions(...args)
+  const hookCounts = {} as DerivedFrom['hookCounts']
+  for (const name of CARRIED_HOOKS) hookCounts[name] = hookList(options[name]).length
+  // Added, not spread: a spread would fix the fresh arrays once.
+  return Object.assign(options, { [kDerivedFrom]: { where, hookCounts, bodyHook } })
+}
+
+/**
+ * A derived route, as this plugin's onRoute hook sees it: its hook that takes the body, if
+ * any (undefined for other routes). Throws if an onRoute hook that ran before this one added
+ * hooks to it: it did the same to the route it derives from, whose hooks it carries, so
+ * they would run twice.
+ */
+export function checkDerived (route: RouteOptions): unknown {
+  const derivedFrom = (route as Derived)[kDerivedFrom]
+  if (derivedFrom === undefined) return undefined
+  const grown = CARRIED_HOOKS.find((name) => hookList(route[name]).length > derivedFrom.hookCounts[name])
+  if (grown !== undefined) throw new PluginOrderError(grown, derivedFrom.where, route.url)
+  return derivedFrom.bodyHook
+}
+
+/** A route, for messages: `POST /files`; a derived route (on every method) by its URL and origin. */
+export function nameOf (route: RouteOptions): string {
+  const derivedFrom = (route as Derived)[kDerivedFrom]
+  return derivedFrom === undefined ? `${[route.method].flat().join(',')} ${route.url}` : `${route.url} (derived from ${derivedFrom.where})`
+}
+
+/** A route's own path plus a suffix (`/up/` + `/ws` → `/up/ws`), under the same prefix. */
+function pathWithSuffix (routePath: string, suffix: string): string {
+  return (routePath.endsWith('/') ? routePath.slice(0, -1) : routePath) + suffix
+}
+
 /** A route that derives routes: where it was declared, what it carries, what it serves. */
 export interface Origin {
   /** `POST /files`, for messages. */
@@ -124,6 +174,14 @@ export interface RouterMatching {
   ignoreDuplicateSlashes: boolean
 }
 
+/** The router options that make two paths one route, however the app gave them. */
+export function routerMatching (fastify: FastifyInstance): RouterMatching {
+  const config = fastify.initialConfig as { routerOptions?: Partial<RouterMatching> } & Partial<RouterMatching>
+  // Fastify 5 keeps the older top-level options (deprecated) where routerOptions is not given.
+  const given = config.routerOptions ?? { caseSensitive: config.caseSensitive, ignoreDuplicateSlashes: config.ignoreDuplicateSlashes }
+  return { caseSensitive: given.caseSensitive !== false, ignoreDuplicateSlashes: given.ignoreDuplicateSlashes === true }
+}
+
 /**
  * A parameter (`:id`, `:id(^\\d+)`, one level of parentheses inside its pattern) or an
  * escaped colon (`::`), as find-my-way reads a path.
@@ -158,11 +216,30 @@ export class DerivedRoutes {
   }
 
   /**
+   * Claims the route's path plus `suffix` for a route it derives, serving `configs`:
+   * returns the path to register it at (under the route's prefix), or undefined if there
+   * is none to register: the route derives nothing (a HEAD route), or a route on its path
+   * derived it first (and shares it).
+   */
+  derive (upload: UploadRoute, suffix: string, what: string, configs: Map<string, ResolvedConfig>): string | undefined {
+    const { options: route, where } = upload
+    // Fastify's automatic HEAD route for a GET route comes through here too; it carries
+    // no body, so derives nothing (nor does a HEAD route of the app's own).
+    if (route.method === 'HEAD') return undefined
+    // The router allows a wildcard last only: `/files/*/tus` is no path.
+    if (route.url.endsWith('*')) {
+      throw new InvalidConfigError(`${where} has a wildcard path, under which its channel and resumable endpoint cannot be: declare the upload route on a path without one, or with channel: false and no resumable upload`)
+    }
+    const origin = { where, instance: upload.instance, constraints: route.constraints, carried: upload.carried, configs, routeConfigs: upload.configs }
+    return this.#claim(pathWithSuffix(route.url, suffix), what, origin) ? pathWithSuffix(route.routePath, suffix) : undefined
+  }
+
+  /**
    * True if `origin` is the first to derive `url` (the caller registers it). A later
    * route declaring it alike shares it, and takes the first route's config objects for
    * the names it serves, so that an entry from the shared route is claimable on both.
    */
-  claim (url: string, what: string, origin: Origin): boolean {
+  #claim (url: string, what: string, origin: Origin): boolean {
     const key = `${routerPath(url, this.#matching)} ${constraintsKey(origin.constraints)}`
     const first = this.#origins.get(key)
     if (first === undefined) {

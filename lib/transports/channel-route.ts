@@ -1,0 +1,91 @@
+// The WebSocket channel of upload routes (with `channel: true`): GET on the route's path
+// plus channelSuffix, behind the route's own hooks (its authentication protects the
+// channel too). Finished entries wait for their ref, which a request to the route claims.
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { PluginSettings } from '../config.js'
+import { derivedRoute } from '../derived-routes.js'
+import { ChannelNeedsWebsocketError, ChannelOrderError } from '../errors.js'
+import { Uploads } from '../uploads.js'
+import { LiveUploads } from './live-uploads.js'
+import { uploadsOf, type Services, type Transport, type UploadRoute } from './transport.js'
+import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './websocket.js'
+
+/** A `ws` socket as the channel route's handler gets it. */
+interface WsSocket extends ChannelSocket {
+  readonly protocol: string
+}
+
+export class ChannelTransport implements Transport {
+  readonly #services: Services
+  readonly #settings: PluginSettings
+  /** Chunk bytes received over this instance's channels and waiting for their writers. */
+  readonly #budget: ChannelBudget
+  /** Upload sets of open sockets, and of closed ones whose writers are still closing. */
+  readonly #live = new LiveUploads()
+  /** Channel sockets open, closed with 1001 at shutdown. */
+  readonly #sockets = new Map<Uploads, WsSocket>()
+
+  constructor (fastify: FastifyInstance, services: Services) {
+    this.#services = services
+    this.#settings = services.settings
+    // @fastify/websocket's preClose closes every socket it tracks, without a code; preClose
+    // hooks run in registration order, so ours must come first to tell channel sockets why.
+    if (this.#settings.channel && fastify.hasDecorator('websocketServer')) throw new ChannelOrderError()
+    this.#budget = new ChannelBudget(this.#settings.channelQueueBytes)
+  }
+
+  holdsEntries (): boolean {
+    return this.#settings.channel
+  }
+
+  addRoute (upload: UploadRoute): void {
+    if (!this.#settings.channel) return
+    const { instance, configs, where, carried } = upload
+    const path = this.#services.derived.derive(upload, this.#settings.channelSuffix, 'upload channel', new Map(configs))
+    if (path === undefined) return
+    if (!instance.hasDecorator('websocketServer')) throw new ChannelNeedsWebsocketError(where)
+    const { refs, settings } = this.#services
+    const live = this.#live
+    const sockets = this.#sockets
+    const options = { window: settings.channelWindow, maxMessageBytes: maxMessageBytes(configs.values()), budget: this.#budget }
+
+    function startChannelUploads (request: FastifyRequest, _reply: FastifyReply, done: () => void): void {
+      request.uploads = new Uploads(configs, request)
+      done()
+    }
+    // After the route's own hooks: the owner may depend on what they found (a session, a user).
+    async function holdFinished (request: FastifyRequest): Promise<void> {
+      uploadsOf(request)!.holdFinished(refs, await settings.owner(request))
+    }
+    function serveChannel (socket: WsSocket, request: FastifyRequest): void {
+      const uploads = uploadsOf(request)!
+      if (socket.protocol !== SUBPROTOCOL) return socket.close(1002, `use subprotocol ${SUBPROTOCOL}`)
+      live.add(uploads)
+      sockets.set(uploads, socket)
+      // The channel lives as long as the socket's listeners hold it.
+      new Channel(socket, uploads, options) // eslint-disable-line no-new
+      socket.once('close', () => {
+        sockets.delete(uploads)
+        live.end(uploads)
+      })
+    }
+
+    instance.route({
+      // Behind everything the route declared (hooks, constraints, errorHandler, …).
+      ...derivedRoute(where, undefined, carried, { first: { onRequest: startChannelUploads }, last: { preHandler: holdFinished } }),
+      method: 'GET',
+      url: path,
+      websocket: true,
+      handler: serveChannel
+    } as unknown as RouteOptions)
+  }
+
+  /** Each socket hears why its entries stopped, then closes with 1001 (going away). */
+  async stop (): Promise<void> {
+    await this.#live.stop((uploads) => this.#sockets.get(uploads)?.close(1001, 'server shutting down'))
+  }
+
+  async close (): Promise<void> {
+    await this.#live.close()
+  }
+}

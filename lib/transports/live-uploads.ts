@@ -1,0 +1,31 @@
+// The upload sets a transport has open (one per request, one per socket): stopped at
+// shutdown, and waited for until every writer is closed and every file is gone.
+import { PrematureCloseError, ShuttingDownError } from '../errors.js'
+import type { Uploads } from '../uploads.js'
+
+export class LiveUploads {
+  readonly #live = new Set<Uploads>()
+
+  add (uploads: Uploads): void {
+    this.#live.add(uploads)
+  }
+
+  /** Its request or socket is over: what is unfinished is cancelled, what nobody took discarded. */
+  end (uploads: Uploads): void {
+    // Stays live until every writer closed and every file is gone: shutdown waits for it.
+    uploads.end(new PrematureCloseError()).finally(() => this.#live.delete(uploads))
+  }
+
+  /** Stops every unfinished entry; `then` runs for each set once its entries stopped. */
+  async stop (then?: (uploads: Uploads) => void): Promise<void> {
+    await Promise.all([...this.#live].map(async (uploads) => {
+      await uploads.abort(new ShuttingDownError())
+      then?.(uploads)
+    }))
+  }
+
+  /** Ends every set still open; resolves once their writers are closed and files gone. */
+  async close (): Promise<void> {
+    await Promise.all([...this.#live].map((uploads) => uploads.end(new ShuttingDownError())))
+  }
+}
