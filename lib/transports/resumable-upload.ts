@@ -174,7 +174,7 @@ export interface AppendOptions {
  */
 export async function append (upload: ResumableUpload, body: Readable, options: AppendOptions): Promise<AppendEnd> {
   const target: FeedTarget = options.sink === undefined ? upload.entry : { write: options.sink }
-  // Client silence only: time spent in the writer does not count (writerTimeout bounds it).
+  // The append's own silence (what it counts: lib/feed.ts): past it, the append ends 'timeout'.
   const silence = new SilenceTimer(options.idle, () => { feed.end('timeout') })
   const feed = new Feed(target, {
     silence,
