@@ -167,6 +167,7 @@ class Slot implements FeedSource {
     this.feed.data(chunk)
   }
 
+  /** Frames come from the socket's messages (`push`): nothing to listen to. */
   open (): void {}
 
   /** The next frame to the feed; with none queued, the entry's end (every announced byte written) or a wait. */
@@ -176,6 +177,7 @@ class Slot implements FeedSource {
     else this.#waiting = true
   }
 
+  /** The feed takes frames only from `resume` and `push` while it waits: nothing to pause. */
   pause (): void {}
 
   close (): void {
