@@ -1,12 +1,13 @@
 // What the two HTTP transports share: one request body read under a silence limit,
 // stopped at the first failure (client abort, timeout, a failing entry, shutdown),
-// and an entry fed from a byte stream with backpressure.
+// and an entry fed from a byte stream (a feed, lib/feed.ts) with backpressure.
 import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
 import type { FastifyRequest } from 'fastify'
 import type { Entry } from '../entry.js'
 import { BodyUnreadableError, ChunkTimeoutError, PrematureCloseError, asFailure, type EntryFailure } from '../errors.js'
 import type { Uploads } from '../uploads.js'
+import { Feed, StreamSource } from '../feed.js'
 import { SilenceTimer } from './silence.js'
 
 export class HttpBody {
@@ -163,44 +164,18 @@ export async function drainRest (uploads: Uploads, payload: Readable): Promise<v
   })
 }
 
-/** start → writeChunk for every piece of `source` → close('done'), the silence timer suspended around each call. */
+/**
+ * start → writeChunk for every piece of `source` (one feed) → close('done'). The body's
+ * silence timer counts only while the feed waits for bytes: every writer call suspends it.
+ */
 export async function feedEntry (entry: Entry, source: Readable, body: HttpBody): Promise<void> {
   await body.silence.whileBusy(entry.start())
-  // 'data' one buffer at a time, paused while the writer works: no copies, and the
-  // socket is not read further until writeChunk settled. Leaving early (the entry
-  // failed) does not destroy the source: a part is drained, a request still answered.
-  await new Promise<void>((resolve, reject) => {
-    let writing = false
-    let ended = false
-    const stop = (error?: unknown): void => {
-      unregister()
-      source.off('data', onData)
-      source.off('end', onEnd)
-      source.off('error', stop)
-      if (error === undefined) resolve()
-      else reject(error)
-    }
-    // 'end' may come while the last chunk is still with the writer: finish after it.
-    function onEnd (): void {
-      ended = true
-      if (!writing) stop()
-    }
-    function onData (chunk: Buffer): void {
-      source.pause()
-      body.silence.heard()
-      writing = true
-      body.silence.whileBusy(entry.write(chunk)).then(() => {
-        writing = false
-        if (ended) stop()
-        else source.resume()
-      }, stop)
-    }
-    const unregister = body.onFail(stop)
-    source.on('data', onData)
-    source.once('end', onEnd)
-    source.once('error', stop)
-    source.resume()
-  })
+  // Leaving early (the entry failed) does not destroy the source: a part is drained, a request still answered.
+  const feed = new Feed(entry, { silence: body.silence, onStop: (stop) => body.onFail(stop) })
+  const how = await feed.run(new StreamSource(source))
+  // A write that failed (the entry's failure, or its cancel), a part's stream that failed,
+  // or the body that failed and stopped the feed (what failed it is the request's answer).
+  if (how !== 'end') throw how === 'failed' ? feed.writeError : how instanceof Error ? how : prematureClose()
   await body.silence.whileBusy(entry.finish())
 }
 

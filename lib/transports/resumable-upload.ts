@@ -5,7 +5,8 @@
 import type { Readable } from 'node:stream'
 import type { ResolvedConfig } from '../config.js'
 import type { Entry } from '../entry.js'
-import { PrematureCloseError, type EntryFailure } from '../errors.js'
+import type { EntryFailure } from '../errors.js'
+import { Feed, StreamSource, type FeedTarget } from '../feed.js'
 import { bodyStreamFailure } from './http-body.js'
 import { SilenceTimer } from './silence.js'
 
@@ -168,59 +169,23 @@ export interface AppendOptions {
 }
 
 /**
- * Feeds a request body to the entry, one buffer at a time, reading the next only once
- * `writeChunk` settled. Resolves with how it ended; never rejects.
+ * Feeds a request body to the entry (one feed, lib/feed.ts), one buffer at a time, reading
+ * the next only once `writeChunk` settled. Resolves with how it ended; never rejects.
  */
 export async function append (upload: ResumableUpload, body: Readable, options: AppendOptions): Promise<AppendEnd> {
-  const { entry } = upload
-  const sink = options.sink ?? (async (chunk: Buffer) => await entry.write(chunk))
-  // The client may have gone, or the body failed, while this append waited for the upload
-  // (a body destroyed without an error was closed early: HTTP/2's request on a reset stream).
-  if (body.destroyed) return endOfError(body.errored ?? new PrematureCloseError())
-  return await new Promise<AppendEnd>((resolve) => {
-    let received = 0
-    let writing = false
-    let ending: AppendEnd | undefined
-    // Client silence only: time spent in the writer does not count (writerTimeout bounds it).
-    const silence = new SilenceTimer(options.idle, () => end('timeout'))
-    function end (how: AppendEnd): void {
-      ending ??= how
-      // A writer call in flight finishes first: the offset must be settled when we answer.
-      if (writing) return
-      silence.stop()
-      body.off('data', onData)
-      body.off('end', onEnd)
-      body.off('close', onClose)
-      body.off('error', onError)
-      body.pause()
-      resolve(ending)
-    }
-    function onData (chunk: Buffer): void {
-      silence.heard()
-      if (received + chunk.length > options.limit) return end('limit')
-      received += chunk.length
-      writing = true
-      body.pause()
-      silence.whileBusy(sink(chunk)).then(() => {
-        writing = false
-        if (ending !== undefined) return end(ending)
-        upload.touch()
-        body.resume()
-      }, () => {
-        writing = false
-        end('failed')
-      })
-    }
-    function onEnd (): void { end('end') }
-    function onClose (): void { end(body.readableEnded ? 'end' : 'aborted') }
-    function onError (error: Error): void { end(endOfError(error)) }
-    options.onStop(() => end('stopped'))
-    body.on('data', onData)
-    body.once('end', onEnd)
-    body.once('close', onClose)
-    body.once('error', onError)
-    body.resume()
+  const target: FeedTarget = options.sink === undefined ? upload.entry : { write: options.sink }
+  // The append's own silence (what it counts: lib/feed.ts): past it, the append ends 'timeout'.
+  const silence = new SilenceTimer(options.idle, () => { feed.end('timeout') })
+  const feed = new Feed(target, {
+    silence,
+    limit: options.limit,
+    onStop: options.onStop,
+    // Each accepted chunk is activity: the upload does not expire while bytes flow.
+    onWritten: () => upload.touch()
   })
+  const how = await feed.run(new StreamSource(body))
+  silence.stop()
+  return how instanceof Error ? endOfError(how) : how
 }
 
 /** A body stream's error: the client gone (the append is cut), or a body that could not be read. */

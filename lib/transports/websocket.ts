@@ -1,6 +1,7 @@
 // The WebSocket upload channel (PROTOCOL.md): JSON control messages and binary chunk
 // frames become entry calls; acks, progress and outcomes go back to the client as JSON.
-// Frames of one entry are queued and handed to it one at a time. Memory per socket stays
+// Frames of one entry are queued and fed to it one at a time (its slot is the feed's
+// source, lib/feed.ts). Memory per socket stays
 // bounded whatever the client sends or leaves unread: the socket stops being read while
 // `window` frames wait, while announces wait, while the instance's budget is spent, and
 // while answers wait unsent; past hard limits it is closed with a coded reason.
@@ -9,7 +10,9 @@ import { Check } from 'typebox/schema'
 import { mediaType, safeBasename, type ResolvedConfig } from '../config.js'
 import type { ClientInfo, Entry } from '../entry.js'
 import { ChunkTimeoutError, TooLargeError } from '../errors.js'
+import { Feed, type FeedEnd, type FeedSource } from '../feed.js'
 import type { Uploads } from '../uploads.js'
+import { SilenceTimer } from './silence.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 /** uint32 entry id + uint64 offset, big-endian. */
@@ -131,18 +134,55 @@ interface PendingAnnounce {
   readonly info: ClientInfo
 }
 
-/** One accepted, unfinished entry of the socket. */
-interface Slot {
+/**
+ * One accepted, unfinished entry of the socket, and the source of its feed: the frames
+ * the socket brought for it, in order, handed to the feed one at a time.
+ */
+class Slot implements FeedSource {
   readonly id: number
   readonly entry: Entry
   /** Offset the next frame must start at: bytes accepted plus bytes queued. */
-  expected: number
-  readonly queue: Buffer[]
-  writing: boolean
+  expected = 0
+  /** Frames not yet written; the first is with the writer while one is. */
+  readonly queue: Buffer[] = []
   /** Frames written since the last ack. */
-  unacked: number
-  /** Client silence: armed only while the entry waits for the client. */
-  timer: NodeJS.Timeout | undefined
+  unacked = 0
+  readonly feed: Feed
+  readonly silence: SilenceTimer
+  /** The feed waits for the next frame. */
+  #waiting = false
+
+  constructor (id: number, entry: Entry, silence: SilenceTimer, onWritten: (chunk: Buffer) => void) {
+    this.id = id
+    this.entry = entry
+    this.silence = silence
+    this.feed = new Feed(entry, { silence, onWritten })
+  }
+
+  /** A frame for this entry. */
+  push (chunk: Buffer): void {
+    this.queue.push(chunk)
+    if (!this.#waiting) return
+    this.#waiting = false
+    this.feed.data(chunk)
+  }
+
+  /** Frames come from the socket's messages (`push`): nothing to listen to. */
+  open (): void {}
+
+  /** The next frame to the feed; with none queued, the entry's end (every announced byte written) or a wait. */
+  resume (): void {
+    if (this.queue.length > 0) this.feed.data(this.queue[0]!)
+    else if (this.entry.bytesReceived === this.entry.clientSize) this.feed.end('end')
+    else this.#waiting = true
+  }
+
+  /** The feed takes frames only from `resume` and `push` while it waits: nothing to pause. */
+  pause (): void {}
+
+  close (): void {
+    this.#waiting = false
+  }
 }
 
 export class Channel {
@@ -164,6 +204,10 @@ export class Channel {
   /** Frames and their bytes queued across all slots. */
   #queued = 0
   #queuedBytes = 0
+  /** Frames written and not yet acknowledged, across all slots: with #queued, the client's window in use. */
+  #unacked = 0
+  /** Slots whose silence ran out while the client could not send: their silence counts again once it can. */
+  readonly #deferred = new Set<Slot>()
   #paused = false
   /** Armed while answers wait unread: the client is as silent as one that sends nothing. */
   #answersTimer: NodeJS.Timeout | undefined
@@ -289,16 +333,18 @@ export class Channel {
       return
     }
     this.#announcing.delete(id)
-    const slot: Slot = { id, entry, expected: 0, queue: [], writing: false, unacked: 0, timer: undefined }
+    const { chunkTimeout } = config
+    // chunkTimeout counts from `accepted`, while the entry waits for the client.
+    const silence = new SilenceTimer(chunkTimeout, () => { this.#silent(slot) })
+    const slot: Slot = new Slot(id, entry, silence, (chunk) => { this.#written(slot, chunk) })
     this.#slots.set(id, slot)
     this.#slotOf.set(entry, slot)
     this.#send({ type: 'accepted', id, ref: entry.ref, chunkSize: config.chunkSize, window: this.#window })
-    if (this.#cancelAtStart.delete(id)) {
-      entry.cancel()
-      return
-    }
-    // A zero-byte file is complete now; any other waits for its first chunk.
-    this.#pump(slot)
+    // A zero-byte file is complete now; any other waits for its first chunk. Not awaited:
+    // the next announce starts meanwhile.
+    slot.feed.run(slot).then((how) => { this.#fed(slot, how, chunkTimeout) })
+    // Cancelled while it started: its end stops the feed.
+    if (this.#cancelAtStart.delete(id)) entry.cancel()
   }
 
   #onCancel (id: number): void {
@@ -342,14 +388,12 @@ export class Channel {
     if (this.#queued >= this.#window + READ_SLACK_FRAMES || this.#queuedBytes >= this.#window * this.#maxMessageBytes + READ_SLACK_BYTES) {
       return this.#close(1008, `window_exceeded: at most ${this.#window} unacknowledged frames`)
     }
-    this.#heard(slot)
     slot.expected += chunk.length
-    slot.queue.push(chunk)
     this.#queued++
     this.#queuedBytes += chunk.length
     this.#budget.take(chunk.length)
     this.#flow()
-    this.#pump(slot)
+    slot.push(chunk)
   }
 
   /**
@@ -365,10 +409,23 @@ export class Channel {
       this.#answersTimer = setTimeout(() => this.#close(1008, 'answers_not_read: the client does not read its answers'), this.#answersTimeout)
     }
     const stop = backlog || this.#queued >= this.#window || this.#announcing.size >= ANNOUNCE_WINDOW || this.#budget.holds(this)
-    if (stop === this.#paused) return
-    this.#paused = stop
-    if (stop) this.#socket.pause()
-    else this.#socket.resume()
+    if (stop !== this.#paused) {
+      this.#paused = stop
+      if (stop) this.#socket.pause()
+      else this.#socket.resume()
+    }
+    if (this.#deferred.size > 0 && !this.#holdsClient()) {
+      for (const slot of this.#deferred) slot.silence.heard()
+      this.#deferred.clear()
+    }
+  }
+
+  /**
+   * Whether the client cannot send now, so its silence is not its own: the socket is not
+   * read, or its window is full of frames the writers have not taken (or not acknowledged).
+   */
+  #holdsClient (): boolean {
+    return this.#paused || this.#queued + this.#unacked >= this.#window
   }
 
   /** The budget has room again: read on, unless another bound is still reached. */
@@ -376,44 +433,36 @@ export class Channel {
     if (!this.#closing) this.#flow()
   }
 
-  /** Hands the slot's queued frames to its entry in order, acking each; finishes at the last byte. */
-  async #pump (slot: Slot): Promise<void> {
-    if (slot.writing) return
-    slot.writing = true
-    const { entry } = slot
-    try {
-      while (slot.queue.length > 0) {
-        const chunk = slot.queue[0]!
-        await entry.write(chunk)
-        slot.queue.shift()
-        this.#dequeued(1, chunk.length)
-        // Acks are coalesced: one covers every byte up to its offset.
-        if (slot.queue.length === 0 || ++slot.unacked >= this.#ackEvery) {
-          slot.unacked = 0
-          this.#send({ type: 'ack', id: slot.id, offset: entry.bytesReceived, progress: entry.progress })
-        }
-      }
-      if (entry.bytesReceived === entry.clientSize) await entry.finish()
-      else this.#wait(slot)
-    } catch {
-      // The entry failed or was cancelled: its report told the client.
-    } finally {
-      slot.writing = false
+  /** A frame went through its write: out of the queue, and acknowledged (coalesced: one ack covers every byte up to its offset). */
+  #written (slot: Slot, chunk: Buffer): void {
+    slot.queue.shift()
+    slot.unacked++
+    this.#unacked++
+    this.#dequeued(1, chunk.length)
+    if (slot.queue.length === 0 || slot.unacked >= this.#ackEvery) {
+      this.#unacked -= slot.unacked
+      slot.unacked = 0
+      const { entry } = slot
+      this.#send({ type: 'ack', id: slot.id, offset: entry.bytesReceived, progress: entry.progress })
     }
   }
 
-  /** The entry waits for the client: silence from now on counts. */
-  #wait (slot: Slot): void {
-    const { chunkTimeout } = slot.entry.config
-    slot.timer = setTimeout(() => {
-      const error = new ChunkTimeoutError(chunkTimeout)
-      slot.entry.cancel(error)
-    }, chunkTimeout)
+  /**
+   * The entry was silent for its chunkTimeout while it waited for the client. If the
+   * client could not send (its window is held by writers), that was not its silence:
+   * it counts again once the client can send.
+   */
+  #silent (slot: Slot): void {
+    if (this.#holdsClient()) this.#deferred.add(slot)
+    else slot.feed.end('timeout')
   }
 
-  #heard (slot: Slot): void {
-    clearTimeout(slot.timer)
-    slot.timer = undefined
+  /** How the entry's feed ended: its last byte finishes it, silence cancels it. Any other end was the entry's own, and its report told the client. */
+  #fed (slot: Slot, how: FeedEnd, chunkTimeout: number): void {
+    // Nothing more to wait for: what follows is the writer's time.
+    slot.silence.stop()
+    if (how === 'end') slot.entry.finish().catch(() => {})
+    else if (how === 'timeout') slot.entry.cancel(new ChunkTimeoutError(chunkTimeout))
   }
 
   #dequeued (frames: number, bytes: number): void {
@@ -427,9 +476,13 @@ export class Channel {
   #onReport (entry: Entry): void {
     const slot = this.#slotOf.get(entry)
     if (slot === undefined || !entry.ended) return
-    this.#heard(slot)
+    slot.silence.stop()
+    slot.feed.stop()
+    this.#deferred.delete(slot)
     this.#slots.delete(slot.id)
     this.#slotOf.delete(entry)
+    // Its frames in the window are the client's again once it hears the end.
+    this.#unacked -= slot.unacked
     let bytes = 0
     for (const chunk of slot.queue) bytes += chunk.length
     this.#dequeued(slot.queue.length, bytes)
