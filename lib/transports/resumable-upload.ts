@@ -115,7 +115,7 @@ export class ResumableUpload {
    * A final upload reads this partial: until the returned release is called (once), a discard
    * (DELETE, expiry, shutdown, another final) waits, so the bytes stay readable.
    */
-  read (): () => void {
+  hold (): () => void {
     this.#readers++
     return () => {
       if (--this.#readers === 0) this.#discard?.run()
