@@ -154,6 +154,16 @@ export class ResumableUpload {
       release()
     }
   }
+
+  /**
+   * `acquire` for an append, whose stop is known only once its feed starts: `onStop`
+   * (AppendOptions) registers it; asked to stop before then, the holder does nothing.
+   */
+  async acquireToAppend (): Promise<{ release: () => void, onStop: (stop: () => void) => void }> {
+    let stop: () => void = () => {}
+    const release = await this.acquire(() => stop())
+    return { release, onStop: (fn) => { stop = fn } }
+  }
 }
 
 export interface AppendOptions {

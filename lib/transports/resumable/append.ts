@@ -42,8 +42,7 @@ export function roomOf (upload: UploadState): number {
 export async function appendTo (
   context: EndpointContext, upload: ResumableUpload, request: FastifyRequest, reply: FastifyReply, dialect: Dialect, status: 201 | 204
 ): Promise<AppendEnd | undefined> {
-  let stop: () => void = () => {}
-  const release = await upload.acquire(() => stop())
+  const { release, onStop } = await upload.acquireToAppend()
   try {
     context.registry.assertLive(upload)
     if (upload.concat === 'final') throw new FinalUploadError()
@@ -62,7 +61,7 @@ export async function appendTo (
     if (ask.complete === true && ask.contentLength !== undefined) declareLength(upload, ask.offset + ask.contentLength, reply, dialect)
     const room = roomOf(upload)
     if (ask.contentLength !== undefined && ask.contentLength > room) throw overflow(reply, dialect, upload)
-    const how = await feed(upload, bodyOf(request), ask, room, (fn) => { stop = fn })
+    const how = await feed(upload, bodyOf(request), ask, room, onStop)
     if (how === 'mismatch') throw new ChecksumMismatchError()
     // Stopped, cut, or over a limit: the rest of the body is unread, the exchange cannot go on.
     if (how !== 'end') bodyUnread(reply)

@@ -5,6 +5,7 @@
 // accepted. This file dispatches each request by its method to the file that handles it.
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { ResolvedConfig } from '../../config.js'
+import { InvalidConfigError } from '../../errors.js'
 import { appendTo } from './append.js'
 import type { EndpointContext, ResumableSettings } from './context.js'
 import { create } from './create.js'
@@ -25,6 +26,10 @@ export class ResumableEndpoint {
   readonly #context: EndpointContext
 
   constructor (configs: ReadonlyMap<string, ResolvedConfig>, registry: ResumableRegistry, settings: ResumableSettings) {
+    // A final upload reads its partials back through the writer that staged them.
+    if (settings.staging.read === undefined) {
+      throw new InvalidConfigError('The writer that stages partial uploads (concatenation) must implement read(state): the final upload reads their bytes back through it')
+    }
     this.#context = { configs, registry, settings }
   }
 

@@ -1,12 +1,14 @@
 // `Upload-Concat: final;<url> <url> …` (concatenation): a new upload made of complete
-// partial uploads' bytes, in order, fed to the route's writer. The partials are held
-// while read (a DELETE, expiry or shutdown removes their bytes after); a final that
-// fails ends at once, its writer closed and its slot free.
-import { createReadStream } from 'node:fs'
+// partial uploads' bytes, in order. Each partial's bytes are read back through its
+// staging writer's `read` and fed to the final upload by `append`, as a PATCH's body
+// would be. The partials are held while read (a DELETE, expiry or shutdown removes
+// their bytes after); a final that fails ends at once, its writer closed and its slot free.
+import { Readable } from 'node:stream'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { ResolvedConfig } from '../../config.js'
 import { BadConcatError, ConcatReadError } from '../../errors.js'
-import type { ResumableUpload } from '../resumable-upload.js'
+import { append, type ResumableUpload } from '../resumable-upload.js'
+import { roomOf } from './append.js'
 import type { EndpointContext } from './context.js'
 import { idOfUrl, type Creation, type Dialect } from './headers.js'
 import { finishUpload, openUpload } from './lifecycle.js'
@@ -30,9 +32,7 @@ export async function createFinal (
       clientType: creation.clientType,
       clientSize: length
     }, { length, metadata: creation.metadata?.raw, concat: 'final', concatHeader: request.headers['upload-concat'] as string, hold: true })
-    for (const [index, part] of parts.entries()) {
-      await concatenate(context, upload, part, urls[index]!)
-    }
+    await concatenate(context, upload, parts, urls)
     await finishUpload(context, upload)
   } finally {
     for (const release of holds) release()
@@ -55,19 +55,34 @@ function partOf (context: EndpointContext, url: string, owner: string | undefine
   return part
 }
 
-/** One partial's bytes into the final upload. A failure ends the final now, and says why. */
-async function concatenate (context: EndpointContext, upload: ResumableUpload, part: ResumableUpload, url: string): Promise<void> {
+/**
+ * The partials' bytes into the final upload, one after the other, while the final is
+ * held as a PATCH holds its upload (a shutdown stops it the same way). A failure ends
+ * the final now, and says why.
+ */
+async function concatenate (context: EndpointContext, upload: ResumableUpload, parts: ResumableUpload[], urls: string[]): Promise<void> {
   const { registry } = context
+  const { release, onStop } = await upload.acquireToAppend()
   try {
-    const { path } = part.entry.meta() as { path: string }
-    for await (const chunk of createReadStream(path, { highWaterMark: upload.config.chunkSize })) {
-      await upload.entry.write(chunk as Buffer)
+    for (const [index, part] of parts.entries()) {
+      const body = Readable.from(storedBytes(part))
+      const how = await append(upload, body, { limit: roomOf(upload), idle: upload.config.chunkTimeout, onStop })
+      // Stopped early, its staged file (if any) is closed now.
+      body.destroy()
+      if (how === 'end') continue
+      // Its writer failed, or the final was ended meanwhile (shutdown): say which.
+      if (how === 'failed' || how === 'stopped') throw registry.endedDuring(upload)
+      // The partial's bytes could not be read (removed behind our back): the final cannot complete.
+      registry.remove(upload, 'failed')
+      await upload.entry.cancel()
+      throw new ConcatReadError(urls[index]!)
     }
-  } catch {
-    if (upload.entry.ended || registry.find(upload.id) !== upload) throw registry.endedDuring(upload)
-    // The partial's bytes could not be read (removed behind our back): the final cannot complete.
-    registry.remove(upload, 'failed')
-    await upload.entry.cancel()
-    throw new ConcatReadError(url)
+  } finally {
+    release()
   }
+}
+
+/** A partial's stored bytes; a writer that fails to read them fails the stream, not the caller. */
+async function * storedBytes (part: ResumableUpload): AsyncGenerator<Buffer> {
+  yield * part.entry.read()
 }
