@@ -7,7 +7,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter, WriterCall, WriterSpec } from '../types/index.js'
 import type { ResolvedConfig } from './config.js'
 import {
-  CancelledError, TooLargeError, WriterFailureError, WriterTimeoutError, type EntryFailure
+  CancelledError, InvalidConfigError, TooLargeError, WriterFailureError, WriterTimeoutError, type EntryFailure
 } from './errors.js'
 
 /** What the client said about the file before sending it. */
@@ -199,6 +199,16 @@ export class Entry implements UploadEntry {
   /** The writer's `meta` for a consumer. */
   meta (): unknown {
     return this.#writer!.meta(this.#state)
+  }
+
+  /**
+   * The stored bytes of a finished entry (before its discard), read back through its
+   * writer's `read`: how a concatenation takes its partials' bytes.
+   */
+  read (): AsyncIterable<Buffer> {
+    const writer = this.#writer!
+    if (writer.read === undefined) throw new InvalidConfigError(`The writer of "${this.clientName}" cannot read back what it stored: it has no read(state)`)
+    return writer.read(this.#state, this.#writerCall)
   }
 
   /**

@@ -1,9 +1,10 @@
 // The writer contract as writers rely on it: `discard` is told whether the finished
 // entry was consumed or dropped (a writer that stores objects elsewhere deletes only the
-// dropped ones), and the `data` passed to `writeChunk` is the writer's to keep.
+// dropped ones), the `data` passed to `writeChunk` is the writer's to keep, and `read`
+// gives back what was stored.
 import t from 'tap'
-import { defineWriter } from '../lib/index.js'
-import { bytes, eventually, multipart, sha256, startApp } from './kit/index.js'
+import { MemoryWriter, TmpFileWriter, defineWriter, type UploadWriter } from '../lib/index.js'
+import { bytes, eventually, multipart, sha256, startApp, strayFiles, tmpDirFor } from './kit/index.js'
 
 /** Remembers what each discard was told, by file name. */
 function discardLog (): { writer: ReturnType<typeof defineWriter<string, { name: string }, { name: string }>>, told: Map<string, boolean> } {
@@ -71,4 +72,24 @@ t.test('data handed to writeChunk is the writer\'s: pieces kept without copying 
   }
   const viaTus = await fetch(`${url}/keep`, { method: 'POST', body: JSON.stringify({ file: location }), headers: { 'content-type': 'application/json' } })
   t.same(await viaTus.json(), [sha256(data)], 'tus, two PATCHes')
+})
+
+t.test('read gives back exactly what was written, in order, as often as asked, for both built-in writers', async (t) => {
+  const dir = await tmpDirFor(t)
+  const data = bytes(300_000, 4)
+  const written = [data.subarray(0, 1), data.subarray(1, 65_536), data.subarray(65_536, 200_000), data.subarray(200_000)]
+  const writers = [['TmpFileWriter', TmpFileWriter, { dir }], ['MemoryWriter', MemoryWriter, undefined]] as const
+  for (const [name, writer, options] of writers) {
+    const call = { signal: new AbortController().signal }
+    let state = await (writer as UploadWriter).init(options, call)
+    for (const piece of written) state = await writer.writeChunk(piece, state, call)
+    state = await writer.close(state, 'done')
+    for (const time of ['first', 'second']) {
+      const back: Buffer[] = []
+      for await (const chunk of writer.read!(state, call)) back.push(chunk)
+      t.equal(sha256(Buffer.concat(back)), sha256(data), `${name}: the ${time} read`)
+    }
+    await writer.discard?.(state, { consumed: true })
+  }
+  t.same(await strayFiles(dir), [], 'the temp file is removed by its discard')
 })

@@ -46,6 +46,14 @@ export interface UploadWriter<Options = any, State = any, Meta = any> {
    * only when it was dropped.
    */
   discard? (state: State, info: DiscardInfo): void | Promise<void>
+  /**
+   * Optional. Reads back the bytes of a finished entry (after `close(state, 'done')`,
+   * before `discard`): every byte `writeChunk` got, in order, as one or more buffers. A
+   * `Readable` is one. The plugin reads partial uploads of a concatenation back through
+   * it (they are staged with a writer that has it: the temp-file writer), so the final
+   * upload's bytes reach the route's writer like an append's.
+   */
+  read? (state: State, call?: WriterCall): AsyncIterable<Buffer>
 }
 
 /** What a writer factory returns: a writer (initialised with `undefined`) or `[writer, options]`. */

@@ -9,8 +9,8 @@ import { derivedRoute } from '../derived-routes.js'
 import { continueWithoutBody, takesBody } from '../route-body.js'
 import { TmpFileWriter } from '../writers/tmp-file.js'
 import { holdErrors } from './http-body.js'
-import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './resumable.js'
-import { TUS_VERSION, idOfUrl } from './resumable-headers.js'
+import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './resumable/index.js'
+import { TUS_VERSION, idOfUrl } from './resumable/headers.js'
 import type { Services, Transport, UploadRoute } from './transport.js'
 
 type PreParsingDone = (error?: Error | null) => void

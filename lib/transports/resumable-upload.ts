@@ -116,7 +116,7 @@ export class ResumableUpload {
    * A final upload reads this partial: until the returned release is called (once), a discard
    * (DELETE, expiry, shutdown, another final) waits, so the bytes stay readable.
    */
-  read (): () => void {
+  hold (): () => void {
     this.#readers++
     return () => {
       if (--this.#readers === 0) this.#discard?.run()
@@ -154,6 +154,16 @@ export class ResumableUpload {
       this.touch()
       release()
     }
+  }
+
+  /**
+   * `acquire` for an append, whose stop is known only once its feed starts: `onStop`
+   * (AppendOptions) registers it; asked to stop before then, the holder does nothing.
+   */
+  async acquireToAppend (): Promise<{ release: () => void, onStop: (stop: () => void) => void }> {
+    let stop: () => void = () => {}
+    const release = await this.acquire(() => stop())
+    return { release, onStop: (fn) => { stop = fn } }
   }
 }
 

@@ -32,5 +32,9 @@ export const MemoryWriter: UploadWriter<unknown, MemoryState, MemoryMeta> = {
     state.buffer = reason === 'done' ? Buffer.concat(state.chunks, state.size) : undefined
     state.chunks = []
     return state
+  },
+
+  async * read (state) {
+    yield state.buffer!
   }
 }

@@ -1,6 +1,7 @@
 // The default writer: each entry streams into its own temp file, created exclusively
 // with an unguessable name. The file is removed on cancel or error, and when the
-// finished entry is discarded or consumed (unless the consumer moved it away).
+// finished entry is discarded or consumed (unless the consumer moved it away); until
+// then `read` streams it back.
 //
 // Like fs.WriteStream, it keeps one write in flight and gathers the chunks that
 // arrive meanwhile into the next `writev`, so receiving and writing overlap. A
@@ -8,7 +9,7 @@
 // its budget (shared by the files of one plugin instance) is spent, which bounds
 // memory; a failed write surfaces at the next `writeChunk` or at `close`.
 import { randomBytes } from 'node:crypto'
-import { close, open, writev } from 'node:fs'
+import { close, createReadStream, open, writev } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -146,5 +147,9 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
 
   async discard (state) {
     await rm(state.path, { force: true })
+  },
+
+  read (state, call) {
+    return createReadStream(state.path, { signal: call?.signal })
   }
 }

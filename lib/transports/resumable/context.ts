@@ -1,0 +1,22 @@
+// What every handler of one route's resumable endpoint shares: the route's resumable
+// upload configs, the plugin's registry of uploads, and the plugin's settings.
+import type { UploadWriter } from '../../../types/index.js'
+import type { OwnerFn, ResolvedConfig } from '../../config.js'
+import type { RefStore } from '../../refs.js'
+import type { ResumableRegistry } from './registry.js'
+
+export interface ResumableSettings {
+  refs: RefStore
+  owner: OwnerFn
+  expiry: number
+  maxLifetime: number
+  /** Where partial uploads are staged until their final upload concatenates them. */
+  staging: UploadWriter
+  stagingOptions: unknown
+}
+
+export interface EndpointContext {
+  readonly configs: ReadonlyMap<string, ResolvedConfig>
+  readonly registry: ResumableRegistry
+  readonly settings: ResumableSettings
+}

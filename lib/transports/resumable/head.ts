@@ -1,0 +1,15 @@
+// HEAD on an upload URL: where the upload stands, for a client about to resume it.
+import type { FastifyReply } from 'fastify'
+import type { ResumableUpload } from '../resumable-upload.js'
+import type { EndpointContext } from './context.js'
+import type { Dialect } from './headers.js'
+import { answerHead } from './wire.js'
+
+export async function head (context: EndpointContext, upload: ResumableUpload, reply: FastifyReply, dialect: Dialect): Promise<void> {
+  // A writer call in flight settles first (the holder is asked to stop): the offset
+  // reported here is one the next append accepts.
+  const release = await upload.acquire()
+  release()
+  context.registry.assertLive(upload)
+  await answerHead(reply, upload, dialect)
+}
