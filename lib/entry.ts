@@ -38,7 +38,8 @@ export class Entry implements UploadEntry {
   refused = false
 
   readonly #config: ResolvedConfig
-  readonly #request: FastifyRequest
+  /** The request carrying the entry's bytes now, if any: what `progress` is given. */
+  #request: FastifyRequest | undefined
   readonly #log: FastifyBaseLogger
   #writer: UploadWriter | undefined
   #state: unknown
@@ -62,8 +63,11 @@ export class Entry implements UploadEntry {
   readonly #writerCall: WriterCall = { signal: this.#abort.signal }
   #onWatchdog: (() => void) | undefined
 
-  /** `onReport` hears every change of progress or status, before the route's `progress` callback. */
-  constructor (config: ResolvedConfig, info: ClientInfo, request: FastifyRequest, log: FastifyBaseLogger, onReport?: (entry: Entry) => void) {
+  /**
+   * `request`: the one that announced the entry (its writer factory runs during it).
+   * `onReport` hears every change of progress or status, before the route's `progress` callback.
+   */
+  constructor (config: ResolvedConfig, info: ClientInfo, request: FastifyRequest | undefined, log: FastifyBaseLogger, onReport?: (entry: Entry) => void) {
     this.#config = config
     this.#onReport = onReport
     this.#request = request
@@ -88,6 +92,14 @@ export class Entry implements UploadEntry {
     this.clientSize = size
   }
 
+  /**
+   * A resumable upload lives across requests: each one that carries its bytes says so
+   * while it does, and `undefined` once it ended, so no ended request is kept.
+   */
+  carriedBy (request: FastifyRequest | undefined): void {
+    this.#request = request
+  }
+
   /** The upload config the entry was validated against. */
   get config (): ResolvedConfig { return this.#config }
 
@@ -101,7 +113,8 @@ export class Entry implements UploadEntry {
   async start (): Promise<void> {
     if (this.ended) throw this.failure
     // The factory is user code too: bounded by writerTimeout like the writer's calls.
-    const factory = this.#call('writer factory', () => this.#config.writer(this.uploadName, this, this.#request))
+    // It runs during the request that announced the entry.
+    const factory = this.#call('writer factory', () => this.#config.writer(this.uploadName, this, this.#request!))
     let spec: WriterSpec
     try {
       spec = await factory.result
@@ -389,7 +402,9 @@ export class Entry implements UploadEntry {
     this.#onReport?.(this)
     const { progress } = this.#config
     if (progress === undefined) return
-    Promise.resolve().then(() => progress(this.uploadName, this, this.#request)).catch((error: unknown) => {
+    // The request of this change, not of the callback's turn: another may carry the bytes by then.
+    const request = this.#request
+    Promise.resolve().then(() => progress(this.uploadName, this, request)).catch((error: unknown) => {
       this.#log.warn({ err: error, ref: this.ref }, 'upload progress callback failed')
     })
   }

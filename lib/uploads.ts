@@ -28,7 +28,7 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   bodyUnread = false
 
   readonly #entries: Entry[] = []
-  readonly #request: FastifyRequest
+  readonly #request: FastifyRequest | undefined
   readonly #log: FastifyBaseLogger
   readonly #consuming = new Set<Entry>()
   /** Per upload name, the entries that passed validation: what `maxEntries` counts. */
@@ -39,11 +39,16 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   /** Channel uploads: finished entries wait in the store for their ref, whatever becomes of the socket. */
   #hold: { store: RefStore, owner: string | undefined } | undefined
 
-  constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest) {
+  /**
+   * `request`: the one whose entries these are, undefined for uploads that outlive any
+   * request (resumable ones: each entry is told which request carries its bytes, see
+   * `announce`); `log` then says where their logs go.
+   */
+  constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest | undefined, log = request!.log) {
     super()
     this.configs = configs
     this.#request = request
-    this.#log = request.log
+    this.#log = log
   }
 
   get aborted (): EntryFailure | undefined { return this.#aborted }
@@ -84,9 +89,10 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   /**
    * A transport announces a file. The entry is validated against its upload name's
    * config (count, type, declared size, `validate`) and returned, refused or pending.
+   * `request`: the one announcing it, when these uploads have none of their own.
    */
-  async announce (config: ResolvedConfig, info: ClientInfo): Promise<Entry> {
-    const entry = new Entry(config, info, this.#request, this.#log, (e) => this.#onReport(e))
+  async announce (config: ResolvedConfig, info: ClientInfo, request = this.#request): Promise<Entry> {
+    const entry = new Entry(config, info, request, this.#log, (e) => this.#onReport(e))
     const { uploadName } = config
     const accepted = this.acceptedCount(uploadName)
     this.#entries.push(entry)

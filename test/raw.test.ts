@@ -147,9 +147,11 @@ t.test('the server can cancel an entry mid-upload (from a progress callback)', a
           writer: recorder.factory,
           progress: async (name, entry, request) => {
             if (entry.progress < 10 || entry.status !== 'uploading') return
-            seen.push(request.uploads.entries(name).inProgress.length)
-            await request.uploads.consume(name, () => 'too early').catch((error: { statusCode: number }) => seen.push(error.statusCode))
-            await request.uploads.cancel(entry.ref)
+            // A raw body's entry always has its request.
+            const { uploads } = request!
+            seen.push(uploads.entries(name).inProgress.length)
+            await uploads.consume(name, () => 'too early').catch((error: { statusCode: number }) => seen.push(error.statusCode))
+            await uploads.cancel(entry.ref)
           }
         }
       }

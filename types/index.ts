@@ -122,8 +122,14 @@ export interface UploadConfig {
   writer?: WriterFactory
   /** Extra check on each announced entry: return an error code to refuse it. */
   validate?: (entry: UploadEntry) => UploadErrorCode | undefined | void | Promise<UploadErrorCode | undefined | void>
-  /** Called when an entry's progress changes, and when it ends. */
-  progress?: (uploadName: string, entry: UploadEntry, request: FastifyRequest) => void | Promise<void>
+  /**
+   * Called when an entry's progress changes, and when it ends, with the request that
+   * carries its bytes: the upload's own request, or for a resumable upload the append
+   * (PATCH, or the creation) under way. `undefined` when a resumable upload changes
+   * outside any append: it expires, is terminated (DELETE), or a shutdown cancels it
+   * while no append runs.
+   */
+  progress?: (uploadName: string, entry: UploadEntry, request: FastifyRequest | undefined) => void | Promise<void>
   /** `'fail'` (default): a failing entry fails the request. `'continue'`: the handler runs and reads `request.uploads.errors()`. */
   onEntryError?: 'fail' | 'continue'
   /** Also accept this upload name over the route's resumable endpoint (tus 1.0 and the IETF draft). Default false. */

@@ -43,6 +43,8 @@ export async function appendTo (
   context: EndpointContext, upload: ResumableUpload, request: FastifyRequest, reply: FastifyReply, dialect: Dialect, status: 201 | 204
 ): Promise<AppendEnd | undefined> {
   const { release, onStop } = await upload.acquireToAppend()
+  // This request carries the upload's bytes (its `progress` is told) until it lets go.
+  upload.entry.carriedBy(request)
   try {
     context.registry.assertLive(upload)
     if (upload.concat === 'final') throw new FinalUploadError()
@@ -78,6 +80,7 @@ export async function appendTo (
     await answerAppend(request, reply, upload, dialect, how, status)
     return how
   } finally {
+    upload.entry.carriedBy(undefined)
     release()
   }
 }

@@ -32,7 +32,12 @@ export async function create (context: EndpointContext, request: FastifyRequest,
     clientSize: length
   }, { length, metadata: creation.metadata?.raw, concat: partial ? 'partial' : undefined, concatHeader: partial ? 'partial' : undefined, hold: !partial })
   if (!withBody) {
-    if (upload.length === 0) await finishUpload(context, upload)
+    try {
+      if (upload.length === 0) await finishUpload(context, upload)
+    } finally {
+      // Let go before the answer: the client's next request may come at once, and carry it.
+      upload.entry.carriedBy(undefined)
+    }
     return await answerCreated(request, reply, upload, dialect)
   }
   reply.header('location', uploadUrl(request, upload))
@@ -42,9 +47,9 @@ export async function create (context: EndpointContext, request: FastifyRequest,
   } catch (error) {
     // Refused (its body, type, checksum…): the client never gets the upload's URL.
     reply.removeHeader('location')
-    await abandonUpload(context, upload)
+    await abandonUpload(context, upload, request)
     throw error
   }
   // Cut before the answer: nobody knows this upload's URL, so nobody can resume it.
-  if (how === 'aborted' || how === 'timeout') await abandonUpload(context, upload)
+  if (how === 'aborted' || how === 'timeout') await abandonUpload(context, upload, request)
 }

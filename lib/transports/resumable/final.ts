@@ -32,8 +32,13 @@ export async function createFinal (
       clientType: creation.clientType,
       clientSize: length
     }, { length, metadata: creation.metadata?.raw, concat: 'final', concatHeader: request.headers['upload-concat'] as string, hold: true })
-    await concatenate(context, upload, parts, urls)
-    await finishUpload(context, upload)
+    try {
+      await concatenate(context, upload, parts, urls)
+      await finishUpload(context, upload)
+    } finally {
+      // Let go before the answer: the client's next request may come at once.
+      upload.entry.carriedBy(undefined)
+    }
   } finally {
     for (const release of holds) release()
   }

@@ -50,11 +50,13 @@ export async function openUpload (
   context: EndpointContext, request: FastifyRequest, config: ResolvedConfig, slot: Slot, info: Parameters<Uploads['announce']>[1], shape: UploadShape
 ): Promise<ResumableUpload> {
   const { registry, settings } = context
-  const home = new UploadHome(new Map([[config.uploadName, config]]), request)
+  // The upload outlives its creating request: its set keeps no request, only a logger.
+  const home = new UploadHome(new Map([[config.uploadName, config]]), undefined, request.log)
   if (shape.hold) home.holdFinished(settings.refs, slot.owner)
   let entry: Entry | undefined
   try {
-    entry = await home.announce(config, info)
+    // Carried by the creation until it answers (its writer factory runs now).
+    entry = await home.announce(config, info, request)
     if (entry.failure !== undefined) throw entry.failure
     await entry.start()
     const upload = new ResumableUpload({
@@ -106,13 +108,18 @@ export async function finishUpload (context: EndpointContext, upload: ResumableU
   if (upload.concat !== 'partial') upload.stopTimers()
 }
 
-/** An upload whose creation failed: it ends now, with its writer. */
-export async function abandonUpload (context: EndpointContext, upload: ResumableUpload): Promise<void> {
+/** An upload whose creation (`request`) failed: it ends now, with its writer. */
+export async function abandonUpload (context: EndpointContext, upload: ResumableUpload, request: FastifyRequest): Promise<void> {
   // Nobody was told its URL: it was never there (404), rather than ended (410).
   context.registry.remove(upload, undefined)
-  if (!upload.complete) return await upload.entry.cancel()
-  context.settings.refs.forget(upload.entry)
-  await upload.discard()
+  upload.entry.carriedBy(request)
+  try {
+    if (!upload.complete) return await upload.entry.cancel()
+    context.settings.refs.forget(upload.entry)
+    await upload.discard()
+  } finally {
+    upload.entry.carriedBy(undefined)
+  }
 }
 
 /** Ends an upload on request (DELETE): a finished one's bytes are removed, an unfinished one's writer cancelled. */
