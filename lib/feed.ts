@@ -11,7 +11,7 @@
 // counts from zero again once the write settled. Whoever owns the timer decides what
 // silence means past that (an HTTP body fails; a resumable append or a channel entry ends).
 import type { Readable } from 'node:stream'
-import type { SilenceTimer } from './transports/silence.js'
+import type { SilenceTimer } from './silence.js'
 
 /**
  * How a feed ended:

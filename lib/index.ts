@@ -11,9 +11,9 @@ import { AlreadyRegisteredError, HookOrderError, TooManyFilesError, UnknownRefEr
 import { RefStore } from './refs.js'
 import type { Uploads } from './uploads.js'
 import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
-import { ChannelTransport } from './transports/channel-route.js'
-import { HttpTransport } from './transports/http-route.js'
-import { ResumableTransport } from './transports/resumable-route.js'
+import { ChannelTransport } from './transports/channel/route.js'
+import { HttpTransport } from './transports/http/route.js'
+import { ResumableTransport } from './transports/resumable/route.js'
 import { uploadsOf, type Services, type TransportClass, type UploadRoute } from './transports/transport.js'
 
 /**

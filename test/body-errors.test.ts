@@ -10,7 +10,7 @@ import { createGunzip, gzipSync } from 'node:zlib'
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import { Recorder, multipart, sha256, startApp, type App } from './kit/index.js'
-import { append, type ResumableUpload } from '../lib/transports/resumable-upload.js'
+import { append, type ResumableUpload } from '../lib/transports/resumable/upload.js'
 
 type PreParsingDone = (error: Error | null, payload?: Readable) => void
 

@@ -6,7 +6,7 @@ import cors from '@fastify/cors'
 import { Recorder, bytes, eventually, sha256, startApp } from './kit/index.js'
 import { OCTETS, PARTIAL, TUS, WriterGate, ietf, open, setupResumable } from './kit/resumable.js'
 import { ResumableRegistry, goneError } from '../lib/transports/resumable/index.js'
-import type { ResumableUpload } from '../lib/transports/resumable-upload.js'
+import type { ResumableUpload } from '../lib/transports/resumable/upload.js'
 
 t.test('an append whose client left while it waited for the upload stores nothing and leaves the upload resumable', async (t) => {
   const gate = new WriterGate()

@@ -1,6 +1,6 @@
 // HEAD on an upload URL: where the upload stands, for a client about to resume it.
 import type { FastifyReply } from 'fastify'
-import type { ResumableUpload } from '../resumable-upload.js'
+import type { ResumableUpload } from './upload.js'
 import type { EndpointContext } from './context.js'
 import type { Dialect } from './headers.js'
 import { answerHead } from './wire.js'

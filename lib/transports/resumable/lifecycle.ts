@@ -7,7 +7,7 @@ import type { Entry } from '../../entry.js'
 import { UploadNotFoundError, asFailure } from '../../errors.js'
 import type { ForsakeReason } from '../../refs.js'
 import { Uploads } from '../../uploads.js'
-import { ResumableUpload, type Slot } from '../resumable-upload.js'
+import { ResumableUpload, type Slot } from './upload.js'
 import type { EndpointContext } from './context.js'
 import { goneError } from './registry.js'
 

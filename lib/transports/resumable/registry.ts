@@ -2,7 +2,7 @@
 // later request hears why it ended), and the slots uploads take among the limits.
 import type { ResolvedConfig } from '../../config.js'
 import { ShuttingDownError, TooManyFilesError, TooManyUploadsError, UploadGoneError } from '../../errors.js'
-import type { GoneReason, ResumableUpload, Slot } from '../resumable-upload.js'
+import type { GoneReason, ResumableUpload, Slot } from './upload.js'
 
 /** Ids of uploads that ended, remembered so later requests get 410 rather than 404. */
 const GONE_MEMORY = 10_000

@@ -1,7 +1,7 @@
 // DELETE on an upload URL (termination): the upload ends now, once any request writing
 // to it has stopped; later requests to its URL get 410.
 import type { FastifyReply } from 'fastify'
-import type { ResumableUpload } from '../resumable-upload.js'
+import type { ResumableUpload } from './upload.js'
 import type { EndpointContext } from './context.js'
 import { terminateUpload } from './lifecycle.js'
 

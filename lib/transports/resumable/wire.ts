@@ -12,7 +12,7 @@ import {
   ChunkTimeoutError, MethodNotAllowedError, OffsetMismatchError, PastLengthError, ResumableVersionError, TooLargeError
 } from '../../errors.js'
 import { closeAfterAnswer } from '../close-after-answer.js'
-import type { AppendEnd, ResumableUpload } from '../resumable-upload.js'
+import type { AppendEnd, ResumableUpload } from './upload.js'
 import { CHECKSUM_ALGORITHMS, IETF_CONTENT_TYPE, TUS_CONTENT_TYPE, TUS_VERSION, type Dialect } from './headers.js'
 
 const TUS_EXTENSIONS = 'creation,creation-with-upload,creation-defer-length,termination,expiration,checksum,concatenation'

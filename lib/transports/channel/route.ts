@@ -2,13 +2,13 @@
 // plus channelSuffix, behind the route's own hooks (its authentication protects the
 // channel too). Finished entries wait for their ref, which a request to the route claims.
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
-import type { PluginSettings } from '../config.js'
-import { derivedRoute } from '../derived-routes.js'
-import { ChannelNeedsWebsocketError, ChannelOrderError } from '../errors.js'
-import { Uploads } from '../uploads.js'
-import { LiveUploads } from './live-uploads.js'
-import { uploadsOf, type Services, type Transport, type UploadRoute } from './transport.js'
-import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './websocket.js'
+import type { PluginSettings } from '../../config.js'
+import { derivedRoute } from '../../derived-routes.js'
+import { ChannelNeedsWebsocketError, ChannelOrderError } from '../../errors.js'
+import { Uploads } from '../../uploads.js'
+import { LiveUploads } from '../live-uploads.js'
+import { uploadsOf, type Services, type Transport, type UploadRoute } from '../transport.js'
+import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './channel.js'
 
 /** A `ws` socket as the channel route's handler gets it. */
 interface WsSocket extends ChannelSocket {

@@ -3,15 +3,15 @@
 // scope's parsers. Every request gets its upload set, ended when the request is over.
 import type { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import type { PluginSettings } from '../config.js'
-import { Uploads } from '../uploads.js'
+import type { PluginSettings } from '../../config.js'
+import { Uploads } from '../../uploads.js'
 import { bodyKind, continueWithoutBody } from '../route-body.js'
-import { closeAfterAnswer } from './close-after-answer.js'
-import { holdErrors } from './http-body.js'
-import { LiveUploads } from './live-uploads.js'
+import { closeAfterAnswer } from '../close-after-answer.js'
+import { holdErrors } from './body.js'
+import { LiveUploads } from '../live-uploads.js'
 import { receiveMultipart } from './multipart.js'
 import { receiveRaw } from './raw.js'
-import { uploadsOf, type Services, type Transport, type UploadRoute } from './transport.js'
+import { uploadsOf, type Services, type Transport, type UploadRoute } from '../transport.js'
 
 type PreParsingDone = (error?: Error | null) => void
 

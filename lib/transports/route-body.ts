@@ -3,8 +3,8 @@
 // route reads the body itself, then shows Fastify a request without one, so no parser
 // runs and the request goes on to validation and the handler.
 import type { FastifyRequest } from 'fastify'
-import { mediaType } from './config.js'
-import { hasBody } from './transports/http-body.js'
+import { mediaType } from '../config.js'
+import { hasBody } from './http/body.js'
 
 /**
  * Methods whose bodies upload routes take: Fastify's standard methods with a body, but

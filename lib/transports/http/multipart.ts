@@ -3,12 +3,12 @@
 import type { Readable } from 'node:stream'
 import { Busboy, type BusboyConfig, type BusboyFileStream, type BusboyInstance } from '@fastify/busboy'
 import type { FastifyRequest } from 'fastify'
-import { mediaType, safeBasename } from '../config.js'
+import { mediaType, safeBasename } from '../../config.js'
 import {
   FieldsLimitError, FieldsTooLargeError, FieldTooLargeError, ForbiddenFieldNameError, MalformedError, TooManyFilesError, UnexpectedFieldError
-} from '../errors.js'
-import type { Uploads } from '../uploads.js'
-import { HttpBody, feedEntry } from './http-body.js'
+} from '../../errors.js'
+import type { Uploads } from '../../uploads.js'
+import { HttpBody, feedEntry } from './body.js'
 
 export interface FieldLimits { maxFields: number, maxFieldSize: number }
 

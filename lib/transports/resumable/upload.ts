@@ -3,12 +3,12 @@
 // pre-empts the older one), and appends a request body to the entry with backpressure.
 // A client that goes away detaches: what the writer accepted stays, the entry lives on.
 import type { Readable } from 'node:stream'
-import type { ResolvedConfig } from '../config.js'
-import type { Entry } from '../entry.js'
-import type { EntryFailure } from '../errors.js'
-import { Feed, StreamSource, type FeedTarget } from '../feed.js'
-import { bodyStreamFailure } from './http-body.js'
-import { SilenceTimer } from './silence.js'
+import type { ResolvedConfig } from '../../config.js'
+import type { Entry } from '../../entry.js'
+import type { EntryFailure } from '../../errors.js'
+import { Feed, StreamSource, type FeedTarget } from '../../feed.js'
+import { bodyStreamFailure } from '../http/body.js'
+import { SilenceTimer } from '../../silence.js'
 
 /** How an append ended; a body that could not be read (its stream failed) ends it with that failure. */
 export type AppendEnd = 'end' | 'stopped' | 'aborted' | 'timeout' | 'limit' | 'failed' | EntryFailure

@@ -4,11 +4,11 @@
 import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
 import type { FastifyRequest } from 'fastify'
-import type { Entry } from '../entry.js'
-import { BodyUnreadableError, ChunkTimeoutError, PrematureCloseError, asFailure, type EntryFailure } from '../errors.js'
-import type { Uploads } from '../uploads.js'
-import { Feed, StreamSource } from '../feed.js'
-import { SilenceTimer } from './silence.js'
+import type { Entry } from '../../entry.js'
+import { BodyUnreadableError, ChunkTimeoutError, PrematureCloseError, asFailure, type EntryFailure } from '../../errors.js'
+import type { Uploads } from '../../uploads.js'
+import { Feed, StreamSource } from '../../feed.js'
+import { SilenceTimer } from '../../silence.js'
 
 export class HttpBody {
   readonly silence: SilenceTimer

@@ -7,12 +7,12 @@
 // while answers wait unsent; past hard limits it is closed with a coded reason.
 import * as Type from 'typebox/type'
 import { Check } from 'typebox/schema'
-import { mediaType, safeBasename, type ResolvedConfig } from '../config.js'
-import type { ClientInfo, Entry } from '../entry.js'
-import { ChunkTimeoutError, TooLargeError } from '../errors.js'
-import { Feed, type FeedEnd, type FeedSource } from '../feed.js'
-import type { Uploads } from '../uploads.js'
-import { SilenceTimer } from './silence.js'
+import { mediaType, safeBasename, type ResolvedConfig } from '../../config.js'
+import type { ClientInfo, Entry } from '../../entry.js'
+import { ChunkTimeoutError, TooLargeError } from '../../errors.js'
+import { Feed, type FeedEnd, type FeedSource } from '../../feed.js'
+import type { Uploads } from '../../uploads.js'
+import { SilenceTimer } from '../../silence.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 /** uint32 entry id + uint64 offset, big-endian. */

@@ -4,14 +4,14 @@
 // waits for its ref (its id, or its URL), which a request to the route claims.
 import type { Readable } from 'node:stream'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
-import type { ResolvedConfig } from '../config.js'
-import { derivedRoute } from '../derived-routes.js'
+import type { ResolvedConfig } from '../../config.js'
+import { derivedRoute } from '../../derived-routes.js'
 import { continueWithoutBody, takesBody } from '../route-body.js'
-import { TmpFileWriter } from '../writers/tmp-file.js'
-import { holdErrors } from './http-body.js'
-import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './resumable/index.js'
-import { TUS_VERSION, idOfUrl } from './resumable/headers.js'
-import type { Services, Transport, UploadRoute } from './transport.js'
+import { TmpFileWriter } from '../../writers/tmp-file.js'
+import { holdErrors } from '../http/body.js'
+import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './index.js'
+import { TUS_VERSION, idOfUrl } from './headers.js'
+import type { Services, Transport, UploadRoute } from '../transport.js'
 
 type PreParsingDone = (error?: Error | null) => void
 

@@ -3,9 +3,9 @@
 import type { Readable } from 'node:stream'
 import { parse as parseContentDisposition } from 'content-disposition'
 import type { FastifyRequest } from 'fastify'
-import { chooseConfig, mediaType, safeBasename } from '../config.js'
-import type { Uploads } from '../uploads.js'
-import { HttpBody, drainRest, feedEntry } from './http-body.js'
+import { chooseConfig, mediaType, safeBasename } from '../../config.js'
+import type { Uploads } from '../../uploads.js'
+import { HttpBody, drainRest, feedEntry } from './body.js'
 
 function filenameOf (header: string | undefined): string {
   if (header === undefined) return ''
