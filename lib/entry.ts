@@ -18,6 +18,8 @@ export interface ClientInfo {
   clientLastModified?: number | undefined
 }
 
+export type EntryHolder = 'uploads' | 'refs' | 'consumer' | 'released'
+
 const ENDED: ReadonlySet<EntryStatus> = new Set(['done', 'cancelled', 'failed'])
 
 export class Entry implements UploadEntry {
@@ -32,8 +34,13 @@ export class Entry implements UploadEntry {
   readonly errors: UploadErrorCode[] = []
   /** The error that ended this entry, if it did not end well. */
   failure: EntryFailure | undefined
-  /** Set once a consumer took the entry (or it was discarded): it is no longer listed. */
-  released = false
+  /**
+   * Who answers for the entry, in one field: the upload set it belongs to (a request's, a
+   * socket's, a resumable upload's), the ref store while it waits for its ref, a consumer
+   * while one runs, or nobody once it was discarded or consumed. Whoever holds it discards
+   * it if nobody takes it; the others leave it alone.
+   */
+  holder: EntryHolder = 'uploads'
   /** Refused on arrival (validation): it never had a writer and takes no `maxEntries` slot. */
   refused = false
 
@@ -86,6 +93,9 @@ export class Entry implements UploadEntry {
   }
 
   get ended (): boolean { return ENDED.has(this.status) }
+
+  /** Discarded or consumed: listed nowhere any more. */
+  get released (): boolean { return this.holder === 'released' }
 
   /** A resumable upload's deferred length became known. */
   declareSize (size: number): void {
@@ -230,7 +240,7 @@ export class Entry implements UploadEntry {
    */
   async discard (consumed = false): Promise<void> {
     if (this.released) return
-    this.released = true
+    this.holder = 'released'
     if (this.status !== 'done' || this.#writer?.discard === undefined) return
     try {
       await this.#writer.discard(this.#state, { consumed })

@@ -29,18 +29,16 @@ export class RefStore {
     // Waiting refs alone must not keep the process alive.
     timer.unref()
     this.#parked.set(entry.ref, { entry, owner, home, timer })
+    entry.holder = 'refs'
   }
 
-  holds (entry: Entry): boolean {
-    return this.#parked.get(entry.ref)?.entry === entry
-  }
-
-  /** Stops keeping an entry (its consumer took it, or it is being consumed). */
+  /** Stops keeping an entry: it is its upload set's again (to be consumed, claimed or discarded). */
   forget (entry: Entry): void {
     const parked = this.#parked.get(entry.ref)
     if (parked === undefined) return
     clearTimeout(parked.timer)
     this.#parked.delete(entry.ref)
+    entry.holder = 'uploads'
   }
 
   /**

@@ -20,20 +20,15 @@ const EVENTS = { pending: 'progress', uploading: 'progress', done: 'done', faile
 
 export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   readonly configs: ReadonlyMap<string, ResolvedConfig>
-  /** Set by a transport that reads the wire: told when the uploads must stop. */
-  onAbort: ((error: EntryFailure) => void) | undefined
-  /** Set by a transport that answers per entry (the channel): hears every report first. */
-  onEntryReport: ((entry: Entry) => void) | undefined
-  /** The transport stopped before reading the whole body: the connection cannot be reused. */
-  bodyUnread = false
 
   readonly #entries: Entry[] = []
   readonly #request: FastifyRequest | undefined
   readonly #log: FastifyBaseLogger
-  readonly #consuming = new Set<Entry>()
   /** Per upload name, the entries that passed validation: what `maxEntries` counts. */
   readonly #accepted = new Map<string, number>()
   #aborted: EntryFailure | undefined
+  /** Aborted with the first reason the uploads stopped: the transport reading them stops too. */
+  readonly #stop = new AbortController()
   #aborting: Promise<void> | undefined
   #ended: Promise<void> | undefined
   /** Channel uploads: finished entries wait in the store for their ref, whatever becomes of the socket. */
@@ -52,6 +47,9 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   }
 
   get aborted (): EntryFailure | undefined { return this.#aborted }
+
+  /** Aborted (its reason: `aborted`) when the uploads must stop: what reads them for a transport listens. */
+  get signal (): AbortSignal { return this.#stop.signal }
 
   /** From now on, finished entries outlive these uploads: parked under `owner` until claimed or expired. */
   holdFinished (store: RefStore, owner: string | undefined): void {
@@ -79,7 +77,6 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   }
 
   #onReport (entry: Entry): void {
-    this.onEntryReport?.(entry)
     if (entry.status === 'done' && this.#hold !== undefined) this.#hold.store.park(entry, this.#hold.owner, this)
     const event = EVENTS[entry.status]
     // An 'error' event without a listener would throw: nobody asked, nobody is told.
@@ -124,13 +121,13 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   }
 
   /**
-   * Stops every unfinished entry with `'cancel'` and tells the transport. Idempotent:
+   * Stops every unfinished entry with `'cancel'` and aborts `signal`. Idempotent:
    * the first reason wins.
    */
   abort (error: EntryFailure): Promise<void> {
     if (this.#aborting === undefined) {
       this.#aborted = error
-      this.onAbort?.(error)
+      this.#stop.abort(error)
       this.#aborting = Promise.all(this.#entries.map((entry) => entry.cancel(error))).then(() => {})
     }
     // A later caller (shutdown) waits for the same cancellations to finish.
@@ -144,7 +141,7 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   end (reason: EntryFailure): Promise<void> {
     this.#ended ??= this.abort(reason).then(async () => {
       // Entries being consumed are their consumer's; parked ones wait for their ref.
-      const unclaimed = this.#entries.filter((e) => !this.#consuming.has(e) && this.#hold?.store.holds(e) !== true)
+      const unclaimed = this.#entries.filter((e) => e.holder === 'uploads')
       await Promise.all(unclaimed.map((e) => e.discard()))
     })
     return this.#ended
@@ -204,8 +201,8 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
 
   /** A consumer takes the entry: it is not discarded, nor claimable by ref, meanwhile. */
   #take (entry: Entry): void {
-    this.#consuming.add(entry)
     this.#hold?.store.forget(entry)
+    entry.holder = 'consumer'
   }
 
   /**
@@ -213,8 +210,8 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
    * or, if the request ended meanwhile, is discarded: nobody else can take it.
    */
   async #release (entry: Entry): Promise<void> {
-    this.#consuming.delete(entry)
     if (entry.released) return
+    entry.holder = 'uploads'
     if (this.#hold !== undefined) this.#hold.store.park(entry, this.#hold.owner, this)
     else if (this.#ended !== undefined) await entry.discard()
   }

@@ -11,6 +11,7 @@ import { mediaType, safeBasename, type ResolvedConfig } from '../../config.js'
 import type { ClientInfo, Entry } from '../../entry.js'
 import { ChunkTimeoutError, TooLargeError } from '../../errors.js'
 import { Feed, type FeedEnd, type FeedSource } from '../../feed.js'
+import type { UploadEntry } from '../../../types/index.js'
 import type { Uploads } from '../../uploads.js'
 import { SilenceTimer } from '../../silence.js'
 
@@ -192,7 +193,7 @@ export class Channel {
   readonly #maxMessageBytes: number
   readonly #budget: ChannelBudget
   readonly #slots = new Map<number, Slot>()
-  readonly #slotOf = new Map<Entry, Slot>()
+  readonly #slotOf = new Map<UploadEntry, Slot>()
   /** Announces waiting to be started, in order: `maxEntries` counts them in order. */
   readonly #announces: PendingAnnounce[] = []
   #starting = false
@@ -227,7 +228,9 @@ export class Channel {
     let timeout = 0
     for (const config of uploads.configs.values()) timeout = Math.max(timeout, config.chunkTimeout)
     this.#answersTimeout = timeout
-    uploads.onEntryReport = (entry) => this.#onReport(entry)
+    // Every end of an entry is answered to the client: the upload set's own events, heard
+    // like any listener (the channel route has no handler of its own that listens too).
+    for (const event of ['done', 'error', 'cancel'] as const) uploads.on(event, this.#onEnd)
     socket.on('message', (data, isBinary) => {
       if (this.#closing) return
       // ws's maxPayload is per server, and applies after inflation only up to it: the
@@ -473,9 +476,10 @@ export class Channel {
   }
 
   /** The entry reached an end: tell the client, and forget its slot. */
-  #onReport (entry: Entry): void {
-    const slot = this.#slotOf.get(entry)
-    if (slot === undefined || !entry.ended) return
+  readonly #onEnd = (ended: UploadEntry): void => {
+    const slot = this.#slotOf.get(ended)
+    if (slot === undefined) return
+    const { entry } = slot
     slot.silence.stop()
     slot.feed.stop()
     this.#deferred.delete(slot)

@@ -28,7 +28,7 @@ export class HttpBody {
     this.silence = new SilenceTimer(chunkTimeout, (ms) => {
       this.fail(new ChunkTimeoutError(ms))
     })
-    uploads.onAbort = (error) => this.#reject(error)
+    uploads.signal.addEventListener('abort', this.#onAbort)
     payload.on('close', this.#onClose)
     payload.on('error', this.#onError)
     // It may have failed already, while the writer started (holdErrors kept its error).
@@ -62,8 +62,11 @@ export class HttpBody {
     this.silence.stop()
     this.#payload.off('close', this.#onClose)
     this.#payload.off('error', this.#onError)
-    this.#uploads.onAbort = undefined
+    this.#uploads.signal.removeEventListener('abort', this.#onAbort)
   }
+
+  /** The uploads were stopped (a failing entry, shutdown): the reading stops with their reason. */
+  readonly #onAbort = (): void => { this.#reject(this.#uploads.aborted!) }
 
   /** Stops the body: every unfinished entry is cancelled at once. */
   fail (error: unknown): void {
@@ -121,6 +124,18 @@ export function hasBody (request: FastifyRequest): boolean {
   return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
 }
 
+/** Upload sets of requests whose body was not read to its end: their connection cannot be reused. */
+const unreadBodies = new WeakSet<Uploads>()
+
+/** The request's body was left unread (refused before its end): its connection closes after the answer. */
+export function leaveBodyUnread (uploads: Uploads): void {
+  unreadBodies.add(uploads)
+}
+
+export function isBodyUnread (uploads: Uploads): boolean {
+  return unreadBodies.has(uploads)
+}
+
 /** How much of a failed body is read and thrown away so the client can read the answer. */
 export const DRAIN_LIMIT = { bytes: 4 * 1024 * 1024, ms: 2000 }
 
@@ -133,9 +148,9 @@ export const DRAIN_LIMIT = { bytes: 4 * 1024 * 1024, ms: 2000 }
  * stops the client without touching the connection. Nothing is drained there.
  */
 export async function drainRest (uploads: Uploads, payload: Readable): Promise<void> {
-  uploads.bodyUnread = true
+  unreadBodies.add(uploads)
   if (payload.readableEnded || payload.destroyed || payload instanceof Http2ServerRequest) {
-    uploads.bodyUnread = !payload.readableEnded
+    if (payload.readableEnded) unreadBodies.delete(uploads)
     return
   }
   await new Promise<void>((resolve) => {
@@ -146,7 +161,7 @@ export async function drainRest (uploads: Uploads, payload: Readable): Promise<v
       if (left < 0) done()
     }
     function onEnd (): void {
-      uploads.bodyUnread = false
+      unreadBodies.delete(uploads)
       done()
     }
     function done (): void {

@@ -7,7 +7,7 @@ import type { PluginSettings } from '../../config.js'
 import { Uploads } from '../../uploads.js'
 import { bodyKind, continueWithoutBody } from '../route-body.js'
 import { closeAfterAnswer } from '../close-after-answer.js'
-import { holdErrors } from './body.js'
+import { holdErrors, isBodyUnread, leaveBodyUnread } from './body.js'
 import { LiveUploads } from '../live-uploads.js'
 import { receiveMultipart } from './multipart.js'
 import { receiveRaw } from './raw.js'
@@ -56,13 +56,14 @@ export class HttpTransport implements Transport {
       }, (error: Error) => {
         // Refused before the whole body arrived (and not drained): the rest would be read
         // as the next request, so the connection closes after the answer.
-        if (!request.raw.complete) uploads.bodyUnread = true
+        if (!request.raw.complete) leaveBodyUnread(uploads)
         done(error)
       })
     }
     function closeIfBodyUnread (request: FastifyRequest, reply: FastifyReply, payload: unknown, done: (err: null, payload: unknown) => void): void {
       // The rest of the body was not read (by us, or by Fastify after a parser error): the exchange cannot go on.
-      if (uploadsOf(request)?.bodyUnread === true || reply.getHeader('connection') === 'close') closeAfterAnswer(reply)
+      const uploads = uploadsOf(request)
+      if ((uploads !== null && isBodyUnread(uploads)) || reply.getHeader('connection') === 'close') closeAfterAnswer(reply)
       done(null, payload)
     }
 
