@@ -41,6 +41,20 @@ describe('defineWriter', () => {
     expect(MemoryWriter).type.toBeAssignableTo<UploadWriter>()
     expect<ReturnType<typeof TmpFileWriter.meta>>().type.toBe<TmpFileMeta>()
   })
+
+  test('read gives back what was stored, as buffers; both built-in writers have it', () => {
+    const Readable = defineWriter({
+      init: () => ({ chunks: [] as Buffer[] }),
+      meta: (state) => state.chunks.length,
+      writeChunk: (data, state) => { state.chunks.push(data); return state },
+      close: (state) => state,
+      async * read (state) { yield * state.chunks }
+    })
+    expect(Readable.read!).type.toBeCallableWith({ chunks: [] }, { signal: new AbortController().signal })
+    expect(defineWriter).type.not.toBeCallableWith({ init: () => 1, meta: () => 1, writeChunk: (_d: Buffer, s: number) => s, close: (s: number) => s, read: () => ['text'] })
+    expect(TmpFileWriter.read).type.not.toBe<undefined>()
+    expect(MemoryWriter.read).type.not.toBe<undefined>()
+  })
 })
 
 describe('the allowUpload route option', () => {
@@ -58,6 +72,9 @@ describe('the allowUpload route option', () => {
       }
     }, async () => 'ok')
     expect(app.post).type.not.toBeCallableWith('/p', { allowUpload: { avatar: { maxEntries: 2 } } }, async () => 'ok')
+    // progress: the request that carries the bytes, undefined between a resumable upload's requests.
+    expect(app.post).type.toBeCallableWith('/p', { allowUpload: { avatar: { accept: 'any', progress: (_name: string, _entry: UploadEntry, request: FastifyRequest | undefined) => { request?.log.info('progress') } } } }, async () => 'ok')
+    expect(app.post).type.not.toBeCallableWith('/p', { allowUpload: { avatar: { accept: 'any', progress: (_name: string, _entry: UploadEntry, request: FastifyRequest) => { request.log.info('progress') } } } }, async () => 'ok')
     expect(app.post).type.toBeCallableWith('/p', { allowUpload: { video: { accept: ['video/*'], resumable: true } } }, async () => 'ok')
     expect(app.post).type.not.toBeCallableWith('/p', { allowUpload: { avatar: { accept: 'any', onEntryError: 'ignore' } } }, async () => 'ok')
   })
