@@ -410,10 +410,12 @@ export class Entry implements UploadEntry {
     this.#reportedProgress = now
     this.#reportedEnd = this.ended
     this.#onReport?.(this)
-    const { progress } = this.#config
-    if (progress === undefined) return
     // The request of this change, not of the callback's turn: another may carry the bytes by then.
     const request = this.#request
+    // Its last report: a finished entry may wait long for its ref, and keeps no request meanwhile.
+    if (this.ended) this.#request = undefined
+    const { progress } = this.#config
+    if (progress === undefined) return
     Promise.resolve().then(() => progress(this.uploadName, this, request)).catch((error: unknown) => {
       this.#log.warn({ err: error, ref: this.ref }, 'upload progress callback failed')
     })

@@ -7,7 +7,7 @@ import fp from 'fastify-plugin'
 import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types/index.js'
 import { resolveAllowUpload, validatePluginOptions } from './config.js'
 import { DerivedRoutes, carriedFrom, checkDerived, constraintsKey, hookList, nameOf, routerMatching } from './derived-routes.js'
-import { AlreadyRegisteredError, HookOrderError, TooManyFilesError, UnknownRefError } from './errors.js'
+import { AlreadyRegisteredError, HookOrderError, ShuttingDownError, TooManyFilesError, UnknownRefError } from './errors.js'
 import { RefStore } from './refs.js'
 import type { Uploads } from './uploads.js'
 import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
@@ -117,14 +117,16 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     }
   })
 
+  /** Why everything still open stops at shutdown: one reason, told to every transport. */
+  const shuttingDown = new ShuttingDownError()
   // preClose: every transport stops reading, side by side (a resumable writer call in
   // flight does not hold up the others), so requests can answer and drain.
   fastify.addHook('preClose', async () => {
-    await Promise.all(transports.map(async (transport) => await transport.stop()))
+    await Promise.all(transports.map(async (transport) => await transport.stop(shuttingDown)))
   })
   // onClose: every request is over; wait until their writers are closed and files gone.
   fastify.addHook('onClose', async () => {
-    await Promise.all(transports.map(async (transport) => await transport.close?.()))
+    await Promise.all(transports.map(async (transport) => await transport.close?.(shuttingDown)))
     await refs.discardAll()
   })
 }

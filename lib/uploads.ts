@@ -22,7 +22,8 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   readonly configs: ReadonlyMap<string, ResolvedConfig>
 
   readonly #entries: Entry[] = []
-  readonly #request: FastifyRequest | undefined
+  /** Its request, until the set ends (its finished entries may wait long for their ref). */
+  #request: FastifyRequest | undefined
   readonly #log: FastifyBaseLogger
   /** Per upload name, the entries that passed validation: what `maxEntries` counts. */
   readonly #accepted = new Map<string, number>()
@@ -37,9 +38,9 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   /**
    * `request`: the one whose entries these are, undefined for uploads that outlive any
    * request (resumable ones: each entry is told which request carries its bytes, see
-   * `announce`); `log` then says where their logs go.
+   * `announce`). `log`: where the set and its entries log.
    */
-  constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest | undefined, log = request!.log) {
+  constructor (configs: ReadonlyMap<string, ResolvedConfig>, request: FastifyRequest | undefined, log: FastifyBaseLogger) {
     super()
     this.configs = configs
     this.#request = request
@@ -139,6 +140,7 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
    * consumed. Idempotent: every caller gets the same completion.
    */
   end (reason: EntryFailure): Promise<void> {
+    this.#request = undefined
     this.#ended ??= this.abort(reason).then(async () => {
       // Entries being consumed are their consumer's; parked ones wait for their ref.
       const unclaimed = this.#entries.filter((e) => e.holder === 'uploads')

@@ -8,6 +8,7 @@ import Fastify from 'fastify'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { resolveAllowUpload } from '../lib/config.js'
 import { Entry } from '../lib/entry.js'
+import { ShuttingDownError } from '../lib/errors.js'
 import { MemoryWriter, defineWriter, type MemoryMeta, type UploadWriter } from '../lib/index.js'
 import { RefStore } from '../lib/refs.js'
 import { ResumableEndpoint, ResumableRegistry, type ResumableSettings } from '../lib/transports/resumable/index.js'
@@ -52,7 +53,7 @@ t.test('partials staged in memory concatenate, in order and twice over, into the
   app.all('/up/tus/:id', async (request, reply) => { await endpoint.upload(request, reply) })
   const url = await app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(async () => {
-    await registry.shutdown()
+    await registry.shutdown(new ShuttingDownError())
     await refs.discardAll()
     await app.close()
   })

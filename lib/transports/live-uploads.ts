@@ -1,6 +1,6 @@
 // The upload sets a transport has open (one per request, one per socket): stopped at
 // shutdown, and waited for until every writer is closed and every file is gone.
-import { PrematureCloseError, ShuttingDownError } from '../errors.js'
+import { PrematureCloseError, type EntryFailure } from '../errors.js'
 import type { Uploads } from '../uploads.js'
 
 export class LiveUploads {
@@ -17,15 +17,15 @@ export class LiveUploads {
   }
 
   /** Stops every unfinished entry; `then` runs for each set once its entries stopped. */
-  async stop (then?: (uploads: Uploads) => void): Promise<void> {
+  async stop (reason: EntryFailure, then?: (uploads: Uploads) => void): Promise<void> {
     await Promise.all([...this.#live].map(async (uploads) => {
-      await uploads.abort(new ShuttingDownError())
+      await uploads.abort(reason)
       then?.(uploads)
     }))
   }
 
   /** Ends every set still open; resolves once their writers are closed and files gone. */
-  async close (): Promise<void> {
-    await Promise.all([...this.#live].map((uploads) => uploads.end(new ShuttingDownError())))
+  async close (reason: EntryFailure): Promise<void> {
+    await Promise.all([...this.#live].map((uploads) => uploads.end(reason)))
   }
 }

@@ -4,7 +4,7 @@
 // refs for the route, and calls each transport's stop at preClose and close at onClose;
 // the rest (hooks, handlers, sockets, what is in flight) is the transport's own.
 //
-// To add a transport, write one module (lib/transports/<name>-route.ts) with a class that
+// To add a transport, write one module (lib/transports/<name>/route.ts) with a class that
 // implements Transport, and add the class to TRANSPORTS in lib/index.ts. Its constructor
 // gets the plugin's scope and the shared services, throws what is wrong at registration,
 // and holds the transport's state. addRoute wires each upload route: hooks on the route
@@ -15,6 +15,7 @@
 // close (onClose) resolves once every writer it opened is closed. If its finished entries
 // wait for a ref, holdsEntries says on which routes, and refOf reads a ref submitted in
 // another form (an upload URL).
+import type { EntryFailure } from '../errors.js'
 import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import type { PluginSettings, ResolvedConfig } from '../config.js'
 import type { Carried, DerivedRoutes } from '../derived-routes.js'
@@ -60,9 +61,9 @@ export interface Transport {
   /** The ref a value submitted for an upload name names, if it is one of this transport's forms; else undefined. */
   refOf? (submitted: string): string | undefined
   /** preClose: stop reading; what is in flight stops at once, so its requests can answer. */
-  stop (): Promise<void>
+  stop (reason: EntryFailure): Promise<void>
   /** onClose: every request is over; resolves once what is left ended, its writers closed. */
-  close? (): Promise<void>
+  close? (reason: EntryFailure): Promise<void>
 }
 
 export type TransportClass = new (fastify: FastifyInstance, services: Services) => Transport

@@ -4,7 +4,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { PluginSettings } from '../../config.js'
 import { derivedRoute } from '../../derived-routes.js'
-import { ChannelNeedsWebsocketError, ChannelOrderError } from '../../errors.js'
+import { ChannelNeedsWebsocketError, ChannelOrderError, type EntryFailure } from '../../errors.js'
 import { Uploads } from '../../uploads.js'
 import { LiveUploads } from '../live-uploads.js'
 import { uploadsOf, type Services, type Transport, type UploadRoute } from '../transport.js'
@@ -50,7 +50,7 @@ export class ChannelTransport implements Transport {
     const options = { window: settings.channelWindow, maxMessageBytes: maxMessageBytes(configs.values()), budget: this.#budget }
 
     function startChannelUploads (request: FastifyRequest, _reply: FastifyReply, done: () => void): void {
-      request.uploads = new Uploads(configs, request)
+      request.uploads = new Uploads(configs, request, request.log)
       done()
     }
     // After the route's own hooks: the owner may depend on what they found (a session, a user).
@@ -81,11 +81,11 @@ export class ChannelTransport implements Transport {
   }
 
   /** Each socket hears why its entries stopped, then closes with 1001 (going away). */
-  async stop (): Promise<void> {
-    await this.#live.stop((uploads) => this.#sockets.get(uploads)?.close(1001, 'server shutting down'))
+  async stop (reason: EntryFailure): Promise<void> {
+    await this.#live.stop(reason, (uploads) => this.#sockets.get(uploads)?.close(1001, 'server shutting down'))
   }
 
-  async close (): Promise<void> {
-    await this.#live.close()
+  async close (reason: EntryFailure): Promise<void> {
+    await this.#live.close(reason)
   }
 }

@@ -3,9 +3,9 @@
 // and an entry fed from a byte stream (a feed, lib/feed.ts) with backpressure.
 import { Http2ServerRequest } from 'node:http2'
 import type { Readable } from 'node:stream'
-import type { FastifyRequest } from 'fastify'
 import type { Entry } from '../../entry.js'
-import { BodyUnreadableError, ChunkTimeoutError, PrematureCloseError, asFailure, type EntryFailure } from '../../errors.js'
+import { ChunkTimeoutError, asFailure, type EntryFailure } from '../../errors.js'
+import { bodyStreamFailure, prematureClose } from '../route-body.js'
 import type { Uploads } from '../../uploads.js'
 import { Feed, StreamSource } from '../../feed.js'
 import { SilenceTimer } from '../../silence.js'
@@ -89,41 +89,6 @@ export class HttpBody {
   readonly #onError = (error: Error): void => { this.fail(bodyStreamFailure(error)) }
 }
 
-/** Node's words for a body whose source closed before its end: the client went away. */
-const CLOSED_EARLY = new Set(['ECONNRESET', 'ERR_STREAM_PREMATURE_CLOSE'])
-
-/**
- * What a body stream's 'error' means. The client going away shows as Node's reset (or,
- * through a pipeline, a premature close): a premature close. Anything else is a body that
- * could not be read (a preParsing hook's decoder failed on it): the client's bad input, a
- * 400 naming the error's code only (its message and stack, possibly internal, are logged
- * as the cause). An error that carries its own status (a hook's coded error) passes through.
- */
-export function bodyStreamFailure (error: Error): EntryFailure {
-  const { code, statusCode } = error as Error & { code?: unknown, statusCode?: unknown }
-  if (typeof code === 'string' && CLOSED_EARLY.has(code)) return prematureClose()
-  if (typeof statusCode === 'number') return asFailure(error)
-  const reason = typeof code === 'string' && /^[A-Z][A-Z0-9_]*$/.test(code) ? code : 'its stream failed'
-  return new BodyUnreadableError(reason, { cause: error })
-}
-
-/**
- * Whether the request carries a body. HTTP/1.1 says so in its headers (chunked, or a
- * Content-Length above 0); HTTP/2 by whether its HEADERS frame ended the stream: a body
- * there needs no Content-Length.
- */
-export function hasBody (request: FastifyRequest): boolean {
-  const { raw, headers } = request
-  const length = headers['content-length']
-  // An HTTP/2 stream left open after its HEADERS may still end with no DATA (Node's own
-  // client does that by default): without Content-Length or Content-Type, as for Fastify,
-  // that is no body.
-  if (raw instanceof Http2ServerRequest) {
-    return !raw.stream.endAfterHeaders && length !== '0' && (length !== undefined || headers['content-type'] !== undefined)
-  }
-  return headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0')
-}
-
 /** Upload sets of requests whose body was not read to its end: their connection cannot be reused. */
 const unreadBodies = new WeakSet<Uploads>()
 
@@ -193,18 +158,3 @@ export async function feedEntry (entry: Entry, source: Readable, body: HttpBody)
   if (how !== 'end') throw how === 'failed' ? feed.writeError : how instanceof Error ? how : prematureClose()
   await body.silence.whileBusy(entry.finish())
 }
-
-export function prematureClose (): EntryFailure {
-  return new PrematureCloseError()
-}
-
-/**
- * For a body stream the plugin took: its 'error' may come while no reader listens (a
- * writer starting, a handler waiting for its upload). Unheard, it would crash the process;
- * heard here, the stream keeps it (`errored`) for whoever reads it next.
- */
-export function holdErrors (payload: Readable): void {
-  payload.on('error', heardLater)
-}
-
-function heardLater (): void {}

@@ -2,12 +2,13 @@
 // run, is received as multipart or raw uploads; fields (JSON, text, form) go on to the
 // scope's parsers. Every request gets its upload set, ended when the request is over.
 import type { Readable } from 'node:stream'
+import type { EntryFailure } from '../../errors.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { PluginSettings } from '../../config.js'
 import { Uploads } from '../../uploads.js'
-import { bodyKind, continueWithoutBody } from '../route-body.js'
+import { bodyKind, continueWithoutBody, holdErrors } from '../route-body.js'
 import { closeAfterAnswer } from '../close-after-answer.js'
-import { holdErrors, isBodyUnread, leaveBodyUnread } from './body.js'
+import { isBodyUnread, leaveBodyUnread } from './body.js'
 import { LiveUploads } from '../live-uploads.js'
 import { receiveMultipart } from './multipart.js'
 import { receiveRaw } from './raw.js'
@@ -31,7 +32,7 @@ export class HttpTransport implements Transport {
     const settings = this.#settings
 
     function startUploads (request: FastifyRequest, reply: FastifyReply, done: () => void): void {
-      const uploads = new Uploads(configs, request)
+      const uploads = new Uploads(configs, request, request.log)
       request.uploads = uploads
       live.add(uploads)
       // 'close' comes after the response finished and when the client went away
@@ -74,11 +75,11 @@ export class HttpTransport implements Transport {
   }
 
   /** Uploads still reading stop now, so their requests can answer and drain. */
-  async stop (): Promise<void> {
-    await this.#live.stop()
+  async stop (reason: EntryFailure): Promise<void> {
+    await this.#live.stop(reason)
   }
 
-  async close (): Promise<void> {
-    await this.#live.close()
+  async close (reason: EntryFailure): Promise<void> {
+    await this.#live.close(reason)
   }
 }

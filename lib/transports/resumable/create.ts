@@ -3,7 +3,7 @@
 // stages one part of a later concatenation; `final;…` is final.ts.
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import { chooseConfig } from '../../config.js'
-import { hasBody } from '../http/body.js'
+import { hasBody } from '../route-body.js'
 import type { AppendEnd } from './upload.js'
 import { appendTo } from './append.js'
 import type { EndpointContext } from './context.js'

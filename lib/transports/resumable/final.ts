@@ -71,7 +71,9 @@ async function concatenate (context: EndpointContext, upload: ResumableUpload, p
   try {
     for (const [index, part] of parts.entries()) {
       const body = Readable.from(storedBytes(part))
-      const how = await append(upload, body, { limit: roomOf(upload), idle: upload.config.chunkTimeout, onStop })
+      // Reading a partial back is a writer call, not a client: bounded by writerTimeout,
+      // past which it could not be read (a ConcatReadError below), never by chunkTimeout.
+      const how = await append(upload, body, { limit: roomOf(upload), idle: upload.config.writerTimeout, onStop })
       // Stopped early, its staged file (if any) is closed now.
       body.destroy()
       if (how === 'end') continue

@@ -9,7 +9,6 @@ import type { ForsakeReason } from '../../refs.js'
 import { Uploads } from '../../uploads.js'
 import { ResumableUpload, type Slot } from './upload.js'
 import type { EndpointContext } from './context.js'
-import { goneError } from './registry.js'
 
 /** An upload's own upload set: told when a request claims its entry, or its ref expires. */
 class UploadHome extends Uploads {
@@ -24,7 +23,7 @@ class UploadHome extends Uploads {
 export async function findUpload (context: EndpointContext, request: FastifyRequest): Promise<ResumableUpload> {
   const found = context.registry.find((request.params as { id: string }).id)
   if (found === undefined) throw new UploadNotFoundError()
-  if (typeof found === 'string') throw goneError(found)
+  if (typeof found === 'string') throw context.registry.whyGone(found)
   // Another owner's upload does not exist, as far as this request can tell.
   if (found.owner !== await context.settings.owner(request) || context.configs.get(found.config.uploadName)?.key !== found.config.key) {
     throw new UploadNotFoundError()

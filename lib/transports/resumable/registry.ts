@@ -1,7 +1,7 @@
 // Every resumable upload of the plugin instance, by id: the ids of recent ended ones (a
 // later request hears why it ended), and the slots uploads take among the limits.
 import type { ResolvedConfig } from '../../config.js'
-import { ShuttingDownError, TooManyFilesError, TooManyUploadsError, UploadGoneError } from '../../errors.js'
+import { TooManyFilesError, TooManyUploadsError, UploadGoneError, type EntryFailure } from '../../errors.js'
 import type { GoneReason, ResumableUpload, Slot } from './upload.js'
 
 /** Ids of uploads that ended, remembered so later requests get 410 rather than 404. */
@@ -15,9 +15,8 @@ const GONE_WORDS: Record<Exclude<GoneReason, 'shut down'>, string> = {
   consumed: 'it was consumed by a request to its route',
   concatenated: 'it was concatenated into a final upload'
 }
-/** The error a request gets for an upload that ended: 410 saying why in words (503 at shutdown). */
-export function goneError (reason: GoneReason | undefined): Error {
-  if (reason === 'shut down') return new ShuttingDownError()
+/** The error a request gets for an upload that ended: 410 saying why in words (see `whyGone` for a shutdown). */
+export function goneError (reason: Exclude<GoneReason, 'shut down'> | undefined): Error {
   // Forgotten (past GONE_MEMORY) while a request still held it: it ended, we no longer know how.
   return new UploadGoneError(reason === undefined ? 'it ended' : GONE_WORDS[reason])
 }
@@ -32,7 +31,8 @@ export class ResumableRegistry {
   /** Slots of live uploads and of creations still starting their writer. */
   readonly #slots = new Set<Slot>()
   readonly #maxUploads: number
-  #closed = false
+  /** Set at shutdown: the plugin's one reason, what every later request is answered. */
+  #shutDown: EntryFailure | undefined
 
   constructor (maxUploads: number) {
     this.#maxUploads = maxUploads
@@ -45,7 +45,7 @@ export class ResumableRegistry {
    * not lock the others out, so only maxUploads bounds them.
    */
   reserve (owner: string | undefined, config: ResolvedConfig, partial: boolean, cap: number): Slot {
-    if (this.#closed) throw new ShuttingDownError()
+    if (this.#shutDown !== undefined) throw this.#shutDown
     if (this.#slots.size >= this.#maxUploads) throw new TooManyUploadsError(this.#maxUploads)
     if (owner !== undefined) {
       let count = 0
@@ -64,12 +64,20 @@ export class ResumableRegistry {
 
   /** Adds a created upload; after shutdown began, throws (its creator ends it). */
   add (upload: ResumableUpload): void {
-    if (this.#closed) throw new ShuttingDownError()
+    if (this.#shutDown !== undefined) throw this.#shutDown
     this.#uploads.set(upload.id, upload)
   }
 
   find (id: string): ResumableUpload | GoneReason | undefined {
     return this.#uploads.get(id) ?? this.#gone.get(id)
+  }
+
+  /**
+   * What a request for an upload that ended is told: why (410), or the shutdown (503);
+   * forgotten (past GONE_MEMORY), that it ended.
+   */
+  whyGone (reason: GoneReason | undefined): Error {
+    return reason === 'shut down' ? this.#shutDown! : goneError(reason)
   }
 
   /** Ends an upload's registration; with a reason, later requests to its URL get 410 saying it, else 404. */
@@ -85,8 +93,7 @@ export class ResumableRegistry {
 
   /** A request that waited for the upload may find it ended meanwhile (deleted, expired…): it is told why. */
   assertLive (upload: ResumableUpload): void {
-    const found = this.find(upload.id)
-    if (found !== upload) throw goneError(found as GoneReason | undefined)
+    if (this.#uploads.get(upload.id) !== upload) throw this.whyGone(this.#gone.get(upload.id))
   }
 
   /**
@@ -95,8 +102,7 @@ export class ResumableRegistry {
    * shutdown), who removed it first, saying why.
    */
   endedDuring (upload: ResumableUpload): Error {
-    const found = this.find(upload.id)
-    if (found !== upload) return goneError(found as GoneReason | undefined)
+    if (this.#uploads.get(upload.id) !== upload) return this.whyGone(this.#gone.get(upload.id))
     this.remove(upload, 'failed')
     return upload.entry.failure!
   }
@@ -105,9 +111,8 @@ export class ResumableRegistry {
    * Shutdown: no new upload; appends in flight stop and answer 503; unfinished uploads
    * are cancelled, staged partials removed.
    */
-  async shutdown (): Promise<void> {
-    this.#closed = true
-    const failure = new ShuttingDownError()
+  async shutdown (failure: EntryFailure): Promise<void> {
+    this.#shutDown = failure
     await Promise.all([...this.#uploads.values()].map(async (upload) => {
       this.remove(upload, 'shut down')
       if (upload.complete && upload.concat === 'partial') await upload.discard()

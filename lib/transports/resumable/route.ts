@@ -3,12 +3,12 @@
 // hooks. Uploads live across requests in one registry per plugin instance; a complete one
 // waits for its ref (its id, or its URL), which a request to the route claims.
 import type { Readable } from 'node:stream'
+import type { EntryFailure } from '../../errors.js'
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { ResolvedConfig } from '../../config.js'
 import { derivedRoute } from '../../derived-routes.js'
-import { continueWithoutBody, takesBody } from '../route-body.js'
+import { continueWithoutBody, holdErrors, takesBody } from '../route-body.js'
 import { TmpFileWriter } from '../../writers/tmp-file.js'
-import { holdErrors } from '../http/body.js'
 import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './index.js'
 import { TUS_VERSION, idOfUrl } from './headers.js'
 import type { Services, Transport, UploadRoute } from '../transport.js'
@@ -90,7 +90,7 @@ export class ResumableTransport implements Transport {
    * No new upload; appends in flight stop and answer 503; unfinished uploads are
    * cancelled. Nothing is left for close.
    */
-  async stop (): Promise<void> {
-    await this.#registry.shutdown()
+  async stop (reason: EntryFailure): Promise<void> {
+    await this.#registry.shutdown(reason)
   }
 }

@@ -7,7 +7,7 @@ import type { ResolvedConfig } from '../../config.js'
 import type { Entry } from '../../entry.js'
 import type { EntryFailure } from '../../errors.js'
 import { Feed, StreamSource, type FeedTarget } from '../../feed.js'
-import { bodyStreamFailure } from '../http/body.js'
+import { bodyStreamFailure } from '../route-body.js'
 import { SilenceTimer } from '../../silence.js'
 
 /** How an append ended; a body that could not be read (its stream failed) ends it with that failure. */
