@@ -93,6 +93,13 @@ describe('checkpoint and restore', () => {
     expect(defineWriter).type.not.toBeCallableWith({ ...base, checkpoint: (s: { n: number }) => s.n })
     expect(defineWriter).type.not.toBeCallableWith({ ...base, restore: (snapshot: WriterSnapshot) => ({ count: snapshot.offset }) })
   })
+
+  test('the temp-file writer has both, and an fsync option', () => {
+    expect(TmpFileWriter.checkpoint).type.not.toBe<undefined>()
+    expect(TmpFileWriter.restore!).type.toBeCallableWith({ offset: 0, path: '/tmp/upload-0' }, { dir: '/tmp', fsync: true })
+    expect(TmpFileWriter.init).type.toBeCallableWith({ dir: '/tmp', fsync: true })
+    expect(TmpFileWriter.init).type.not.toBeCallableWith({ dir: '/tmp', fsync: 'yes' })
+  })
 })
 
 describe('the allowUpload route option', () => {
