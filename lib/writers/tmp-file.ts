@@ -15,7 +15,7 @@
 // file this writer could have made: named `upload-<32 hex>`, directly in its directory, a
 // regular file of this user with no other link, never through a symbolic link.
 import { randomBytes } from 'node:crypto'
-import { close, constants, createReadStream, fdatasync, fstat, ftruncate, open, writev, type Stats } from 'node:fs'
+import { close, constants, createReadStream, fdatasync, fstat, fsync, ftruncate, open, writev, type Stats } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
@@ -75,6 +75,8 @@ export interface TmpFileState {
   readonly budget: TmpFileBudget
   /** `checkpoint` waits for the disk. */
   readonly fsync: boolean
+  /** With `fsync`: the directory's entry for the file is on disk too. */
+  entrySynced: boolean
   writing: Promise<void> | undefined
   failure: { error: unknown } | undefined
 }
@@ -123,6 +125,15 @@ const FILE_NAME = /^upload-[0-9a-f]{32}$/
 // symbolic link under the name is refused. O_NONBLOCK: a FIFO under the name cannot
 // hold the open (a regular file ignores it).
 const REOPEN = constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW | constants.O_NONBLOCK
+
+async function syncDirectory (dir: string): Promise<void> {
+  const fd = await call<number>((done) => open(dir, constants.O_RDONLY | constants.O_DIRECTORY, done))
+  try {
+    await call<void>((done) => fsync(fd, (error) => done(error, undefined)))
+  } finally {
+    await call<void>((done) => close(fd, () => done(null, undefined)))
+  }
+}
 
 function directory (options: TmpFileOptions | undefined): string {
   return resolve(options?.dir ?? tmpdir())
@@ -212,10 +223,18 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
   },
 
   // Once the queued writes completed, the bytes are in the kernel's page cache, which
-  // outlives the process but not a power loss; fdatasync takes them to the disk.
+  // outlives the process but not a power loss; fdatasync takes them to the disk, and
+  // once per file an fsync of the directory takes its name there (a new file's entry is
+  // not made durable by the file's own sync).
   async checkpoint (state) {
     await settle(state)
-    if (state.fsync) await call<void>((done) => fdatasync(state.fd, (error) => done(error, undefined)))
+    if (state.fsync) {
+      await call<void>((done) => fdatasync(state.fd, (error) => done(error, undefined)))
+      if (!state.entrySynced) {
+        await syncDirectory(dirname(state.path))
+        state.entrySynced = true
+      }
+    }
     const snapshot: TmpFileSnapshot = { path: state.path, offset: state.size }
     return snapshot
   },
@@ -229,6 +248,6 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
 
 function opened (path: string, fd: number, size: number, options: TmpFileOptions | undefined): TmpFileState {
   return {
-    path, fd, size, queue: [], unwritten: 0, budget: options?.budget ?? defaultBudget, fsync: options?.fsync === true, writing: undefined, failure: undefined
+    path, fd, size, queue: [], unwritten: 0, budget: options?.budget ?? defaultBudget, fsync: options?.fsync === true, entrySynced: false, writing: undefined, failure: undefined
   }
 }
