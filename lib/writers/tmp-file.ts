@@ -156,7 +156,8 @@ async function reopen (path: string, offset: number): Promise<number> {
   const fd = await call<number>((done) => open(path, REOPEN, done))
   try {
     const stats = await call<Stats>((done) => fstat(fd, done))
-    if (!stats.isFile() || stats.nlink !== 1 || stats.uid !== process.getuid?.()) {
+    const user = process.geteuid?.() // the owner of the files this process creates; none on Windows
+    if (!stats.isFile() || stats.nlink !== 1 || (user !== undefined && stats.uid !== user)) {
       throw new Error(`TmpFileWriter cannot restore ${path}: not a regular file of this user with a single link`)
     }
     if (stats.size < offset) {
