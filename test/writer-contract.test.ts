@@ -1,7 +1,8 @@
 // The writer contract as writers rely on it: `discard` is told whether the finished
 // entry was consumed or dropped (a writer that stores objects elsewhere deletes only the
 // dropped ones), the `data` passed to `writeChunk` is the writer's to keep, and `read`
-// gives back what was stored.
+// gives back what was stored; a writer that can be continued elsewhere has both
+// checkpoint and restore, and its snapshots are JSON that count the bytes written.
 import t from 'tap'
 import { MemoryWriter, TmpFileWriter, defineWriter, type UploadWriter } from '../lib/index.js'
 import { bytes, eventually, multipart, sha256, startApp, strayFiles, tmpDirFor } from './kit/index.js'
@@ -92,4 +93,30 @@ t.test('read gives back exactly what was written, in order, as often as asked, f
     await writer.discard?.(state, { consumed: true })
   }
   t.same(await strayFiles(dir), [], 'the temp file is removed by its discard')
+})
+
+t.test('checkpoint and restore come together; a checkpoint is JSON, counts every byte written, and changes nothing the writer stores', async (t) => {
+  const dir = await tmpDirFor(t)
+  const data = bytes(500_000, 6)
+  const writers = [['TmpFileWriter', TmpFileWriter, { dir }], ['MemoryWriter', MemoryWriter, undefined]] as const
+  for (const [name, writer, options] of writers) {
+    const w = writer as UploadWriter
+    t.equal(w.checkpoint === undefined, w.restore === undefined, `${name}: both or neither`)
+    if (w.checkpoint === undefined) continue
+    const call = { signal: new AbortController().signal }
+    let state = await w.init(options, call)
+    t.equal((await w.checkpoint(state)).offset, 0, `${name}: nothing written, offset 0`)
+    for (const [from, to] of [[0, 1], [1, 200_000], [200_000, data.length]] as const) {
+      state = await w.writeChunk(data.subarray(from, to), state, call)
+      const snapshot = await w.checkpoint(state)
+      t.equal(snapshot.offset, to, `${name}: the offset after ${to} bytes`)
+      t.same(JSON.parse(JSON.stringify(snapshot)), snapshot, `${name}: the snapshot survives JSON`)
+    }
+    state = await w.close(state, 'done')
+    const back: Buffer[] = []
+    for await (const chunk of w.read!(state, call)) back.push(chunk)
+    t.equal(sha256(Buffer.concat(back)), sha256(data), `${name}: every byte stored once, in order`)
+    await w.discard?.(state, { consumed: true })
+  }
+  t.same(await strayFiles(dir), [])
 })

@@ -22,6 +22,19 @@ export interface WriterCall {
   readonly signal: AbortSignal
 }
 
+/** A value JSON can carry unchanged: what a writer snapshot is made of. */
+export type JsonValue = string | number | boolean | null | readonly JsonValue[] | { readonly [key: string]: JsonValue }
+
+/**
+ * What `checkpoint` returns and `restore` takes: a JSON object (a store keeps it as
+ * text, anywhere) whose `offset` is the number of bytes of the entry it makes durable,
+ * the bytes `writeChunk` got before it. A store reads the upload's durable offset from
+ * this field and from nothing else; the rest is the writer's own (a path, an upload id, a
+ * list of parts). Declare a writer's own snapshot as a `type` (an `interface` has no
+ * index signature, so it is not assignable to this).
+ */
+export type WriterSnapshot = { readonly offset: number } & { readonly [key: string]: JsonValue }
+
 /**
  * An upload writer: where the bytes of one entry go. The plugin calls `init` once,
  * `writeChunk` once per chunk in order, and `close` exactly once if `init` succeeded.
@@ -54,6 +67,29 @@ export interface UploadWriter<Options = any, State = any, Meta = any> {
    * upload's bytes reach the route's writer like an append's.
    */
   read? (state: State, call?: WriterCall): AsyncIterable<Buffer>
+  /**
+   * Optional, with `restore`: lets another process (or this one, after a restart) go on
+   * with an unfinished entry. Makes every byte passed to a settled `writeChunk` durable
+   * and describes the state as a snapshot whose `offset` counts those bytes. When it
+   * resolves, those bytes survive at least the process dying (kill -9); what else they
+   * survive (a power loss) is the writer's to document. Called on an open writer (after
+   * `init` or `restore`, before `close`), never overlapping another call, and never per
+   * chunk: at the end of every resumable request (PATCH), before a pre-empted request
+   * lets go, when a channel socket drops, and at shutdown. It may take a while (a
+   * flush, an upload of a buffered part). It throws if those bytes cannot be made
+   * durable (a write failed): then no snapshot exists past the previous one.
+   */
+  checkpoint? (state: State): WriterSnapshot | Promise<WriterSnapshot>
+  /**
+   * Optional, with `checkpoint`: rebuilds, in any process, a state from a snapshot, ready
+   * for the next `writeChunk` as if `snapshot.offset` bytes had been written: what was
+   * written past the snapshot is discarded (the client sends it again). `options` are
+   * this process's writer options, as `init` gets them. The snapshot comes from a store:
+   * a writer checks it (its fields, and that it names only what this writer owns) and
+   * throws rather than touch anything else, or when the bytes it promises are gone. The
+   * state it returns gets `close` exactly once, as one from `init` does.
+   */
+  restore? (snapshot: WriterSnapshot, options: Options, call?: WriterCall): State | Promise<State>
 }
 
 /** What a writer factory returns: a writer (initialised with `undefined`) or `[writer, options]`. */

@@ -3,7 +3,7 @@ import Fastify, { type FastifyRequest } from 'fastify'
 import { describe, expect, test } from 'tstyche'
 import chunkedUpload, {
   MemoryWriter, TmpFileBudget, TmpFileWriter, defineWriter, errors,
-  type CloseReason, type DiscardInfo, type RequestUploads, type TmpFileMeta, type UploadEntry, type UploadError, type UploadWriter
+  type CloseReason, type DiscardInfo, type RequestUploads, type TmpFileMeta, type UploadEntry, type UploadError, type UploadWriter, type WriterSnapshot
 } from '../lib/index.js'
 
 describe('defineWriter', () => {
@@ -54,6 +54,51 @@ describe('defineWriter', () => {
     expect(defineWriter).type.not.toBeCallableWith({ init: () => 1, meta: () => 1, writeChunk: (_d: Buffer, s: number) => s, close: (s: number) => s, read: () => ['text'] })
     expect(TmpFileWriter.read).type.not.toBe<undefined>()
     expect(MemoryWriter.read).type.not.toBe<undefined>()
+  })
+})
+
+describe('checkpoint and restore', () => {
+  // A writer whose state lives in another service: its snapshot names the object and the bytes stored.
+  const Remote = defineWriter({
+    init: (opts: { bucket: string }) => ({ bucket: opts.bucket, key: 'k', stored: 0 }),
+    meta: (state) => ({ key: state.key }),
+    writeChunk: (data, state) => ({ ...state, stored: state.stored + data.length }),
+    close: (state) => state,
+    checkpoint: async (state) => ({ offset: state.stored, key: state.key, parts: [{ n: 1, etag: 'e' }], tail: null }),
+    restore: (snapshot, opts) => ({ bucket: opts.bucket, key: String(snapshot['key']), stored: snapshot.offset })
+  })
+
+  test('defineWriter still infers options, state and meta with them', () => {
+    expect(Remote).type.toBe<UploadWriter<{ bucket: string }, { bucket: string, key: string, stored: number }, { key: string }>>()
+    expect(Remote.restore!).type.toBeCallableWith({ offset: 10, key: 'k' }, { bucket: 'b' }, { signal: new AbortController().signal })
+    expect(Remote.restore!).type.not.toBeCallableWith({ offset: 10, key: 'k' }, { bucket: 1 })
+  })
+
+  test('a snapshot is JSON with a numeric offset, which a store reads', () => {
+    expect<WriterSnapshot['offset']>().type.toBe<number>()
+    expect({ offset: 3, path: '/tmp/upload-x', parts: [1, 'two', { three: true }], none: null }).type.toBeAssignableTo<WriterSnapshot>()
+    expect({ path: '/tmp/upload-x' }).type.not.toBeAssignableTo<WriterSnapshot>()
+    expect({ offset: '3' }).type.not.toBeAssignableTo<WriterSnapshot>()
+    // What JSON would not carry back as it was is refused: bytes, dates, functions, bigints.
+    expect({ offset: 3, tail: Buffer.from('x') }).type.not.toBeAssignableTo<WriterSnapshot>()
+    expect({ offset: 3, at: new Date() }).type.not.toBeAssignableTo<WriterSnapshot>()
+    expect({ offset: 3, next: () => 4 }).type.not.toBeAssignableTo<WriterSnapshot>()
+    expect({ offset: 3, big: 3n }).type.not.toBeAssignableTo<WriterSnapshot>()
+  })
+
+  test('a writer whose checkpoint returns no snapshot, or whose restore makes another state, is not a writer', () => {
+    const base = { init: () => ({ n: 0 }), meta: (s: { n: number }) => s.n, writeChunk: (_d: Buffer, s: { n: number }) => s, close: (s: { n: number }) => s }
+    expect(defineWriter).type.toBeCallableWith({ ...base, checkpoint: (s: { n: number }) => ({ offset: s.n }), restore: (snapshot: WriterSnapshot) => ({ n: snapshot.offset }) })
+    expect(defineWriter).type.not.toBeCallableWith({ ...base, checkpoint: (s: { n: number }) => ({ size: s.n }) })
+    expect(defineWriter).type.not.toBeCallableWith({ ...base, checkpoint: (s: { n: number }) => s.n })
+    expect(defineWriter).type.not.toBeCallableWith({ ...base, restore: (snapshot: WriterSnapshot) => ({ count: snapshot.offset }) })
+  })
+
+  test('the temp-file writer has both, and an fsync option', () => {
+    expect(TmpFileWriter.checkpoint).type.not.toBe<undefined>()
+    expect(TmpFileWriter.restore!).type.toBeCallableWith({ offset: 0, path: '/tmp/upload-0' }, { dir: '/tmp', fsync: true })
+    expect(TmpFileWriter.init).type.toBeCallableWith({ dir: '/tmp', fsync: true })
+    expect(TmpFileWriter.init).type.not.toBeCallableWith({ dir: '/tmp', fsync: 'yes' })
   })
 })
 

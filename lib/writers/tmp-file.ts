@@ -7,13 +7,19 @@
 // arrive meanwhile into the next `writev`, so receiving and writing overlap. A
 // `writeChunk` waits only when more than HIGH_WATER bytes are queued for its file, or
 // its budget (shared by the files of one plugin instance) is spent, which bounds
-// memory; a failed write surfaces at the next `writeChunk` or at `close`.
+// memory; a failed write surfaces at the next `writeChunk`, at `checkpoint` or at `close`.
+//
+// `checkpoint` waits for the queued writes (and with `fsync`, for the disk), and names
+// the file and its size; `restore` reopens that file in any process, cuts it back to the
+// size and appends from there. A snapshot comes from a store, so `restore` opens only a
+// file this writer could have made: named `upload-<32 hex>`, directly in its directory, a
+// regular file of this user with no other link, never through a symbolic link.
 import { randomBytes } from 'node:crypto'
-import { close, createReadStream, open, writev } from 'node:fs'
+import { close, constants, createReadStream, fdatasync, fstat, fsync, ftruncate, open, writev, type Stats } from 'node:fs'
 import { rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
-import type { UploadWriter } from '../../types/index.js'
+import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
+import type { UploadWriter, WriterSnapshot } from '../../types/index.js'
 
 const HIGH_WATER = 256 * 1024
 /** The default budget's size: bytes queued and not yet written, across the files sharing it. */
@@ -45,6 +51,11 @@ export interface TmpFileOptions {
   /** Directory for the temp files. Default: the OS temp directory. */
   dir?: string
   /**
+   * `checkpoint` also waits for the disk (fdatasync), so a checkpointed file survives a
+   * power loss, not only the process dying. Default false.
+   */
+  fsync?: boolean
+  /**
    * Shared by the files whose unwritten bytes it bounds. Default: one budget of 64 MiB
    * for every writer used without one (the plugin passes its instance's).
    */
@@ -62,9 +73,16 @@ export interface TmpFileState {
   /** Bytes queued or being written. */
   unwritten: number
   readonly budget: TmpFileBudget
+  /** `checkpoint` waits for the disk. */
+  readonly fsync: boolean
+  /** With `fsync`: the directory's entry for the file is on disk too. */
+  entrySynced: boolean
   writing: Promise<void> | undefined
   failure: { error: unknown } | undefined
 }
+
+/** What `checkpoint` returns: the file, and the bytes in it (`offset`). */
+export type TmpFileSnapshot = { readonly path: string, readonly offset: number }
 
 export interface TmpFileMeta {
   /** Where the bytes are. Move or copy the file in the consume callback to keep it. */
@@ -102,12 +120,64 @@ async function settle (state: TmpFileState): Promise<void> {
   if (state.failure !== undefined) throw state.failure.error
 }
 
+const FILE_NAME = /^upload-[0-9a-f]{32}$/
+// No O_CREAT: the file must exist. O_APPEND: writes go after the cut. O_NOFOLLOW: a
+// symbolic link under the name is refused. O_NONBLOCK: a FIFO under the name cannot
+// hold the open (a regular file ignores it).
+const REOPEN = constants.O_WRONLY | constants.O_APPEND | constants.O_NOFOLLOW | constants.O_NONBLOCK
+
+async function syncDirectory (dir: string): Promise<void> {
+  const fd = await call<number>((done) => open(dir, constants.O_RDONLY | constants.O_DIRECTORY, done))
+  try {
+    await call<void>((done) => fsync(fd, (error) => done(error, undefined)))
+  } finally {
+    await call<void>((done) => close(fd, () => done(null, undefined)))
+  }
+}
+
+function directory (options: TmpFileOptions | undefined): string {
+  return resolve(options?.dir ?? tmpdir())
+}
+
+/** The snapshot's path, if it names a file this writer could have made in `dir`. */
+function ownPath (snapshot: WriterSnapshot, dir: string): string {
+  const { path, offset } = snapshot
+  if (typeof path !== 'string' || !isAbsolute(path) || dirname(path) !== dir || !FILE_NAME.test(basename(path))) {
+    throw new Error(`TmpFileWriter cannot restore ${JSON.stringify(path)}: not a temp file of this writer in ${dir}`)
+  }
+  if (!Number.isSafeInteger(offset) || offset < 0) {
+    throw new Error(`TmpFileWriter cannot restore ${path}: its offset ${JSON.stringify(offset)} is not a byte count`)
+  }
+  return path
+}
+
+/** Opens the file for appending after checking it is one this writer made. */
+async function reopen (path: string, offset: number): Promise<number> {
+  const fd = await call<number>((done) => open(path, REOPEN, done))
+  try {
+    const stats = await call<Stats>((done) => fstat(fd, done))
+    const user = process.geteuid?.() // the owner of the files this process creates; none on Windows
+    if (!stats.isFile() || stats.nlink !== 1 || (user !== undefined && stats.uid !== user)) {
+      throw new Error(`TmpFileWriter cannot restore ${path}: not a regular file of this user with a single link`)
+    }
+    if (stats.size < offset) {
+      throw new Error(`TmpFileWriter cannot restore ${path}: bytes were lost, the file has ${stats.size} of the ${offset} bytes its snapshot holds`)
+    }
+    await call<void>((done) => ftruncate(fd, offset, (error) => done(error, undefined)))
+    return fd
+  } catch (error) {
+    await call<void>((done) => close(fd, () => done(null, undefined)))
+    throw error
+  }
+}
+
 export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileState, TmpFileMeta> = {
   async init (options) {
-    const path = join(options?.dir ?? tmpdir(), `upload-${randomBytes(16).toString('hex')}`)
+    // An absolute path, so that a snapshot names the file whatever the restoring process's cwd.
+    const path = join(directory(options), `upload-${randomBytes(16).toString('hex')}`)
     // 'wx': fail rather than reuse an existing file; 0o600: readable by this user only
     const fd = await call<number>((done) => open(path, 'wx', 0o600, done))
-    return { path, fd, size: 0, queue: [], unwritten: 0, budget: options?.budget ?? defaultBudget, writing: undefined, failure: undefined }
+    return opened(path, fd, 0, options)
   },
 
   meta (state) {
@@ -151,5 +221,34 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
 
   read (state, call) {
     return createReadStream(state.path, { signal: call?.signal })
+  },
+
+  // Once the queued writes completed, the bytes are in the kernel's page cache, which
+  // outlives the process but not a power loss; fdatasync takes them to the disk, and
+  // once per file an fsync of the directory takes its name there (a new file's entry is
+  // not made durable by the file's own sync).
+  async checkpoint (state) {
+    await settle(state)
+    if (state.fsync) {
+      await call<void>((done) => fdatasync(state.fd, (error) => done(error, undefined)))
+      if (!state.entrySynced) {
+        await syncDirectory(dirname(state.path))
+        state.entrySynced = true
+      }
+    }
+    const snapshot: TmpFileSnapshot = { path: state.path, offset: state.size }
+    return snapshot
+  },
+
+  async restore (snapshot, options) {
+    const path = ownPath(snapshot, directory(options))
+    const fd = await reopen(path, snapshot.offset)
+    return opened(path, fd, snapshot.offset, options)
+  }
+}
+
+function opened (path: string, fd: number, size: number, options: TmpFileOptions | undefined): TmpFileState {
+  return {
+    path, fd, size, queue: [], unwritten: 0, budget: options?.budget ?? defaultBudget, fsync: options?.fsync === true, entrySynced: false, writing: undefined, failure: undefined
   }
 }
