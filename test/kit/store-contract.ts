@@ -1,9 +1,11 @@
 // The behaviour every store shares, asserted through the Store interface only: run it
 // with a factory for each store (test/stores.test.ts). A new store (Redis) passes it
 // unchanged. Time-bound behaviour (lock take-over) runs under a fake clock.
+import fc from 'fast-check'
 import type { Test } from 'tap'
 import type { HeldLock, ParkedEntry, Store, UploadRecord } from '../../lib/stores/store.js'
 import { fakeClock } from './clock.js'
+import { propertyRun } from './property.js'
 
 /** Opens a fresh, empty store for one test; the suite closes it at the test's end. */
 export type StoreFactory = (t: Test) => Promise<Store>
@@ -336,5 +338,42 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
       await next.release()
       t.same((await store.sweep(1_000)).uploads.map((u) => u.id), ['u1'], 'swept once free')
     })
+  })
+
+  t.test(`${name}: under any mix of concurrent claims, forgets, deletes and sweeps, each item reaches exactly one caller`, async (t) => {
+    const KEYS = 4
+    const op = fc.record({
+      kind: fc.constantFrom('claim', 'forget', 'delete', 'sweep'),
+      key: fc.integer({ min: 0, max: KEYS - 1 }),
+      owner: fc.constantFrom('alice', 'bob'),
+      now: fc.integer({ min: 0, max: 5 })
+    })
+    const expiries = fc.array(fc.integer({ min: 0, max: 5 }), { minLength: KEYS, maxLength: KEYS })
+    await fc.assert(fc.asyncProperty(fc.array(op, { minLength: 1, maxLength: 20 }), expiries, async (ops, expiresAt) => {
+      const store = await open(t)
+      const items: string[] = []
+      for (let key = 0; key < KEYS; key++) {
+        await store.createUpload(upload(`u${key}`, { expiresAt: expiresAt[key]! }))
+        await store.park(parked(`p${key}`, { expiresAt: expiresAt[key]! }))
+        items.push(`u${key}`, `p${key}`)
+      }
+      // What each operation was handed, all run at once.
+      const handed = await Promise.all(ops.map(async ({ kind, key, owner, now }): Promise<string[]> => {
+        if (kind === 'claim') {
+          const entry = await store.claim(`p${key}`, owner, 'POST /up file')
+          if (entry !== undefined && owner !== 'alice') throw new Error(`${owner} claimed alice's entry`)
+          return entry === undefined ? [] : [entry.ref]
+        }
+        if (kind === 'forget') return await store.forget(`p${key}`) ? [`p${key}`] : []
+        if (kind === 'delete') return await store.deleteUpload(`u${key}`) ? [`u${key}`] : []
+        const swept = await store.sweep(now)
+        for (const item of [...swept.uploads, ...swept.parked]) if (item.expiresAt > now) throw new Error(`swept before its time at ${now}: ${JSON.stringify(item)}`)
+        return [...swept.uploads.map((u) => u.id), ...swept.parked.map((p) => p.ref)]
+      }))
+      const rest = await store.sweep(Number.MAX_SAFE_INTEGER)
+      const all = [...handed.flat(), ...rest.uploads.map((u) => u.id), ...rest.parked.map((p) => p.ref)].sort()
+      if (JSON.stringify(all) !== JSON.stringify(items.sort())) throw new Error(`handed out ${JSON.stringify(all)}, expected each of ${JSON.stringify(items)} once`)
+    }), propertyRun(t, 25))
+    t.pass('each item reached exactly one caller')
   })
 }
