@@ -52,7 +52,11 @@ export class Locks {
   #askHolder (id: string, line: Line): void {
     const head = line.waiters[0]!
     head.timer = setTimeout(() => this.#handOver(id, line), head.timeout)
-    line.holder.onStopRequested()
+    try {
+      line.holder.onStopRequested()
+    } catch {
+      // Its failure is the holder's own: like a holder that does not answer, it is left to the timeout.
+    }
   }
 
   /** The first waiter takes the lock (released, or its holder presumed dead); the next asks it to stop. */

@@ -203,6 +203,18 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
       await (await third.lock).release()
     })
 
+    t.test('a holder whose onStopRequested throws is left to the timeout; the waiter is not hurt by it', async (t) => {
+      const clock = fakeClock(t)
+      const store = await open(t)
+      const broken = await store.lock('u1', () => { throw new Error('the holder\'s stop failed') }, LOCK_TIMEOUT)
+      const waiter = request(store, 'u1', 1_000)
+      await clock.tickAsync(999)
+      t.equal(waiter.granted(), undefined)
+      await clock.tickAsync(1)
+      t.ok((await waiter.lock).token > broken.token)
+      await (await waiter.lock).release()
+    })
+
     t.test('waiters are served in order: each asks the holder before it to stop, once', async (t) => {
       const clock = fakeClock(t)
       const store = await open(t)
