@@ -3,11 +3,14 @@
 // written under, and finished entries parked until a request claims them by ref.
 //
 // Every method is async and every value is JSON: a store hands out copies, never objects
-// it keeps, so a remote store (Redis) behaves as the in-process ones do. A new store
-// implements `Store` and runs test/kit/store-contract.ts; it keeps records by id and ref,
-// grants locks with a fencing token it also checks on `updateUpload` (so a holder that
-// lost its lock cannot move an offset), and removes whatever it hands out (claim, sweep)
-// atomically, so each item reaches exactly one caller.
+// it keeps, so a remote store behaves as the in-process ones do. A new store implements
+// `Store` and passes test/kit/store-contract.ts unchanged. It keeps records by id and
+// parked entries by ref; grants locks with a fencing token it also checks on
+// `updateUpload` (so a holder that lost its lock cannot move an offset); and removes what
+// it hands out (claim, sweep) atomically, so each item reaches exactly one caller. A
+// RedisStore, say: records as keys created with SET NX, updates and claims as scripts that
+// compare and write in one step, locks as keys holding the token with the timeout as their
+// lease, stop requests to the holder over pub/sub.
 
 import { StaleUpdateError } from '../errors.js'
 
