@@ -15,7 +15,7 @@
 import { StaleUpdateError } from '../errors.js'
 
 /** A JSON value: what a store can keep (and what a writer's snapshot must be). */
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json }
+export type Json = null | boolean | number | string | readonly Json[] | { readonly [key: string]: Json }
 
 /** A resumable upload between requests. */
 export interface UploadRecord {
