@@ -83,6 +83,10 @@ export const MethodNotAllowedError = codedError('FST_CHUNKED_UPLOAD_METHOD_NOT_A
 export const ConcatReadError = codedError('FST_CHUNKED_UPLOAD_CONCAT_READ', 'Partial upload %s could not be read: the final upload ended', 500)
 export const BadOwnerError = codedError('FST_CHUNKED_UPLOAD_BAD_OWNER', 'The owner option must return a string, or undefined for nobody (it returned a %s)', 500)
 export const AlreadyRegisteredError = codedError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
+export const UploadExistsError = codedError('FST_CHUNKED_UPLOAD_STORE_EXISTS', 'Upload %s is already in the store', 409)
+export const StaleUpdateError = codedError('FST_CHUNKED_UPLOAD_STALE_UPDATE', 'Upload %s was not updated: %s', 409)
+export const StoreInUseError = codedError('FST_CHUNKED_UPLOAD_STORE_IN_USE', 'Store directory %s is in use by process %s: give each running process its own directory', 500)
+export const CorruptRecordError = codedError('FST_CHUNKED_UPLOAD_STORE_CORRUPT', 'Store file %s could not be read (%s): it was set aside as %s', 500)
 
 /** A refusal by the route's `validate`: the entry code is the one the check returned. */
 export function invalidEntry (clientName: string, uploadName: string, uploadCode: string): EntryFailure {
