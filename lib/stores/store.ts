@@ -13,9 +13,10 @@
 // lease, stop requests to the holder over pub/sub.
 
 import { StaleUpdateError } from '../errors.js'
+import type { JsonValue } from '../../types/index.js'
 
-/** A JSON value: what a store can keep (and what a writer's snapshot must be). */
-export type Json = null | boolean | number | string | readonly Json[] | { readonly [key: string]: Json }
+/** A JSON value: what a store can keep, the same type a writer's snapshot is made of. */
+export type Json = JsonValue
 
 /** A resumable upload between requests. */
 export interface UploadRecord {
