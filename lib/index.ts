@@ -142,6 +142,8 @@ export function defineWriter<Options, State, Meta> (impl: UploadWriter<Options, 
 export { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 export type { TmpFileMeta, TmpFileOptions, TmpFileSnapshot, TmpFileState } from './writers/tmp-file.js'
 export { MemoryWriter } from './writers/memory.js'
+export { moveFile } from './move-file.js'
+export type { MoveFileOptions } from './move-file.js'
 export type { MemoryMeta, MemoryState } from './writers/memory.js'
 export * as errors from './errors.js'
 export type * from '../types/index.js'
