@@ -27,7 +27,7 @@ const { url } = await startApp(t, (app) => {
   // README's Usage route, with writers that keep the bytes in memory.
   app.post('/profile', {
     allowUpload: {
-      avatar: { accept: ['.png', '.jpg', 'image/webp'], maxFileSize: 8_000_000, writer: () => [MemoryWriter, {}] },
+      avatar: { accept: ['image/png', 'image/jpeg', 'image/webp', '.png', '.jpg'], maxFileSize: 8_000_000, writer: () => [MemoryWriter, {}] },
       docs: { accept: ['application/pdf'], maxEntries: 5, writer: () => [MemoryWriter, {}] }
     }
   }, async (request) => {

@@ -1,9 +1,9 @@
 // HTML forms as browsers send them: a file input left empty is a part with
 // `filename=""`, application/octet-stream and no bytes. It is no file: no entry, no
 // writer, not counted toward maxEntries. A chosen empty file (a name, no bytes) is one.
-import { rename } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
+import { moveFile } from '../lib/index.js'
 import { Recorder, bytes, eventually, multipart, rawSocket, sha256, startApp, stillServes, strayFiles, tmpDirFor, type Part } from './kit/index.js'
 
 const BOUNDARY = '----WebKitFormBoundary5jPtQnKYGhXScnMN'
@@ -38,17 +38,13 @@ t.test("README's profile form as pasted: with only one of its two file inputs ch
     // README's Usage example, unchanged but for where the avatar is kept.
     app.post('/profile', {
       allowUpload: {
-        avatar: { accept: ['.png', '.jpg', 'image/webp'], maxFileSize: 8_000_000 },
+        avatar: { accept: ['image/png', 'image/jpeg', 'image/webp', '.png', '.jpg'], maxFileSize: 8_000_000 },
         docs: { accept: ['application/pdf'], maxEntries: 5 }
       }
     }, async (request) => {
-      const [avatar] = await request.uploads.consume('avatar', async (meta: { path: string }, entry) => {
-        const path = join(kept, entry.ref)
-        await rename(meta.path, path)
-        return path
-      })
+      const [avatar] = await request.uploads.consume('avatar', (meta: { path: string }, entry) => moveFile(meta.path, join(kept, entry.ref)))
       const docs = await request.uploads.consume('docs', (_meta, entry) => entry.clientName)
-      return { avatar, docs, name: (request.body as { name: string }).name }
+      return { avatar, docs, name: (request.body as { name?: string } | undefined)?.name }
     })
   }, { tmpDir: dir })
 
