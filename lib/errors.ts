@@ -21,7 +21,7 @@ function codedError<C extends string, const M extends string, S extends number> 
 
 /** `codedError`, for an error that can end an entry: its instances carry `uploadCode`. */
 function entryError<C extends string, const M extends string, S extends number> (code: C, message: M, statusCode: S, uploadCode: string) {
-  const constructor = createError<C, S, Args<M>>(code, message, statusCode)
+  const constructor = codedError(code, message, statusCode)
   // Writable, so a transport may still say better on one instance (see `asFailure`).
   Object.defineProperty(constructor.prototype, 'uploadCode', { value: uploadCode, writable: true, configurable: true })
   // The one cast: the property set just above, which createError's type cannot know.

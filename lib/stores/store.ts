@@ -15,9 +15,6 @@
 import { StaleUpdateError } from '../errors.js'
 import type { JsonValue } from '../../types/index.js'
 
-/** A JSON value: what a store can keep, the same type a writer's snapshot is made of. */
-export type Json = JsonValue
-
 /** A resumable upload between requests. */
 export interface UploadRecord {
   id: string
@@ -32,7 +29,7 @@ export interface UploadRecord {
   metadata: string | undefined
   concat: 'partial' | 'final' | undefined
   /** What the writer needs to continue or discard the upload, opaque to the store. */
-  snapshot: Json
+  snapshot: JsonValue
   createdAt: number
   expiresAt: number
 }
@@ -46,9 +43,9 @@ export interface ParkedEntry {
   owner: string | undefined
   configKey: string
   /** The writer's meta: what a consumer gets. */
-  meta: Json
+  meta: JsonValue
   /** What the writer needs to read or discard the stored bytes. */
-  snapshot: Json
+  snapshot: JsonValue
   expiresAt: number
 }
 
@@ -163,4 +160,4 @@ function optional<T> (value: Record<string, unknown>, name: string, is: (v: unkn
 function isString (v: unknown): v is string { return typeof v === 'string' }
 function isCount (v: unknown): v is number { return Number.isSafeInteger(v) && (v as number) >= 0 }
 /** Anything JSON.parse gave, but for a missing field. */
-function isJson (v: unknown): v is Json { return v !== undefined }
+function isJson (v: unknown): v is JsonValue { return v !== undefined }
