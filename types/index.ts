@@ -201,6 +201,11 @@ export interface ChunkedUploadOptions {
    * keeps them in this process only. A store given here is the app's to close.
    */
   store?: Store
+  /**
+   * Checkpoints of the plugin's temp files, and the default store's records, also wait for
+   * the disk: a saved offset survives a power loss, not only the process dying. Default false.
+   */
+  fsync?: boolean
   /** Defaults for every `allowUpload` config of the routes in this scope. */
   defaults?: Partial<UploadConfig>
   /** Most text fields in one multipart request. Default 1000. */
