@@ -64,6 +64,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     tmpFiles,
     /** Channels and resumable endpoints, one per path (and constraints). */
     derived: new DerivedRoutes(routerMatching(fastify)),
+    abandonRecord: async (record) => await sweeper.abandon(record),
     bodyHookLast: (route, hook) => { bodyHooks.push({ route, hook, count: hookList(route.preParsing).length }) }
   }
   let transports: Transport[]

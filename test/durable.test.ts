@@ -2,7 +2,7 @@
 // the store), another starts on the same tmpDir (or store) and goes on from the offset the
 // last checkpoint saved. Real sockets, real files; the writers are the temp-file writer,
 // wrapped to journal its calls. Restarts of a real process (kill -9) are restart.test.ts.
-import { readFile, rm, writeFile } from 'node:fs/promises'
+import { readFile, truncate, writeFile } from 'node:fs/promises'
 import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
@@ -175,21 +175,21 @@ t.test('a record is for its owner and its route only: anyone else gets 404, and 
   t.equal((await send(`${second.endpoint}/${id}`, 'HEAD', { ...TUS, 'x-user': 'alice' })).headers['upload-offset'], '0', 'its owner continues it')
 })
 
-t.test('a record whose file is gone cannot be restored: 410 saying so, a log line, the record removed (then 404)', async (t) => {
+t.test('a record whose bytes were lost cannot be restored: 410 saying so, a log line, the record and the file removed', async (t) => {
   const dir = await tmpDirFor(t)
   const first = await serve(t, { tmpDir: dir })
   const id = await create(first, 10)
   t.equal((await patch(first, id, 0, bytes(5))).status, 204)
   await first.app.close()
   const [file] = await tempFiles(dir)
-  await rm(`${dir}/${file!}`)
+  await truncate(`${dir}/${file!}`, 2)
   const second = await serve(t, { tmpDir: dir })
   const gone = await patch(second, id, 5, bytes(5))
   t.equal(gone.status, 410)
   t.match(gone.json, { code: 'FST_CHUNKED_UPLOAD_GONE', message: /its writer failed/ })
   t.ok(second.logs.some((line) => line.level === 50 && /could not be restored/.test(line.msg) && line.ref === id), 'logged, with its ref')
   t.equal((await head(second, id)).status, 410, 'remembered here')
-  t.same(await strayFiles(dir), [], 'its record is gone')
+  t.same(await strayFiles(dir), [], 'its record and its file are gone')
 })
 
 t.test('a route whose writer changed to one without restore: its kept uploads cannot go on (410)', async (t) => {
@@ -345,7 +345,7 @@ t.test('at start, expired records go (their temp files with them) and temp files
   t.ok(second.logs.some((line) => /removed temp files a previous run left behind/.test(line.msg) && line.files === 1))
 })
 
-t.test('the sweep: an expired record of the plugin\'s writer is restored and cancelled (its file removed); another writer\'s is logged and left', async (t) => {
+t.test('the sweep: an expired record of the plugin\'s writer goes with its file; another writer\'s is logged and left', async (t) => {
   const dir = await tmpDirFor(t)
   const store = new MemoryStore()
   const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir }]
@@ -359,7 +359,10 @@ t.test('the sweep: an expired record of the plugin\'s writer is restored and can
   await store.createUpload({ ...record, id: 'own' })
   await store.createUpload({ ...record, id: 'custom', configKey: custom.get('b')!.key, snapshot: { offset: 3, key: 'x' } })
   await store.createUpload({ ...record, id: 'later', expiresAt: 500 })
-  await store.createUpload({ ...record, id: 'lost', snapshot: { offset: 3, path: `${dir}/upload-${'b'.repeat(32)}` } })
+  const elsewhere = await tmpDirFor(t)
+  const foreign = `${elsewhere}/upload-${'b'.repeat(32)}`
+  await writeFile(foreign, 'not in the writer\'s directory')
+  await store.createUpload({ ...record, id: 'foreign', snapshot: { offset: 3, path: foreign } })
   const warnings: Array<{ obj: any, msg: string }> = []
   const log = { warn: (obj: any, msg: string) => warnings.push({ obj, msg }), info () {}, error () {} } as never
   const sweeper = new Sweeper({ store, configs, defaultWriter, tmpFiles: { dir }, log })
@@ -368,10 +371,11 @@ t.test('the sweep: an expired record of the plugin\'s writer is restored and can
   t.same(await strayFiles(dir), [], 'the plugin\'s writer removed its file')
   warnings.sort((x, y) => String(x.obj.ref).localeCompare(String(y.obj.ref)))
   t.match(warnings, [
-    { obj: { ref: 'custom', snapshot: { key: 'x' } }, msg: /its writer was not told/ },
-    { obj: { ref: 'lost' }, msg: /temp file could not be removed/ }
+    { obj: { ref: 'custom', snapshot: { key: 'x' } }, msg: /ended without its writer, which was not told/ },
+    { obj: { ref: 'foreign', err: { message: /cannot restore .*not a temp file of this writer/ } }, msg: /temp file of an ended resumable upload could not be removed/ }
   ])
   t.equal(warnings.length, 2)
+  t.equal(await readFile(foreign, 'utf8'), 'not in the writer\'s directory', 'a file it did not make is never removed')
 })
 
 t.test('the periodic sweep runs every minute while the app runs, and stops at close', async (t) => {
@@ -387,7 +391,7 @@ t.test('the periodic sweep runs every minute while the app runs, and stops at cl
   await clock.tickAsync(1)
   t.ok(await eventually(async () => (await store.getUpload('elsewhere')) === undefined), 'swept after a minute')
   t.ok(await store.getUpload(id), 'a live upload is not swept')
-  t.ok(server.logs.some((line) => line.ref === 'elsewhere' && /its writer was not told/.test(line.msg)))
+  t.ok(server.logs.some((line) => line.ref === 'elsewhere' && /ended without its writer/.test(line.msg)))
   await server.app.close()
   await store.createUpload({ ...(await store.getUpload(id))!, id: 'after', configKey: 'POST /gone {} file', snapshot: { offset: 0 }, expiresAt: 1 })
   await clock.tickAsync(SWEEP_INTERVAL)

@@ -72,6 +72,7 @@ async function restoreUpload (context: EndpointContext, request: FastifyRequest,
     registry.release(slot)
     request.log.error({ err: error, ref: record.id }, 'resumable upload could not be restored: its record is removed')
     await settings.store.deleteUpload(record.id)
+    await settings.abandonRecord(record)
     registry.remember(record.id, 'failed')
     return 'failed'
   }
