@@ -554,3 +554,77 @@ t.test('fsync: true, for a power loss too: uploads are kept and continued as wit
   t.teardown(() => app.close())
   await t.rejects(async () => await app.register(chunkedUpload, { fsync: 'yes' as unknown as boolean }), { code: 'FST_CHUNKED_UPLOAD_INVALID_CONFIG', message: /"fsync"/ })
 })
+
+t.test('restored after its expiry (it expired since the last sweep): it ends at once, 410 expired, its writer cancelled and its file removed', async (t) => {
+  const clock = fakeClock(t)
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const first = await serve(t, { tmpDir: dir, resumableExpiry: 30_000 }, journaled(journal, filesDir(dir)))
+  const id = await create(first, 10)
+  await first.app.close()
+  const second = await serve(t, { tmpDir: dir, resumableExpiry: 30_000 }, journaled(journal, filesDir(dir)))
+  // Past its expiry, before the next sweep (every minute).
+  await clock.tickAsync(31_000)
+  const gone = await patch(second, id, 0, bytes(3))
+  t.equal(gone.status, 410)
+  t.match(gone.json, { message: /it expired/ })
+  t.same(journal.slice(-2), ['restore 0', 'close cancel'])
+  t.same(await strayFiles(dir), [], 'its record and file are gone')
+})
+
+t.test('a shutdown that begins while an upload is restored: 503, the writer lets go (last checkpoint) and the record stays for the next app', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const first = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir)))
+  const id = await create(first, 6)
+  t.equal((await patch(first, id, 0, bytes(2))).status, 204)
+  await first.app.close()
+  const gate = barrier()
+  const reached = barrier()
+  const second = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    restore: async (snapshot, options, call) => {
+      journal.push(`restore ${snapshot.offset}`)
+      reached.open()
+      await gate.wait
+      return await TmpFileWriter.restore!(snapshot, options, call)
+    }
+  }))
+  const asking = head(second, id)
+  await reached.wait
+  const closing = second.app.close()
+  await until('the shutdown to begin', () => second.app.server.listening ? undefined : true)
+  gate.open()
+  t.equal((await asking).status, 503)
+  await closing
+  t.same(journal.slice(-2), ['restore 2', 'checkpoint 2 last'], 'no close: it is kept')
+  const third = await serve(t, { tmpDir: dir })
+  t.equal((await head(third, id)).headers['upload-offset'], '2', 'the next app goes on')
+})
+
+/** A MemoryStore whose record deletions wait for `gate` while it is set. */
+class SlowDeleteStore extends MemoryStore {
+  gate: Promise<void> | undefined
+  override async deleteUpload (id: string): Promise<boolean> {
+    await this.gate
+    return await super.deleteUpload(id)
+  }
+}
+
+t.test('another holder asks for the lock of an upload that is ending: it ends (nothing saved), and the lock is granted once its record is gone', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const store = new SlowDeleteStore()
+  const server = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const id = await create(server, 8)
+  const gate = barrier()
+  store.gate = gate.wait
+  t.equal((await send(`${server.endpoint}/${id}`, 'DELETE', TUS)).status, 204)
+  let granted = false
+  const locking = store.lock(id, () => {}, 60_000).then((lock) => { granted = true; return lock })
+  await until('the record deletion to wait', () => journal.at(-1) === 'close cancel' ? true : undefined)
+  t.notOk(granted, 'held while its record is removed')
+  gate.open()
+  await (await locking).release()
+  t.same(journal, ['init', 'checkpoint 0', 'close cancel'], 'no checkpoint for an upload that ended')
+  t.equal(await store.getUpload(id), undefined)
+})
