@@ -50,7 +50,8 @@ const CONTENDERS = [
   { id: 'bare-read', name: 'bare Fastify route: read the body, 204', server: 'bare-pipe.js', kind: 'bare', path: '/patch/read' },
   { id: 'bare-append', name: 'bare Fastify route: read the body, append it to an open file, 204', server: 'bare-pipe.js', kind: 'bare', path: '/patch/append' },
   // The plugin's endpoint with its durable default store (each PATCH checkpointed and its
-  // record rewritten, in the server's own tmpDir) and with a MemoryStore (nothing recorded).
+  // record rewritten, in the server's own tmpDir) and with a MemoryStore (still
+  // checkpointed, the record kept in memory): their difference is the store's file I/O.
   { id: 'chunked-upload-tus', name: 'fastify-chunked-upload resumable (temp-file writer, durable default store)', server: 'chunked-upload.js', env: { BENCH_RESUMABLE: '1' }, kind: 'tus', endpoint: '/upload/tus' },
   { id: 'chunked-upload-tus-memory', name: 'fastify-chunked-upload resumable (temp-file writer, MemoryStore)', server: 'chunked-upload.js', env: { BENCH_RESUMABLE: '1', BENCH_STORE: 'memory' }, kind: 'tus', endpoint: '/upload/tus' },
   { id: 'tus-server', name: '@tus/server 2 + FileStore in Fastify', server: 'tus-server.js', kind: 'tus', endpoint: '/files' }

@@ -45,7 +45,8 @@ const CONTENDERS = [
   // where a variant differs from the one-PATCH one (B's 4 MiB uploads are one PATCH anyway).
   // The plugin runs with its durable default store (a FileStore in the server's own
   // tmpDir: every PATCH checkpointed and recorded) and, as `-memory`, with a MemoryStore
-  // (BENCH_STORE=memory: nothing recorded); `memory` names the latter's twin.
+  // (BENCH_STORE=memory: still checkpointed, the record kept in memory); `memory` names
+  // the latter's twin.
   { id: 'chunked-upload-tus', name: 'fastify-chunked-upload resumable (tus, one PATCH, durable default store)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: Infinity }, pair: 'tus-server', memory: 'chunked-upload-tus-memory' },
   { id: 'chunked-upload-tus-8m', name: 'fastify-chunked-upload resumable (tus, 8 MiB PATCHes, durable default store)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: 8 * MiB }, pair: 'tus-server-8m', memory: 'chunked-upload-tus-memory-8m', scenarios: ['A'] },
   { id: 'chunked-upload-tus-memory', name: 'fastify-chunked-upload resumable (tus, one PATCH, MemoryStore)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1', BENCH_STORE: 'memory' }, tus: { endpoint: '/upload/tus', chunkSize: Infinity }, pair: 'tus-server' },

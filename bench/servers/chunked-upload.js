@@ -14,8 +14,9 @@
 // The plugin's tmpDir is a fresh directory this process owns (removed on exit), so its
 // default store (a FileStore in <tmpDir>/fastify-chunked-upload, claimed with a pid file)
 // never meets another server's. BENCH_STORE=memory passes `store: new MemoryStore()`
-// instead: nothing recorded, temp files straight in tmpDir. A build without stores (a
-// BENCH_BASELINE from before them) keeps everything in memory anyway, and gets no option.
+// instead: records kept in memory (each PATCH still checkpointed), temp files straight
+// in tmpDir. A build without stores (a BENCH_BASELINE from before them) keeps everything
+// in memory anyway, and gets no option.
 import { stat } from 'node:fs/promises'
 import Fastify from 'fastify'
 import { MAX_FILE_SIZE, makeTmpDir, serve } from './common.js'
