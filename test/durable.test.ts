@@ -311,7 +311,7 @@ t.test('two apps on one tmpDir at once: the second fails to start with STORE_IN_
   const first = await serve(t, { tmpDir: dir })
   const second = Fastify()
   t.teardown(() => second.close())
-  await t.rejects(async () => await second.register(chunkedUpload, { tmpDir: dir }), { code: 'FST_CHUNKED_UPLOAD_STORE_IN_USE', message: /give each running process its own tmpDir/ })
+  await t.rejects(async () => await second.register(chunkedUpload, { tmpDir: dir }), { code: 'FST_CHUNKED_UPLOAD_STORE_IN_USE', message: /give each running process, and each plugin instance in one, its own tmpDir/ })
   t.equal((await send(first.endpoint, 'POST', { ...TUS, 'upload-length': 1 })).status, 201)
 })
 
@@ -413,4 +413,140 @@ t.test('a partial upload (concatenation) kept at shutdown goes on in the next ap
   t.same((await claim(second, id)).json, [{ size: 6, sha256: sha256(Buffer.from('abcdef')) }])
   t.equal((await head(second, b)).status, 404, 'a complete partial does not outlive its app')
   t.same(await strayFiles(dir), [], 'nothing left')
+})
+
+/** A promise and the function that settles it: a barrier the test opens. */
+function barrier (): { wait: Promise<void>, open: () => void } {
+  let open!: () => void
+  const wait = new Promise<void>((resolve) => { open = resolve })
+  return { wait, open }
+}
+
+t.test('a shutdown that begins while a creation makes its record: the creation answers 503, and neither its record nor its file stays', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const gate = barrier()
+  const reached = barrier()
+  const server = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    checkpoint: async (state, info) => {
+      reached.open()
+      await gate.wait
+      return await TmpFileWriter.checkpoint!(state, info)
+    }
+  }))
+  const creating = send(server.endpoint, 'POST', { ...TUS, 'upload-length': 10 })
+  await reached.wait
+  const closing = server.app.close()
+  // The shutdown has begun (preClose ran) once new requests are refused.
+  await until('the shutdown to begin', () => server.app.server.listening ? undefined : true)
+  gate.open()
+  t.equal((await creating).status, 503)
+  await closing
+  t.same(journal.slice(-1), ['close cancel'], 'its writer is cancelled')
+  t.same(await strayFiles(dir), [], 'no record, no file')
+})
+
+t.test('a creation whose first checkpoint fails: 500, its writer closed with the error, no record and no file', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const server = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    checkpoint: async () => { throw new Error('no room for it') }
+  }))
+  const created = await send(server.endpoint, 'POST', { ...TUS, 'upload-length': 10 })
+  t.equal(created.status, 500)
+  t.match(created.json, { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.same(journal, ['init', 'close error'])
+  t.same(await strayFiles(dir), [], 'no record, no file')
+  t.equal((await send(server.endpoint, 'POST', { ...TUS, 'upload-length': 10 })).status, 500, 'its slot is free for the next')
+})
+
+/** A MemoryStore whose lock fails while `failing` is set. */
+class UnlockableStore extends MemoryStore {
+  failing = false
+  override async lock (...args: Parameters<Store['lock']>): ReturnType<Store['lock']> {
+    if (this.failing) throw new Error('lock service unreachable')
+    return await super.lock(...args)
+  }
+}
+
+t.test('an upload whose lock cannot be taken when it is restored: the request fails, the writer lets go (last checkpoint), the record stays for later', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const store = new UnlockableStore()
+  const first = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const id = await create(first, 6)
+  t.equal((await patch(first, id, 0, bytes(3))).status, 204)
+  await first.app.close()
+  const second = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  store.failing = true
+  t.equal((await head(second, id)).status, 500)
+  t.same(journal.slice(-2), ['restore 3', 'checkpoint 3 last'], 'restored, then let go without a close')
+  store.failing = false
+  t.equal((await head(second, id)).headers['upload-offset'], '3', 'a later request continues it')
+  t.equal((await patch(second, id, 3, bytes(3, 2))).status, 204)
+  t.same(journal.slice(-1), ['close done'])
+})
+
+t.test('a checkpoint that outlives writerTimeout fails the upload at once; its close follows when it settles', async (t) => {
+  const clock = fakeClock(t)
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const hang = barrier()
+  const hanging = barrier()
+  t.teardown(hang.open)
+  let hangs = false
+  const server = await serve(t, { tmpDir: dir, defaults: { writerTimeout: 1000 } }, journaled(journal, filesDir(dir), {
+    checkpoint: async (state, info) => {
+      if (hangs) {
+        hanging.open()
+        await hang.wait
+      }
+      const snapshot = await TmpFileWriter.checkpoint!(state, info)
+      journal.push(`checkpoint ${snapshot.offset}`)
+      return snapshot
+    }
+  }))
+  const id = await create(server, 10)
+  hangs = true
+  const patching = patch(server, id, 0, bytes(5))
+  await hanging.wait
+  await clock.tickAsync(1000)
+  const failed = await patching
+  t.equal(failed.status, 500)
+  t.match(failed.json, { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.same(journal, ['init', 'checkpoint 0'], 'no close while the checkpoint runs')
+  hang.open()
+  await until('the late close', () => journal.at(-1) === 'close error' ? true : undefined)
+  t.same(journal, ['init', 'checkpoint 0', 'checkpoint 5', 'close error'], 'closed once, after it settled')
+})
+
+t.test('a damaged record: set aside with a log line at start, its upload cannot go on (404), the server runs, its file is removed', async (t) => {
+  const dir = await tmpDirFor(t)
+  const first = await serve(t, { tmpDir: dir })
+  const id = await create(first, 10)
+  await first.app.close()
+  const [record] = (await strayFiles(dir)).filter((path) => path.endsWith('.json'))
+  await writeFile(`${dir}/${record!}`, '{"id": "truncated')
+  const second = await serve(t, { tmpDir: dir })
+  t.ok(second.logs.some((line) => line.level === 50 && /damaged upload record was set aside/.test(line.msg) && line.err?.code === 'FST_CHUNKED_UPLOAD_STORE_CORRUPT'), 'logged')
+  t.equal((await head(second, id)).status, 404)
+  t.same(await tempFiles(dir), [], 'its file went with the leftovers')
+  t.same((await strayFiles(dir)).map((path) => path.endsWith('.json.corrupt')), [true], 'the damaged record is kept aside for a look')
+  t.equal((await send(second.endpoint, 'POST', { ...TUS, 'upload-length': 1 })).status, 201, 'the server runs')
+})
+
+t.test('fsync: true, for a power loss too: uploads are kept and continued as without it', async (t) => {
+  const dir = await tmpDirFor(t)
+  const data = bytes(5000, 9)
+  const first = await serve(t, { tmpDir: dir, fsync: true })
+  const id = await create(first, data.length)
+  t.equal((await patch(first, id, 0, data.subarray(0, 2000))).status, 204)
+  await first.app.close()
+  const second = await serve(t, { tmpDir: dir, fsync: true })
+  t.equal((await head(second, id)).headers['upload-offset'], '2000')
+  t.equal((await patch(second, id, 2000, data.subarray(2000))).status, 204)
+  t.same((await claim(second, id)).json, [{ size: data.length, sha256: sha256(data) }])
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await t.rejects(async () => await app.register(chunkedUpload, { fsync: 'yes' as unknown as boolean }), { code: 'FST_CHUNKED_UPLOAD_INVALID_CONFIG', message: /"fsync"/ })
 })

@@ -49,7 +49,7 @@ export interface Services {
   /** Upload state kept between requests and processes: durable resumable uploads' records. */
   readonly store: Store
   /** The temp-file writer's directory, and the bytes handed to its files and not yet on disk. */
-  readonly tmpFiles: { readonly dir: string, readonly budget: TmpFileBudget }
+  readonly tmpFiles: { readonly dir: string, readonly budget: TmpFileBudget, readonly fsync: boolean }
   /** Routes derived from upload routes, one per path and constraints. */
   readonly derived: DerivedRoutes
   /** A route's preParsing hook that takes its body: checked, once ready, to be still the last. */

@@ -81,9 +81,11 @@ async function restoreUpload (context: EndpointContext, request: FastifyRequest,
   try {
     await registry.add(upload, true)
   } catch (error) {
+    // Not taken here (its lock could not be had, or the server began shutting down): the
+    // writer lets go (its last call here), and the record stays for whoever continues it.
     upload.stopTimers()
     registry.release(slot)
-    await entry.cancel(asFailure(error))
+    await entry.checkpoint(true).catch(() => {})
     throw error
   }
   // Restored past its time: it ends now (its writer cancelled, so it cleans up).
