@@ -9,15 +9,22 @@
 // order: a new writer in a fresh directory under BENCH_DIR (default os.tmpdir(), the
 // plugin's default tmpDir), a first checkpoint (so N = 0 is the fixed cost of a
 // checkpoint with nothing new), then N MiB in 64 KiB chunks, each `writeChunk` awaited
-// as the plugin does (timed: "write"), then one checkpoint (timed: "checkpoint"). The
-// file is discarded after each measurement. Medians over BENCH_RUNS (11) rounds, min–max
+// as the plugin does (timed: "write"), then one checkpoint (timed: "checkpoint"), then
+// the upload's record rewritten with that snapshot in a FileStore (timed: "record"), as
+// the plugin's durable default store does after each PATCH's checkpoint: one store per
+// mode (`fsync` as the writer's), in its own directory. The file and the record are
+// discarded after each measurement. Medians over BENCH_RUNS (11) rounds, min–max
 // beside them (a round takes a few tenths of a second); every measurement goes to bench/results/checkpoint-cost.json (or BENCH_OUT).
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { performance } from 'node:perf_hooks'
 import { fileURLToPath } from 'node:url'
-import { TmpFileWriter } from '../dist/lib/index.js'
+import * as lib from '../dist/lib/index.js'
+
+const { TmpFileWriter } = lib
+// The public export once the plugin has one, else the module itself.
+const { FileStore } = lib.FileStore === undefined ? await import('../dist/lib/stores/file.js') : lib
 
 const here = dirname(fileURLToPath(import.meta.url))
 const env = process.env
@@ -33,11 +40,22 @@ process.on('exit', () => rmSync(dir, { recursive: true, force: true }))
 const source = Buffer.alloc(MIB)
 for (let i = 0; i < source.length; i++) source[i] = (i * 2654435761) >>> 24
 
-/** One measurement: ms to write `mib` MiB, and ms for the checkpoint after them. */
-async function measure (mib, fsync) {
+const stores = Object.fromEntries(await Promise.all(MODES.map(async (mode) =>
+  [mode.id, await FileStore.open({ dir: join(dir, `store-${mode.id}`), fsync: mode.fsync })])))
+let records = 0
+
+/** One measurement: ms to write `mib` MiB, for the checkpoint after them, and for the record of it. */
+async function measure (mib, mode) {
+  const { fsync } = mode
+  const store = stores[mode.id]
   let state = await TmpFileWriter.init({ dir, fsync })
+  const id = `u${++records}`
+  let lock
   try {
-    await TmpFileWriter.checkpoint(state)
+    const first = await TmpFileWriter.checkpoint(state)
+    const now = Date.now()
+    await store.createUpload({ id, configKey: 'bench', owner: undefined, length: undefined, offset: 0, metadata: undefined, concat: undefined, snapshot: first, createdAt: now, expiresAt: now + 3_600_000 })
+    lock = await store.lock(id, () => {}, 60_000)
     const t0 = performance.now()
     for (let written = 0; written < mib * MIB; written += CHUNK) {
       // A fresh view per chunk, as the plugin hands over: the writer keeps it until written.
@@ -46,9 +64,13 @@ async function measure (mib, fsync) {
     const t1 = performance.now()
     const snapshot = await TmpFileWriter.checkpoint(state)
     const t2 = performance.now()
+    await store.updateUpload(id, { offset: 0, token: lock.token }, { offset: snapshot.offset, snapshot })
+    const t3 = performance.now()
     if (snapshot.offset !== mib * MIB) throw new Error(`checkpoint counted ${snapshot.offset} bytes of ${mib * MIB}`)
-    return { writeMs: t1 - t0, checkpointMs: t2 - t1 }
+    return { writeMs: t1 - t0, checkpointMs: t2 - t1, recordMs: t3 - t2 }
   } finally {
+    await lock?.release()
+    await store.deleteUpload(id)
     await TmpFileWriter.close(state, 'cancel')
   }
 }
@@ -64,9 +86,9 @@ const cells = SIZES.flatMap((mib) => MODES.map((mode) => ({ mib, mode })))
 for (let run = 0; run < RUNS; run++) {
   const order = cells.map((_, i) => cells[(i + run) % cells.length])
   for (const { mib, mode } of order) {
-    const result = await measure(mib, mode.fsync)
+    const result = await measure(mib, mode)
     results.push({ mib, mode: mode.id, run, ...result })
-    process.stderr.write(`run ${run + 1}/${RUNS} ${mib} MiB ${mode.id}: write ${result.writeMs.toFixed(1)} ms, checkpoint ${result.checkpointMs.toFixed(3)} ms\n`)
+    process.stderr.write(`run ${run + 1}/${RUNS} ${mib} MiB ${mode.id}: write ${result.writeMs.toFixed(1)} ms, checkpoint ${result.checkpointMs.toFixed(3)} ms, record ${result.recordMs.toFixed(3)} ms\n`)
   }
 }
 
@@ -80,15 +102,18 @@ const rows = SIZES.map((mib) => {
   const plain = summary(mib, 'plain', 'checkpointMs')
   const fsync = summary(mib, 'fsync', 'checkpointMs')
   const write = summary(mib, 'plain', 'writeMs')
-  return { mib, write, plain, fsync }
+  const record = summary(mib, 'plain', 'recordMs')
+  const recordFsync = summary(mib, 'fsync', 'recordMs')
+  return { mib, write, plain, fsync, record, recordFsync }
 })
+await Promise.all(Object.values(stores).map(async (store) => await store.close()))
 
-console.log(`\nOne TmpFileWriter checkpoint after N MiB written since the previous one; dir ${dir.slice(0, dir.lastIndexOf('/'))}; medians of ${RUNS} (min–max), ms\n`)
-console.log('| N MiB | writing the N MiB | checkpoint | checkpoint with fsync | fsync: MiB/s to disk |')
-console.log('|---:|---:|---:|---:|---:|')
-for (const { mib, write, plain, fsync } of rows) {
+console.log(`\nOne TmpFileWriter checkpoint after N MiB written since the previous one, then the FileStore record of it; dir ${dir.slice(0, dir.lastIndexOf('/'))}; medians of ${RUNS} (min–max), ms\n`)
+console.log('| N MiB | writing the N MiB | checkpoint | record | checkpoint with fsync | record with fsync | fsync: MiB/s to disk |')
+console.log('|---:|---:|---:|---:|---:|---:|---:|')
+for (const { mib, write, plain, fsync, record, recordFsync } of rows) {
   const rate = mib === 0 ? '–' : (mib / (fsync.median / 1000)).toFixed(0)
-  console.log(`| ${mib} | ${mib === 0 ? '–' : cell(write)} | ${cell(plain)} | ${cell(fsync)} | ${rate} |`)
+  console.log(`| ${mib} | ${mib === 0 ? '–' : cell(write)} | ${cell(plain)} | ${cell(record)} | ${cell(fsync)} | ${cell(recordFsync)} | ${rate} |`)
 }
 
 mkdirSync(dirname(OUT), { recursive: true })

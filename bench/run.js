@@ -43,8 +43,14 @@ const CONTENDERS = [
   // POST, PATCH(es), then the upload URL POSTed to /upload, whose handler stats and deletes
   // the file. `pair` is the @tus/server contender with the same chunking; `scenarios` says
   // where a variant differs from the one-PATCH one (B's 4 MiB uploads are one PATCH anyway).
-  { id: 'chunked-upload-tus', name: 'fastify-chunked-upload resumable (tus, one PATCH)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: Infinity }, pair: 'tus-server' },
-  { id: 'chunked-upload-tus-8m', name: 'fastify-chunked-upload resumable (tus, 8 MiB PATCHes)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: 8 * MiB }, pair: 'tus-server-8m', scenarios: ['A'] },
+  // The plugin runs with its durable default store (a FileStore in the server's own
+  // tmpDir: every PATCH checkpointed and recorded) and, as `-memory`, with a MemoryStore
+  // (BENCH_STORE=memory: still checkpointed, the record kept in memory); `memory` names
+  // the latter's twin.
+  { id: 'chunked-upload-tus', name: 'fastify-chunked-upload resumable (tus, one PATCH, durable default store)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: Infinity }, pair: 'tus-server', memory: 'chunked-upload-tus-memory' },
+  { id: 'chunked-upload-tus-8m', name: 'fastify-chunked-upload resumable (tus, 8 MiB PATCHes, durable default store)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1' }, tus: { endpoint: '/upload/tus', chunkSize: 8 * MiB }, pair: 'tus-server-8m', memory: 'chunked-upload-tus-memory-8m', scenarios: ['A'] },
+  { id: 'chunked-upload-tus-memory', name: 'fastify-chunked-upload resumable (tus, one PATCH, MemoryStore)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1', BENCH_STORE: 'memory' }, tus: { endpoint: '/upload/tus', chunkSize: Infinity }, pair: 'tus-server' },
+  { id: 'chunked-upload-tus-memory-8m', name: 'fastify-chunked-upload resumable (tus, 8 MiB PATCHes, MemoryStore)', server: 'chunked-upload.js', format: 'tus', env: { BENCH_RESUMABLE: '1', BENCH_STORE: 'memory' }, tus: { endpoint: '/upload/tus', chunkSize: 8 * MiB }, pair: 'tus-server-8m', scenarios: ['A'] },
   { id: 'tus-server', name: '@tus/server 2 + FileStore in Fastify (tus, one PATCH)', server: 'tus-server.js', format: 'tus', tus: { endpoint: '/files', chunkSize: Infinity } },
   { id: 'tus-server-8m', name: '@tus/server 2 + FileStore in Fastify (tus, 8 MiB PATCHes)', server: 'tus-server.js', format: 'tus', tus: { endpoint: '/files', chunkSize: 8 * MiB }, scenarios: ['A'] },
   // Diagnostic only, run when named in BENCH_CONTENDERS: the plugin with chunkSize 1 MiB,
@@ -136,6 +142,8 @@ async function measure (contender, scenario, run) {
       idleRssMiB: idle.rssMiB,
       loadavg1: os.loadavg()[0],
       serverBufferutil: after.bufferutil.status,
+      // The plugin's servers: the store it got ('default', 'memory'; 'none' on a build without stores).
+      serverStore: after.store,
       leftoverFiles: after.leftoverFiles,
       failures: failed.length,
       failureSamples: failed.slice(0, 3).map((r) => ({ status: r.status, size: r.size, error: r.error })),
@@ -195,6 +203,7 @@ function summarise (measurements) {
         p95LatencyMs: median(ms.map((m) => m.latencyMs.p95)),
         failures: ms.reduce((n, m) => n + m.failures, 0),
         serverBufferutil: [...new Set(ms.map((m) => m.serverBufferutil))].join(','),
+        serverStore: [...new Set(ms.map((m) => m.serverStore))].join(','),
         leftoverFiles: Math.max(...ms.map((m) => m.leftoverFiles))
       }
     }
@@ -235,14 +244,19 @@ function checks (summary) {
       add('chunked-upload-channel leftover temp files (max)', ch.leftoverFiles, '0', ch.leftoverFiles === 0)
     }
     // Resumable (tus): against @tus/server with the same chunking and the bare pipe, same run.
-    for (const id of ['chunked-upload-tus', 'chunked-upload-tus-8m']) {
+    for (const id of ['chunked-upload-tus', 'chunked-upload-tus-8m', 'chunked-upload-tus-memory', 'chunked-upload-tus-memory-8m']) {
       const r = s[id]
       if (r === undefined) continue
-      const pair = CONTENDERS.find((c) => c.id === id).pair
+      const { pair, memory } = CONTENDERS.find((c) => c.id === id)
       const vsTus = ratio(r, s[pair])
       add(`${id} ÷ ${pair}, throughput`, vsTus, '≥ 1.50×', Number.isNaN(vsTus) ? NaN : vsTus >= 1.5)
+      // What durability costs: the default store against the same endpoint with a MemoryStore, same run.
+      if (memory !== undefined && s[memory] !== undefined) {
+        out.push({ scenario: scenario.id, what: `${id} ÷ ${memory}, throughput (info: the durable store's cost)`, value: ratio(r, s[memory]), target: '—', verdict: 'info' })
+        out.push({ scenario: scenario.id, what: `${id} server CPU s/GiB ÷ ${memory}'s (info)`, value: r.serverCpuSPerGiB / s[memory].serverCpuSPerGiB, target: '—', verdict: 'info' })
+      }
       const vsBare = ratio(r, s['bare-pipe'])
-      if (id === 'chunked-upload-tus' && scenario.id === 'A') add(`${id} ÷ bare pipe, throughput`, vsBare, '≥ 0.85×', Number.isNaN(vsBare) ? NaN : vsBare >= 0.85)
+      if ((id === 'chunked-upload-tus' || id === 'chunked-upload-tus-memory') && scenario.id === 'A') add(`${id} ÷ bare pipe, throughput`, vsBare, '≥ 0.85×', Number.isNaN(vsBare) ? NaN : vsBare >= 0.85)
       else out.push({ scenario: scenario.id, what: `${id} ÷ bare pipe, throughput (info)`, value: vsBare, target: '—', verdict: 'info' })
       out.push({ scenario: scenario.id, what: `${id} peak RSS (MiB, median; max ${r.peakRssMiBMax.toFixed(1)}; info: compare across BENCH_SIZE_MIB)`, value: r.peakRssMiB, target: '—', verdict: 'info' })
       add(`${id} failures (all runs)`, r.failures, '0', r.failures === 0)
@@ -302,6 +316,10 @@ function markdown (summary, checkList) {
   if (wsServers.length > 0) {
     lines.push(`ws masking with bufferutil: client ${bufferutilStatus().status}; servers ${[...new Set(wsServers.map(([, r]) => r.serverBufferutil))].join(', ')}`, '')
   }
+  // The plugin's servers say which store they got ('none': a build without stores).
+  const storeOf = new Map(Object.values(summary).flatMap((byContender) => Object.entries(byContender))
+    .filter(([, r]) => r.serverStore !== '').map(([id, r]) => [id, r.serverStore]))
+  if (storeOf.size > 0) lines.push(`the plugin's store: ${[...storeOf].map(([id, store]) => `${id} ${store}`).join('; ')}`, '')
   lines.push('### Targets', '')
   lines.push('| scenario | check | value | target | verdict |')
   lines.push('|---|---|---:|---:|---|')
@@ -332,7 +350,7 @@ async function main () {
       for (const contender of order) {
         const m = await measure(contender, scenario, run)
         measurements.push(m)
-        console.error(`run ${run} ${scenario.id} ${contender.id.padEnd(21)} ${f(m.mibPerS).padStart(7)} MiB/s  ${f(m.wallS, 2)} s  server CPU ${f(m.serverCpuS, 2)} s  client CPU ${f(m.clientCpuS, 2)} s  peak RSS ${f(m.peakRssMiB)} MiB  failures ${m.failures}  load ${f(m.loadavg1, 2)}${m.failures > 0 ? ' ' + JSON.stringify(m.failureSamples) : ''}`)
+        console.error(`run ${run} ${scenario.id} ${contender.id.padEnd(28)} ${f(m.mibPerS).padStart(7)} MiB/s  ${f(m.wallS, 2)} s  server CPU ${f(m.serverCpuS, 2)} s  client CPU ${f(m.clientCpuS, 2)} s  peak RSS ${f(m.peakRssMiB)} MiB  failures ${m.failures}  load ${f(m.loadavg1, 2)}${m.failures > 0 ? ' ' + JSON.stringify(m.failureSamples) : ''}`)
       }
     }
   }

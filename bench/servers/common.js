@@ -57,7 +57,8 @@ function sampleMemory () {
 }
 setInterval(sampleMemory, 50).unref()
 
-export function stats (dir) {
+/** `info`: what the server says of itself (the plugin's store), returned as is. */
+export function stats (dir, info = {}) {
   sampleMemory()
   const cpu = process.cpuUsage()
   const { hwmKiB, rssKiB } = procStatus()
@@ -78,9 +79,26 @@ export function stats (dir) {
     contextSwitches: contextSwitches(),
     /** Whether ws (servers with @fastify/websocket) masks with bufferutil's native code. */
     bufferutil: bufferutilStatus(),
-    /** Files left in the upload dir: should be 0 between uploads. */
-    leftoverFiles: readdirSync(dir).length
+    /** Files left in the upload dir, its subdirectories included: should be 0 between uploads. */
+    leftoverFiles: leftoverFiles(dir),
+    ...info
   }
+}
+
+/**
+ * The plugin's durable store claims its directory with a file naming its pid, kept while
+ * the server runs: not a leftover. Everything else is (temp files, upload records).
+ */
+const CLAIM_FILE = 'fcu-store-claim'
+
+/** Files under `dir`, at any depth (the plugin's durable store keeps its own directory there). */
+function leftoverFiles (dir) {
+  let count = 0
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    if (entry.isDirectory()) count += leftoverFiles(join(dir, entry.name))
+    else if (entry.name !== CLAIM_FILE) count++
+  }
+  return count
 }
 
 /**
@@ -105,9 +123,12 @@ function timeRequests (app) {
   })
 }
 
-/** Adds GET /__bench/stats, listens on 127.0.0.1, prints {"port"} on stdout, wires shutdown. */
-export async function serve (app, dir) {
-  app.get('/__bench/stats', async () => stats(dir))
+/**
+ * Adds GET /__bench/stats (with `info` in it), listens on 127.0.0.1, prints {"port"} on
+ * stdout, wires shutdown.
+ */
+export async function serve (app, dir, info = {}) {
+  app.get('/__bench/stats', async () => stats(dir, info))
   if (process.env.BENCH_TIMES === '1') timeRequests(app)
   await app.listen({ host: '127.0.0.1', port: Number(process.env.PORT ?? 0) })
   let closing = false
