@@ -174,6 +174,8 @@ export class Entry implements UploadEntry {
       throw this.#endAs('failed', this.#writerFailure(error))
     }
     this.#busy = undefined
+    // Cancelled while it ran (the upload expired, say): the cancel's close comes now.
+    await this.#honourCancel()
     return snapshot
   }
 

@@ -464,16 +464,26 @@ t.test('a creation whose first checkpoint fails: 500, its writer closed with the
   t.equal((await send(server.endpoint, 'POST', { ...TUS, 'upload-length': 10 })).status, 500, 'its slot is free for the next')
 })
 
-/** A MemoryStore whose lock fails while `failing` is set. */
+/** A MemoryStore whose lock fails while `failing` is set, and whose record reads fail after `readsBeforeFailing` more. */
 class UnlockableStore extends MemoryStore {
   failing = false
+  readsBeforeFailing: number | undefined
   override async lock (...args: Parameters<Store['lock']>): ReturnType<Store['lock']> {
     if (this.failing) throw new Error('lock service unreachable')
     return await super.lock(...args)
   }
+
+  /** Reads after which the record reads as gone (someone removed it). */
+  readsBeforeGone: number | undefined
+
+  override async getUpload (id: string): ReturnType<Store['getUpload']> {
+    if (this.readsBeforeFailing !== undefined && this.readsBeforeFailing-- <= 0) throw new Error('store unreachable')
+    if (this.readsBeforeGone !== undefined && this.readsBeforeGone-- <= 0) return undefined
+    return await super.getUpload(id)
+  }
 }
 
-t.test('an upload whose lock cannot be taken when it is restored: the request fails, the writer lets go (last checkpoint), the record stays for later', async (t) => {
+t.test('an upload whose lock (or record, under the lock) cannot be had when it is restored: the request fails, nothing is restored, the record stays for later', async (t) => {
   const dir = await tmpDirFor(t)
   const journal: string[] = []
   const store = new UnlockableStore()
@@ -482,13 +492,20 @@ t.test('an upload whose lock cannot be taken when it is restored: the request fa
   t.equal((await patch(first, id, 0, bytes(3))).status, 204)
   await first.app.close()
   const second = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const before = journal.length
   store.failing = true
-  t.equal((await head(second, id)).status, 500)
-  t.same(journal.slice(-2), ['restore 3', 'checkpoint 3 last'], 'restored, then let go without a close')
+  t.equal((await head(second, id)).status, 500, 'the lock')
   store.failing = false
-  t.equal((await head(second, id)).headers['upload-offset'], '3', 'a later request continues it')
+  store.readsBeforeFailing = 1
+  t.equal((await head(second, id)).status, 500, 'the record, read again under the lock')
+  store.readsBeforeFailing = undefined
+  store.readsBeforeGone = 1
+  t.equal((await head(second, id)).status, 404, 'gone by the time the lock was had')
+  store.readsBeforeGone = undefined
+  t.same(journal.slice(before), [], 'no writer call')
+  t.equal((await head(second, id)).headers['upload-offset'], '3', 'a later request continues it: the lock was let go')
   t.equal((await patch(second, id, 3, bytes(3, 2))).status, 204)
-  t.same(journal.slice(-1), ['close done'])
+  t.same(journal.slice(-2), ['restore 3', 'close done'])
 })
 
 t.test('a checkpoint that outlives writerTimeout fails the upload at once; its close follows when it settles', async (t) => {
@@ -627,4 +644,141 @@ t.test('another holder asks for the lock of an upload that is ending: it ends (n
   await (await locking).release()
   t.same(journal, ['init', 'checkpoint 0', 'close cancel'], 'no checkpoint for an upload that ended')
   t.equal(await store.getUpload(id), undefined)
+})
+
+t.test('a shutdown while the last bytes are with the writer: kept with every byte saved, and the next app finishes it at once (HEAD says complete, the ref can be claimed)', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const gate = barrier()
+  const reached = barrier()
+  let held = false
+  const data = bytes(10, 5)
+  const first = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    writeChunk: async (chunk, state, call) => {
+      if (!held) {
+        held = true
+        reached.open()
+        await gate.wait
+      }
+      return await TmpFileWriter.writeChunk(chunk, state, call)
+    }
+  }))
+  const id = await create(first, 10)
+  const running = patch(first, id, 0, data)
+  await reached.wait
+  const closing = first.app.close()
+  // The shutdown has begun once Fastify refuses new requests (503) while it waits for this one.
+  await until('the shutdown to begin', async () => (await send(`${first.url}/up`, 'GET', {})).status === 503 ? true : undefined)
+  gate.open()
+  t.equal((await running).status, 503)
+  await closing
+  t.same(journal, ['init', 'checkpoint 0', 'checkpoint 10', 'checkpoint 10 last'], 'kept, every byte saved, no close')
+  const second = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir)))
+  const described = await head(second, id)
+  t.same([described.headers['upload-offset'], described.headers['upload-length']], ['10', '10'], 'complete: a client has nothing more to send')
+  t.same(journal.slice(-2), ['restore 10', 'close done'], 'finished when restored')
+  t.same((await claim(second, id)).json, [{ size: 10, sha256: sha256(data) }])
+  t.same(await strayFiles(dir), [])
+})
+
+t.test('a shutdown during a creation\'s body: 503 without a URL, and neither its record nor its file stays (nobody could go on with it)', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const server = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir)))
+  const data = bytes(100_000, 3)
+  const running = open(server.endpoint, 'POST', { ...TUS, 'upload-length': data.length, 'content-type': 'application/offset+octet-stream', 'content-length': data.length })
+  running.req.write(data.subarray(0, 40_000))
+  await until('the first bytes on disk', async () => {
+    const [file] = await tempFiles(dir)
+    return file !== undefined && (await readFile(`${dir}/${file}`)).length === 40_000
+  })
+  const closing = server.app.close()
+  const answer = await running.reply
+  await closing
+  t.equal(answer.status, 503)
+  t.equal(answer.headers.location, undefined)
+  t.same(journal.slice(-1), ['close cancel'])
+  t.same(await strayFiles(dir), [], 'no record, no file')
+})
+
+t.test('an upload that expires while a checkpoint runs: closed once with cancel when the checkpoint settles, the append told it expired', async (t) => {
+  const clock = fakeClock(t)
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const hold = barrier()
+  const inCheckpoint = barrier()
+  t.teardown(hold.open)
+  let holds = false
+  const server = await serve(t, { tmpDir: dir, resumableMaxLifetime: 1500 }, journaled(journal, filesDir(dir), {
+    checkpoint: async (state, info) => {
+      if (holds) {
+        inCheckpoint.open()
+        await hold.wait
+      }
+      return await TmpFileWriter.checkpoint!(state, info)
+    }
+  }))
+  const id = await create(server, 10)
+  holds = true
+  const running = patch(server, id, 0, bytes(3))
+  await inCheckpoint.wait
+  await clock.tickAsync(1500)
+  hold.open()
+  const answer = await running
+  t.equal(answer.status, 410)
+  t.match(answer.json, { message: /it expired/ })
+  t.same(journal, ['init', 'close cancel'], 'one close')
+  t.same(await strayFiles(dir), [])
+})
+
+/** A MemoryStore whose record updates wait for `gate` while it is set (`waiting` counts them). */
+class GatedStore extends MemoryStore {
+  gate: Promise<void> | undefined
+  waiting = 0
+  /** Lock requests made so far. */
+  locks = 0
+  override async lock (...args: Parameters<Store['lock']>): ReturnType<Store['lock']> {
+    this.locks++
+    return await super.lock(...args)
+  }
+
+  override async updateUpload (...args: Parameters<Store['updateUpload']>): ReturnType<Store['updateUpload']> {
+    if (this.gate !== undefined) {
+      this.waiting++
+      await this.gate
+    }
+    return await super.updateUpload(...args)
+  }
+}
+
+t.test('a holder presumed dead (its save too slow) is taken over: its save is fenced off, it lets go without a close (503, try again), and the upload goes on with the new holder', async (t) => {
+  const clock = fakeClock(t)
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const store = new GatedStore()
+  const plugin = { tmpDir: dir, store, defaults: { writerTimeout: 100 } }
+  const a = await serve(t, plugin, journaled(journal, dir))
+  const b = await serve(t, plugin, journaled(journal, dir))
+  const data = bytes(10, 4)
+  const id = await create(a, 10)
+  t.equal((await patch(a, id, 0, data.subarray(0, 3))).status, 204)
+  const gate = barrier()
+  store.gate = gate.wait
+  const slow = patch(a, id, 3, data.subarray(3, 5))
+  await until('A saving', () => store.waiting === 1 ? true : undefined)
+  const asking = head(b, id)
+  // B waits for A to let go: 2 × writerTimeout + 5 s, then presumes it dead.
+  await until('B waiting for the lock', () => store.locks === 2 ? true : undefined)
+  await clock.tickAsync(5200)
+  const described = await asking
+  t.equal(described.headers['upload-offset'], '3', 'B goes on from the record')
+  store.gate = undefined
+  gate.open()
+  const answer = await slow
+  t.equal(answer.status, 503)
+  t.match(answer.json, { code: 'FST_CHUNKED_UPLOAD_MOVED' })
+  t.equal((await tempFiles(dir)).length, 1, 'the file B goes on with is still there')
+  t.equal((await patch(b, id, 3, data.subarray(3))).status, 204)
+  t.same((await claim(b, id)).json, [{ size: 10, sha256: sha256(data) }])
+  t.same(journal.filter((line) => line.startsWith('close')), ['close done'], 'one close, by B')
 })

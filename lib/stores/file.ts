@@ -37,6 +37,12 @@ export class FileStore implements Store {
   readonly #fsync: boolean
   readonly #onCorrupt: (error: Error) => void
   readonly #locks = new Locks()
+  /**
+   * The records this store wrote, as written, by file name: an update (made under the
+   * upload's lock) starts from it instead of reading the file back, since nothing else
+   * writes there (the directory is claimed).
+   */
+  readonly #written = new Map<string, string>()
   /** Per file, the operation that runs last: operations on one file run one after another. */
   readonly #queues = new Map<string, Promise<void>>()
   #temps = 0
@@ -75,7 +81,8 @@ export class FileStore implements Store {
   async updateUpload (id: string, expected: { offset: number, token: number }, change: UploadChange): Promise<UploadRecord> {
     const name = uploadFile(id)
     return await this.#serial(name, async () => {
-      const record = await this.#read(name, decodeUpload)
+      const written = this.#written.get(name)
+      const record = written === undefined ? await this.#read(name, decodeUpload) : decodeUpload(written)
       if (record === undefined) throw new UploadNotFoundError()
       const updated = applyChange(record, expected, change, this.#locks.holds(id, expected.token))
       await this.#write(name, updated)
@@ -174,6 +181,7 @@ export class FileStore implements Store {
   }
 
   async #setAside (name: string, error: unknown): Promise<undefined> {
+    this.#written.delete(name)
     const aside = `${name}.corrupt`
     await rename(join(this.dir, name), join(this.dir, aside))
     this.#onCorrupt(new CorruptRecordError(join(this.dir, name), (error as Error).message, aside, { cause: error }))
@@ -197,6 +205,7 @@ export class FileStore implements Store {
       await writeFile(temp, text, { mode: 0o600 })
     }
     await rename(temp, path)
+    if (name.startsWith(UPLOAD)) this.#written.set(name, text)
     if (this.#fsync) {
       // The rename itself is durable only once the directory is flushed.
       const dir = await open(this.dir, 'r')
@@ -210,6 +219,7 @@ export class FileStore implements Store {
 
   /** Removes a file; whether this call removed it (false: it was not there). */
   async #remove (name: string): Promise<boolean> {
+    this.#written.delete(name)
     try {
       await unlink(join(this.dir, name))
       return true

@@ -32,6 +32,7 @@ export async function create (context: EndpointContext, request: FastifyRequest,
     clientSize: length
   }, { length, metadata: creation.metadata?.raw, concat: partial ? 'partial' : undefined, concatHeader: partial ? 'partial' : undefined, hold: !partial })
   if (!withBody) {
+    upload.announced = true
     try {
       if (upload.length === 0) await finishUpload(context, upload)
     } finally {
@@ -52,4 +53,5 @@ export async function create (context: EndpointContext, request: FastifyRequest,
   }
   // Cut before the answer: nobody knows this upload's URL, so nobody can resume it.
   if (how === 'aborted' || how === 'timeout') await abandonUpload(context, upload, request)
+  else upload.announced = true
 }

@@ -7,9 +7,9 @@ import { parseAccept, type ResolvedConfig } from '../../config.js'
 import type { Entry } from '../../entry.js'
 import { UploadNotFoundError, asFailure } from '../../errors.js'
 import type { ForsakeReason } from '../../refs.js'
-import type { UploadRecord } from '../../stores/store.js'
+import type { HeldLock, UploadRecord } from '../../stores/store.js'
 import { Uploads } from '../../uploads.js'
-import { ResumableUpload, type GoneReason, type Slot } from './upload.js'
+import { ResumableUpload, lockTimeout, type GoneReason, type Slot } from './upload.js'
 import type { EndpointContext } from './context.js'
 import { fileOf, metadataHeader } from './headers.js'
 
@@ -51,15 +51,34 @@ async function continued (context: EndpointContext, request: FastifyRequest, id:
   const record = await context.settings.store.getUpload(id)
   if (record === undefined || !belongs(context, record.owner, record.configKey, await context.settings.owner(request))) return undefined
   const upload = await context.registry.restore(id, async () => await restoreUpload(context, request, record))
-  return typeof upload === 'string' ? upload : upload.ended ?? upload
+  return typeof upload === 'object' ? upload.ended ?? upload : upload
 }
 
-async function restoreUpload (context: EndpointContext, request: FastifyRequest, record: UploadRecord): Promise<ResumableUpload | GoneReason> {
+/**
+ * Restores an upload from its record. The store's lock comes first: whoever holds the
+ * upload elsewhere saves and lets go, and the record read under the lock is the one to go
+ * on from. Undefined if it is gone by then.
+ */
+async function restoreUpload (context: EndpointContext, request: FastifyRequest, found: UploadRecord): Promise<ResumableUpload | GoneReason | undefined> {
   const { registry, settings } = context
-  const routeConfig = [...context.configs.values()].find((config) => config.key === record.configKey)!
+  const routeConfig = [...context.configs.values()].find((config) => config.key === found.configKey)!
+  // Asked to let go while it is being restored: it lets go once it is.
+  const restored: { upload?: ResumableUpload, asked: boolean } = { asked: false }
+  const onStopRequested = (): void => { if (restored.upload === undefined) restored.asked = true; else registry.letGoOf(restored.upload) }
+  const lock = await settings.store.lock(found.id, onStopRequested, lockTimeout(routeConfig))
+  let record: UploadRecord | undefined
+  try {
+    record = await settings.store.getUpload(found.id)
+  } catch (error) {
+    await lock.release()
+    throw error
+  }
+  if (record === undefined) {
+    await lock.release()
+    return undefined
+  }
   const partial = record.concat === 'partial'
   const config = partial ? stagingConfig(context, routeConfig) : routeConfig
-  const snapshot = record.snapshot as WriterSnapshot
   // Not counted against maxEntries again: it was when it was created.
   const slot = registry.reserve(record.owner, config, partial, Infinity)
   const home = new UploadHome(new Map([[config.uploadName, config]]), undefined, request.log)
@@ -67,32 +86,41 @@ async function restoreUpload (context: EndpointContext, request: FastifyRequest,
   const info = { ...fileOf(record.metadata === undefined ? undefined : metadataHeader({ 'upload-metadata': record.metadata })), clientSize: record.length, ref: record.id }
   let entry: Entry
   try {
-    entry = await home.restore(config, info, request, snapshot)
+    entry = await home.restore(config, info, request, record.snapshot as WriterSnapshot)
   } catch (error) {
     registry.release(slot)
     request.log.error({ err: error, ref: record.id }, 'resumable upload could not be restored: its record is removed')
     await settings.store.deleteUpload(record.id)
     await settings.abandonRecord(record)
+    await lock.release()
     registry.remember(record.id, 'failed')
     return 'failed'
   }
   const shape = { length: record.length, metadata: record.metadata, concat: record.concat, concatHeader: partial ? 'partial' : undefined }
   // What was written past the record's offset is gone: the client is told that offset.
-  const upload = newUpload(context, home, entry, config, slot, shape, { createdAt: record.createdAt, saved: record.offset })
+  const upload = newUpload(context, home, entry, config, slot, shape, { createdAt: record.createdAt, saved: record.offset, lock })
+  restored.upload = upload
+  upload.announced = true
   try {
     await registry.add(upload, true)
   } catch (error) {
-    // Not taken here (its lock could not be had, or the server began shutting down): the
-    // writer lets go (its last call here), and the record stays for whoever continues it.
+    // The server began shutting down: the writer lets go (its last call here), and the
+    // record stays for whoever continues it.
     upload.stopTimers()
     registry.release(slot)
     await entry.checkpoint(true).catch(() => {})
+    await upload.letGo()
     throw error
   }
+  if (restored.asked) registry.letGoOf(upload)
   // Restored past its time: it ends now (its writer cancelled, so it cleans up).
-  if (record.expiresAt <= Date.now()) await expire(context, upload)
+  else if (record.expiresAt <= Date.now()) await expire(context, upload)
+  // Every byte was saved, but it was let go before its close (a shutdown during its last
+  // append): it finishes now, and waits for its ref.
+  else if (record.length === record.offset) await finishUpload(context, upload)
   return upload
 }
+
 /** What an upload is, besides its entry: see `UploadInit`. */
 export interface UploadShape {
   length: number | undefined
@@ -138,7 +166,7 @@ export async function openUpload (
  * and restore, but for a concatenation's final upload, which is complete once created.
  */
 function newUpload (
-  context: EndpointContext, home: UploadHome, entry: Entry, config: ResolvedConfig, slot: Slot, shape: Omit<UploadShape, 'hold'>, restored: { createdAt: number, saved: number } | undefined
+  context: EndpointContext, home: UploadHome, entry: Entry, config: ResolvedConfig, slot: Slot, shape: Omit<UploadShape, 'hold'>, restored: { createdAt: number, saved: number, lock: HeldLock } | undefined
 ): ResumableUpload {
   const { registry, settings } = context
   const durable = entry.resumable && shape.concat !== 'final'

@@ -4,7 +4,7 @@
 // or another process asking for it), so a later request, here or elsewhere, continues it.
 import type { FastifyBaseLogger } from 'fastify'
 import type { ResolvedConfig } from '../../config.js'
-import { StoreFailureError, TooManyFilesError, TooManyUploadsError, UploadGoneError, type EntryFailure } from '../../errors.js'
+import { StoreFailureError, TooManyFilesError, UploadMovedError, TooManyUploadsError, UploadGoneError, type EntryFailure } from '../../errors.js'
 import type { GoneReason, ResumableUpload, Slot } from './upload.js'
 
 /** Ids of uploads that ended, remembered so later requests get 410 rather than 404. */
@@ -35,7 +35,7 @@ export class ResumableRegistry {
   readonly #slots = new Set<Slot>()
   readonly #maxUploads: number
   /** Restores in progress, by id: concurrent requests for one upload wait for the same. */
-  readonly #restoring = new Map<string, Promise<ResumableUpload | GoneReason>>()
+  readonly #restoring = new Map<string, Promise<ResumableUpload | GoneReason | undefined>>()
   readonly #log: FastifyBaseLogger
   /** Set at shutdown: the plugin's one reason, what every later request is answered. */
   #shutDown: EntryFailure | undefined
@@ -70,25 +70,26 @@ export class ResumableRegistry {
   }
 
   /**
-   * Adds a created upload (a durable one with its record, or a restored one with the
-   * record's lock); after shutdown began, or when its record cannot be made, throws
-   * (its creator ends it).
+   * Adds an upload: a created durable one with its record (made now), a restored one
+   * with the lock it holds. After shutdown began, or when the record cannot be made,
+   * throws (its creator ends it).
    */
   async add (upload: ResumableUpload, restored = false): Promise<void> {
     if (this.#shutDown !== undefined) throw this.#shutDown
-    if (upload.durable) {
-      const letGo = (): void => { this.#letGo(upload).catch((err: unknown) => this.#log.error({ err, ref: upload.id }, 'resumable upload could not be handed over')) }
-      if (restored) await upload.takeRecord(letGo)
-      else await upload.createRecord(letGo)
-      // The server began shutting down meanwhile: a new upload never was (its creator ends
-      // it); a restored one stays in its record, for the next process.
+    if (upload.durable && !restored) {
+      await upload.createRecord(() => this.letGoOf(upload))
+      // The server began shutting down meanwhile: the upload never was.
       if (this.#shutDown !== undefined) {
-        if (restored) await upload.letGo()
-        else await upload.dropRecord()
+        await upload.dropRecord()
         throw this.#shutDown
       }
     }
     this.#uploads.set(upload.id, upload)
+  }
+
+  /** Another holder asks for a durable upload: this process saves it and lets it go (see #letGo). Never rejects. */
+  letGoOf (upload: ResumableUpload): void {
+    this.#letGo(upload).catch((err: unknown) => this.#log.error({ err, ref: upload.id }, 'resumable upload could not be handed over'))
   }
 
   find (id: string): ResumableUpload | GoneReason | undefined {
@@ -99,7 +100,7 @@ export class ResumableRegistry {
    * The upload `id` continued from its record (`restore`), once even for requests that
    * ask at the same time: they all get the same upload, or the same failure.
    */
-  async restore (id: string, restore: () => Promise<ResumableUpload | GoneReason>): Promise<ResumableUpload | GoneReason> {
+  async restore (id: string, restore: () => Promise<ResumableUpload | GoneReason | undefined>): Promise<ResumableUpload | GoneReason | undefined> {
     // Restored (or ended) while this request read the record.
     const found = this.find(id)
     if (found !== undefined) return found
@@ -116,7 +117,9 @@ export class ResumableRegistry {
    * forgotten (past GONE_MEMORY), that it ended.
    */
   whyGone (reason: GoneReason | undefined): Error {
-    return reason === 'shut down' ? this.#shutDown! : goneError(reason)
+    // Let go by this process: shutting down (503), or taken over by another holder (503, try again).
+    if (reason === 'shut down') return this.#shutDown ?? new UploadMovedError()
+    return goneError(reason)
   }
 
   /** Ends an upload's registration; with a reason, later requests to its URL get 410 saying it, else 404. */
@@ -159,6 +162,7 @@ export class ResumableRegistry {
     // At shutdown, later requests here are told so (503); otherwise they find its record.
     if (this.#shutDown !== undefined) this.remember(upload.id, 'shut down')
     upload.ended = 'shut down'
+    upload.kept = true
     upload.interrupt()
     const release = await upload.acquire()
     try {
@@ -171,7 +175,7 @@ export class ResumableRegistry {
 
   /** A request that waited for the upload may find it ended meanwhile (deleted, expired…): it is told why. */
   assertLive (upload: ResumableUpload): void {
-    if (this.#uploads.get(upload.id) !== upload) throw this.whyGone(this.#gone.get(upload.id))
+    if (this.#uploads.get(upload.id) !== upload) throw this.whyGone(upload.ended)
   }
 
   /**
@@ -184,6 +188,7 @@ export class ResumableRegistry {
       await upload.save()
     } catch (error) {
       if (upload.entry.failure !== undefined) throw this.endedDuring(upload)
+      if ((error as { code?: unknown }).code === 'FST_CHUNKED_UPLOAD_STALE_UPDATE') throw await this.#takenOver(upload)
       this.remove(upload, 'failed')
       const failure = new StoreFailureError({ cause: error })
       this.#log.error({ err: error, ref: upload.id }, 'resumable upload could not be saved: it ends')
@@ -193,12 +198,29 @@ export class ResumableRegistry {
   }
 
   /**
+   * Another holder took the upload over (this one was presumed dead, its save fenced
+   * off): it goes on there, from its record. This process lets go without a call that
+   * could undo it (no close: that would remove the file), and the request is told to
+   * try again (503).
+   */
+  async #takenOver (upload: ResumableUpload): Promise<Error> {
+    this.#unlist(upload)
+    upload.ended = 'shut down'
+    upload.kept = true
+    upload.interrupt()
+    this.#log.warn({ ref: upload.id }, 'resumable upload was taken over by another holder: this process lets it go')
+    await upload.releaseWriter()
+    await upload.letGo()
+    return new UploadMovedError()
+  }
+
+  /**
    * The entry ended during a request: its writer failed (the upload ends now, and the
    * writer's failure is the answer), or someone else ended it (DELETE, expiry,
    * shutdown), who removed it first, saying why.
    */
   endedDuring (upload: ResumableUpload): Error {
-    if (this.#uploads.get(upload.id) !== upload) return this.whyGone(this.#gone.get(upload.id))
+    if (this.#uploads.get(upload.id) !== upload) return this.whyGone(upload.ended)
     this.remove(upload, 'failed')
     return upload.entry.failure!
   }
@@ -211,7 +233,8 @@ export class ResumableRegistry {
   async shutdown (failure: EntryFailure): Promise<void> {
     this.#shutDown = failure
     await Promise.all([...this.#uploads.values()].map(async (upload) => {
-      if (upload.durable && !upload.complete) {
+      // Kept only if its client knows its URL (a creation cut by the shutdown is not).
+      if (upload.durable && !upload.complete && upload.announced) {
         // A writer that fails its last checkpoint was closed by it: nothing more to do.
         return await this.#letGo(upload).catch((err: unknown) => this.#log.error({ err, ref: upload.id }, 'resumable upload could not be saved at shutdown'))
       }

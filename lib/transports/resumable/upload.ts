@@ -43,13 +43,14 @@ export interface UploadInit {
   slot: Slot
   /** Where its record is kept: given for a durable upload only. */
   store?: Store | undefined
-  /** For an upload continued from its record: when it was created, and the offset saved. */
+  /** For an upload continued from its record: when it was created, the offset saved, and the store's lock on it, already held. */
   createdAt?: number
   saved?: number
+  lock?: HeldLock
 }
 
 /** How long another holder of an upload's store lock is given to let go, past which it is presumed dead. */
-function lockTimeout (config: ResolvedConfig): number {
+export function lockTimeout (config: ResolvedConfig): number {
   // A writer call in flight (writerTimeout), then a checkpoint (writerTimeout), then a write of its record.
   return 2 * config.writerTimeout + 5_000
 }
@@ -67,11 +68,20 @@ export class ResumableUpload {
   readonly createdAt: number
   /** Why it ended, once it did: set when the registry removes it. */
   ended: GoneReason | undefined
+  /**
+   * Its URL was given to the client (its creation answered, or it was restored): only
+   * then is it kept at shutdown, since nobody else could go on with it.
+   */
+  announced = false
+  /** This process let it go and keeps its record for whoever goes on (shutdown, or another holder): its last save is still due. */
+  kept = false
   readonly #store: Store | undefined
   /** The store's lock on its record, while this process holds the upload. */
   #lock: HeldLock | undefined
   /** The offset its record holds: what the last checkpoint made durable. */
   #saved: number
+  /** Its writer had its last call in this process (a checkpoint told `last`): no call follows here. */
+  #writerLetGo = false
   readonly #expiry: number
   readonly #deadline: number
   #expiresAt = 0
@@ -96,6 +106,7 @@ export class ResumableUpload {
     this.#store = init.store
     this.createdAt = init.createdAt ?? Date.now()
     this.#saved = init.saved ?? 0
+    this.#lock = init.lock
     this.#expiry = init.expiry
     this.#deadline = this.createdAt + init.maxLifetime
     const expire = (): void => {
@@ -128,7 +139,7 @@ export class ResumableUpload {
    * holding nothing.
    */
   async createRecord (onStopRequested: () => void): Promise<void> {
-    await this.takeRecord(onStopRequested)
+    this.#lock = await this.#store!.lock(this.id, onStopRequested, lockTimeout(this.config))
     try {
       const snapshot = await this.entry.checkpoint()
       await this.#store!.createUpload(this.#record(snapshot))
@@ -138,24 +149,27 @@ export class ResumableUpload {
     }
   }
 
-  /** Takes the store's lock on the record this upload goes on from (restored). */
-  async takeRecord (onStopRequested: () => void): Promise<void> {
-    this.#lock = await this.#store!.lock(this.id, onStopRequested, lockTimeout(this.config))
-  }
-
   /**
    * Makes what the writer accepted durable and saves it in the record, so the offset
    * clients are told moves on. Between writer calls, with the upload held. `last`: the
    * writer makes no further call here (see CheckpointInfo). Nothing to do for an upload
-   * that is not durable, no longer uploading, or ended (but for a shutdown, which keeps it).
+   * that is not durable, no longer uploading, or ended (unless it is kept).
    */
   async save (last = false): Promise<void> {
-    if (!this.durable || this.entry.status !== 'uploading' || (this.ended !== undefined && this.ended !== 'shut down')) return
+    if (!this.durable || this.entry.status !== 'uploading' || (this.ended !== undefined && !this.kept) || this.#writerLetGo) return
+    this.#writerLetGo = last
     const snapshot = await this.entry.checkpoint(last)
     await this.#store!.updateUpload(this.id, { offset: this.#saved, token: this.#lock!.token }, {
       offset: snapshot.offset, snapshot, length: this.length, expiresAt: this.expiresAt
     })
     this.#saved = snapshot.offset
+  }
+
+  /** The writer's last call here, without saving (another holder goes on from the record): a checkpoint told `last`, whose failure changes nothing. Once. */
+  async releaseWriter (): Promise<void> {
+    if (this.#writerLetGo) return
+    this.#writerLetGo = true
+    await this.entry.checkpoint(true).catch(() => {})
   }
 
   /** Its record is removed (it finished or ended), and its lock let go. Idempotent. */
