@@ -782,3 +782,27 @@ t.test('a holder presumed dead (its save too slow) is taken over: its save is fe
   t.same((await claim(b, id)).json, [{ size: 10, sha256: sha256(data) }])
   t.same(journal.filter((line) => line.startsWith('close')), ['close done'], 'one close, by B')
 })
+
+t.test('two apps on one store: a request to the second for an upload the first is writing to takes it over cleanly (the first saves, answers 503 MOVED, lets go; the second goes on from what was saved)', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const store = new MemoryStore()
+  const a = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const b = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const data = bytes(3000, 6)
+  const id = await create(a, 3000)
+  const running = open(`${a.endpoint}/${id}`, 'PATCH', patchHeaders(0, { 'content-length': 3000 }))
+  running.req.write(data.subarray(0, 1500))
+  await until('1500 bytes on disk', async () => {
+    const [file] = await tempFiles(dir)
+    return file !== undefined && (await readFile(`${dir}/${file}`)).length === 1500 ? true : undefined
+  })
+  const described = await head(b, id)
+  t.equal(described.headers['upload-offset'], '1500', 'what the first saved when it let go')
+  const cut = await running.reply
+  t.equal(cut.status, 503)
+  t.match(cut.json, { code: 'FST_CHUNKED_UPLOAD_MOVED' })
+  t.equal((await patch(b, id, 1500, data.subarray(1500))).status, 204)
+  t.same((await claim(b, id)).json, [{ size: 3000, sha256: sha256(data) }])
+  t.same(journal.filter((line) => !line.startsWith('checkpoint')), ['init', 'restore 1500', 'close done'], 'one init, one restore, one close')
+})
