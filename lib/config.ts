@@ -5,6 +5,7 @@ import { Check, Errors } from 'typebox/schema'
 import type { FastifyRequest } from 'fastify'
 import type { UploadConfig, UploadEntry, WriterFactory, ChunkedUploadOptions } from '../types/index.js'
 import { BadOwnerError, InvalidConfigError, NoUploadNameError, UnexpectedFieldError } from './errors.js'
+import { STORE_METHODS, type Store } from './stores/store.js'
 
 const Fn = Type.Function([], Type.Any())
 const PositiveInt = Type.Integer({ minimum: 1 })
@@ -33,6 +34,7 @@ export const PartialUploadConfigSchema = Type.Partial(UploadConfigSchema)
 
 export const PluginOptionsSchema = Type.Object({
   tmpDir: Opt(Type.String({ minLength: 1 })),
+  store: Opt(Type.Object({})),
   defaults: Opt(PartialUploadConfigSchema),
   maxFields: Opt(Type.Integer({ minimum: 0 })),
   maxFieldSize: Opt(PositiveInt),
@@ -151,6 +153,7 @@ const HINTS: Record<string, string> = {
 
 export interface PluginSettings {
   tmpDir: string | undefined
+  store: Store | undefined
   defaults: Partial<UploadConfig>
   maxFields: number
   maxFieldSize: number
@@ -189,8 +192,11 @@ export function validatePluginOptions (options: unknown): PluginSettings {
   const problem = describe(PluginOptionsSchema, options)
   if (problem !== undefined) throw new InvalidConfigError(`fastify-chunked-upload options: ${problem}`)
   const opts = options as ChunkedUploadOptions
+  const missing = STORE_METHODS.filter((method) => opts.store !== undefined && typeof opts.store[method] !== 'function')
+  if (missing.length > 0) throw new InvalidConfigError(`fastify-chunked-upload options: "store" must be a store (MemoryStore, FileStore or one like them): it has no ${missing.join(', ')}`)
   return {
     tmpDir: opts.tmpDir,
+    store: opts.store,
     defaults: opts.defaults ?? {},
     maxFields: opts.maxFields ?? PLUGIN_DEFAULTS.maxFields,
     maxFieldSize: opts.maxFieldSize ?? PLUGIN_DEFAULTS.maxFieldSize,

@@ -4,7 +4,7 @@
 // `writeChunk`, `{ error }` exactly when `writeChunk` threw, `'cancel'` otherwise.
 import { randomUUID } from 'node:crypto'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter, WriterCall, WriterSpec } from '../types/index.js'
+import type { CloseReason, EntryStatus, UploadEntry, UploadErrorCode, UploadWriter, WriterCall, WriterSnapshot, WriterSpec } from '../types/index.js'
 import type { ResolvedConfig } from './config.js'
 import {
   CancelledError, InvalidConfigError, TooLargeError, WriterFailureError, WriterTimeoutError, type EntryFailure
@@ -16,6 +16,8 @@ export interface ClientInfo {
   clientType: string
   clientSize: number | undefined
   clientLastModified?: number | undefined
+  /** An entry continued from a store keeps the ref it was created with. */
+  ref?: string
 }
 
 export type EntryHolder = 'uploads' | 'refs' | 'consumer' | 'released'
@@ -23,7 +25,7 @@ export type EntryHolder = 'uploads' | 'refs' | 'consumer' | 'released'
 const ENDED: ReadonlySet<EntryStatus> = new Set(['done', 'cancelled', 'failed'])
 
 export class Entry implements UploadEntry {
-  readonly ref = randomUUID()
+  readonly ref: string
   readonly uploadName: string
   readonly clientName: string
   readonly clientType: string
@@ -79,6 +81,7 @@ export class Entry implements UploadEntry {
     this.#onReport = onReport
     this.#request = request
     this.#log = log
+    this.ref = info.ref ?? randomUUID()
     this.uploadName = config.uploadName
     this.clientName = info.clientName
     this.clientType = info.clientType
@@ -121,9 +124,62 @@ export class Entry implements UploadEntry {
 
   /** Chooses the writer and runs `init`. Rejects with the entry's failure. */
   async start (): Promise<void> {
+    const [writer, options] = await this.#chooseWriter()
+    const init = this.#call('init', () => writer.init(options, this.#writerCall))
+    await this.#opened(init)
+  }
+
+  /**
+   * Continues an entry another process (or an earlier life of this one) checkpointed:
+   * chooses the writer as `start` does and runs its `restore`, so the entry goes on from
+   * `snapshot.offset` bytes. Rejects with the entry's failure (a writer that cannot
+   * restore, or whose restore throws, fails it: nothing is open, nothing to close).
+   */
+  async resume (snapshot: WriterSnapshot): Promise<void> {
+    const [writer, options] = await this.#chooseWriter()
+    if (writer.restore === undefined) throw this.#failBeforeInit(new Error('its writer has no restore()'))
+    this.bytesReceived = snapshot.offset
+    const restore = this.#call('restore', () => writer.restore!(snapshot, options, this.#writerCall))
+    await this.#opened(restore)
+  }
+
+  /** Whether the writer can go on in another process: it has `checkpoint` and `restore`. */
+  get resumable (): boolean {
+    return this.#writer?.checkpoint !== undefined && this.#writer.restore !== undefined
+  }
+
+  /**
+   * Makes what the writer holds durable (its `checkpoint`), between writer calls: the
+   * snapshot counts every byte of a settled `writeChunk`. `last`: no call follows in this
+   * process (shutdown). A writer that throws, or whose snapshot does not count those
+   * bytes, fails the entry (closed with the error): rejects with the entry's failure.
+   */
+  async checkpoint (last = false): Promise<WriterSnapshot> {
+    this.#assertOpen()
+    const writer = this.#writer!
+    const call = this.#call('checkpoint', () => writer.checkpoint!(this.#state, { last }))
+    let snapshot: WriterSnapshot
+    try {
+      snapshot = await call.result
+      if (snapshot.offset !== this.bytesReceived) throw new Error(`its snapshot counts ${String(snapshot.offset)} bytes, not the ${this.bytesReceived} it was given`)
+    } catch (error) {
+      this.#busy = undefined
+      // A checkpoint that outlived writerTimeout may still be running: the close waits for it.
+      if (call.timedOut()) {
+        const late = (): Promise<void> => this.#invokeClose(this.#state, { error })
+        this.#oweClose(call.raw.then(late, late))
+      } else {
+        await this.#close({ error }).catch(() => {})
+      }
+      throw this.#endAs('failed', this.#writerFailure(error))
+    }
+    this.#busy = undefined
+    return snapshot
+  }
+
+  /** The writer and its options, from the route's factory (user code, bounded by writerTimeout, run during the announcing request). */
+  async #chooseWriter (): Promise<[UploadWriter, unknown]> {
     if (this.ended) throw this.failure
-    // The factory is user code too: bounded by writerTimeout like the writer's calls.
-    // It runs during the request that announced the entry.
     const factory = this.#call('writer factory', () => this.#config.writer(this.uploadName, this, this.#request!))
     let spec: WriterSpec
     try {
@@ -137,12 +193,16 @@ export class Entry implements UploadEntry {
     if (this.#stopping !== undefined) throw this.#endAs('cancelled', this.#stopping)
     const [writer, options] = Array.isArray(spec) ? spec as [UploadWriter, unknown] : [spec as UploadWriter, undefined]
     this.#writer = writer
-    const init = this.#call('init', () => writer.init(options, this.#writerCall))
+    return [writer, options]
+  }
+
+  /** The writer's `init` or `restore` call: once it resolved, the writer is open and owed its one close. */
+  async #opened (open: { result: Promise<unknown>, raw: Promise<unknown>, timedOut: () => boolean }): Promise<void> {
     try {
-      this.#state = await init.result
+      this.#state = await open.result
     } catch (error) {
-      // init may still succeed later: such a writer is owed its one close.
-      if (init.timedOut()) this.#oweClose(init.raw.then((late) => this.#invokeClose(late, 'cancel'), () => {}))
+      // It may still succeed later: such a writer is owed its one close.
+      if (open.timedOut()) this.#oweClose(open.raw.then((late) => this.#invokeClose(late, 'cancel'), () => {}))
       // Stopped by the cancel's signal: a cancel, not a writer failure (no state, no close).
       else if (this.#stopping !== undefined) throw this.#endAs('cancelled', this.#stopping)
       throw this.#failBeforeInit(error)

@@ -85,7 +85,8 @@ export const BadOwnerError = codedError('FST_CHUNKED_UPLOAD_BAD_OWNER', 'The own
 export const AlreadyRegisteredError = codedError('FST_CHUNKED_UPLOAD_ALREADY_REGISTERED', 'fastify-chunked-upload is already registered in this scope', 500)
 export const UploadExistsError = codedError('FST_CHUNKED_UPLOAD_STORE_EXISTS', 'Upload %s is already in the store', 409)
 export const StaleUpdateError = codedError('FST_CHUNKED_UPLOAD_STALE_UPDATE', 'Upload %s was not updated: %s', 409)
-export const StoreInUseError = codedError('FST_CHUNKED_UPLOAD_STORE_IN_USE', 'Store directory %s is in use by process %s: give each running process its own directory', 500)
+export const StoreInUseError = codedError('FST_CHUNKED_UPLOAD_STORE_IN_USE', 'Store directory %s is in use by process %s: give each running process, and each plugin instance in one, its own tmpDir (or store)', 500)
+export const StoreFailureError = entryError('FST_CHUNKED_UPLOAD_STORE_FAILURE', 'The upload could not be saved in its store: it ended', 500, 'writer_failure')
 export const CorruptRecordError = codedError('FST_CHUNKED_UPLOAD_STORE_CORRUPT', 'Store file %s could not be read (%s): it was set aside as %s', 500)
 
 /** A refusal by the route's `validate`: the entry code is the one the check returned. */

@@ -2,19 +2,22 @@
 // each transport, refs claimed by the routes they are submitted to, shutdown.
 import { mkdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import type { FastifyInstance, FastifyPluginAsync, FastifyRequest, RouteOptions } from 'fastify'
 import fp from 'fastify-plugin'
 import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types/index.js'
-import { resolveAllowUpload, validatePluginOptions } from './config.js'
+import { resolveAllowUpload, validatePluginOptions, type ResolvedConfig } from './config.js'
 import { DerivedRoutes, carriedFrom, checkDerived, constraintsKey, hookList, nameOf, routerMatching } from './derived-routes.js'
 import { AlreadyRegisteredError, HookOrderError, ShuttingDownError, TooManyFilesError, UnknownRefError } from './errors.js'
 import { RefStore } from './refs.js'
+import { FileStore } from './stores/file.js'
+import { Sweeper } from './sweep.js'
 import type { Uploads } from './uploads.js'
 import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 import { ChannelTransport } from './transports/channel/route.js'
 import { HttpTransport } from './transports/http/route.js'
 import { ResumableTransport } from './transports/resumable/route.js'
-import { uploadsOf, type Services, type TransportClass, type UploadRoute } from './transports/transport.js'
+import { uploadsOf, type Services, type Transport, type TransportClass, type UploadRoute } from './transports/transport.js'
 
 /**
  * Every upload route is handed to each, in this order: the route's own body first; the
@@ -23,6 +26,8 @@ import { uploadsOf, type Services, type TransportClass, type UploadRoute } from 
 const TRANSPORTS: TransportClass[] = [HttpTransport, ChannelTransport, ResumableTransport]
 
 const kRegistered = Symbol('fastify-chunked-upload.registered')
+/** The default store's directory in tmpDir: its records, and the plugin's temp files. */
+const STORE_DIR = 'fastify-chunked-upload'
 
 const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function chunkedUpload (fastify, options) {
   if ((fastify as FastifyInstance & { [kRegistered]?: true })[kRegistered]) throw new AlreadyRegisteredError()
@@ -31,9 +36,19 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const settings = validatePluginOptions(options)
   const tmpDir = settings.tmpDir ?? tmpdir()
   await mkdir(tmpDir, { recursive: true })
-  /** Bytes handed to this instance's temp files and not yet on disk. */
-  const tmpFiles = { dir: tmpDir, budget: new TmpFileBudget(settings.tmpFileQueueBytes) }
+  // The default store keeps its records in a directory of tmpDir this process claims.
+  const store = settings.store ?? await FileStore.open({
+    dir: join(tmpDir, STORE_DIR),
+    onCorrupt: (err) => fastify.log.error({ err }, 'a damaged upload record was set aside: its upload cannot continue')
+  })
+  /** The default store is the plugin's to close (once the app closes, or cannot start); one the app gave is the app's. */
+  const closeOwnStore = async (): Promise<void> => { if (settings.store === undefined) await store.close() }
+  /** Where the temp-file writer's files go (the store's own directory, if it has one), and the bytes handed to them and not yet on disk. */
+  const tmpFiles = { dir: store.dir ?? tmpDir, budget: new TmpFileBudget(settings.tmpFileQueueBytes) }
   const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir: tmpFiles.dir, budget: tmpFiles.budget }]
+  /** Every upload config, by key: what a store's records name. */
+  const configs = new Map<string, ResolvedConfig>()
+  const sweeper = new Sweeper({ store, configs, defaultWriter, tmpFiles, log: fastify.log })
   /** Finished channel and resumable entries waiting for their ref. */
   const refs = new RefStore(settings.entryTtl)
   /**
@@ -44,12 +59,20 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   const services: Services = {
     settings,
     refs,
+    store,
     tmpFiles,
     /** Channels and resumable endpoints, one per path (and constraints). */
     derived: new DerivedRoutes(routerMatching(fastify)),
     bodyHookLast: (route, hook) => { bodyHooks.push({ route, hook, count: hookList(route.preParsing).length }) }
   }
-  const transports = TRANSPORTS.map((Transport) => new Transport(fastify, services))
+  let transports: Transport[]
+  try {
+    transports = TRANSPORTS.map((Transport) => new Transport(fastify, services))
+  } catch (error) {
+    // Refused at registration: the store the plugin opened is let go at once.
+    await closeOwnStore()
+    throw error
+  }
 
   fastify.decorateRequest('uploads', null as unknown as Uploads)
 
@@ -96,9 +119,10 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     if (derivedBodyHook !== undefined) services.bodyHookLast(route, derivedBodyHook)
     if (route.allowUpload === undefined) return
     const where = `${[route.method].flat().join(',')} ${route.url}`
-    const configs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where, `${where} ${constraintsKey(route.constraints)}`)
+    const routeConfigs = resolveAllowUpload(route.allowUpload, settings.defaults, defaultWriter, where, `${where} ${constraintsKey(route.constraints)}`)
+    for (const config of routeConfigs.values()) configs.set(config.key, config)
     // As declared, before the transports add their hooks: what derived routes carry.
-    const upload: UploadRoute = { options: route, instance: this, where, configs, carried: carriedFrom(route) }
+    const upload: UploadRoute = { options: route, instance: this, where, configs: routeConfigs, carried: carriedFrom(route) }
     for (const transport of transports) transport.addRoute(upload)
     if (transports.some((transport) => transport.holdsEntries?.(upload) === true)) {
       route.preHandler = [...upload.carried.hooks.preHandler, claimRefs]
@@ -113,8 +137,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       // Ours but not last: a hook was put after it. Not there at all: another plugin wrapped
       // each hook (a tracer, say), which is harmless unless it also added one.
       const misplaced = hooks.includes(hook as never) ? hooks.at(-1) !== hook : hooks.length > count
-      if (misplaced) throw new HookOrderError(nameOf(route))
+      if (misplaced) {
+        // The app cannot start: the store the plugin opened is let go at once.
+        await closeOwnStore()
+        throw new HookOrderError(nameOf(route))
+      }
     }
+    // Before any upload: what a previous run left behind goes.
+    await sweeper.start()
   })
 
   /** Why everything still open stops at shutdown: one reason, told to every transport. */
@@ -122,12 +152,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // preClose: every transport stops reading, side by side (a resumable writer call in
   // flight does not hold up the others), so requests can answer and drain.
   fastify.addHook('preClose', async () => {
+    sweeper.stop()
     await Promise.all(transports.map(async (transport) => await transport.stop(shuttingDown)))
   })
   // onClose: every request is over; wait until their writers are closed and files gone.
   fastify.addHook('onClose', async () => {
     await Promise.all(transports.map(async (transport) => await transport.close?.(shuttingDown)))
     await refs.discardAll()
+    await closeOwnStore()
   })
 }
 
@@ -143,6 +175,10 @@ export { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 export type { TmpFileMeta, TmpFileOptions, TmpFileSnapshot, TmpFileState } from './writers/tmp-file.js'
 export { MemoryWriter } from './writers/memory.js'
 export { moveFile } from './move-file.js'
+export { MemoryStore } from './stores/memory.js'
+export { FileStore } from './stores/file.js'
+export type { FileStoreOptions } from './stores/file.js'
+export type { Expired, HeldLock, ParkedEntry, Store, UploadChange, UploadRecord } from './stores/store.js'
 export type { MoveFileOptions } from './move-file.js'
 export type { MemoryMeta, MemoryState } from './writers/memory.js'
 export * as errors from './errors.js'

@@ -2,7 +2,7 @@
 // arrival, consumption, cancellation, and their discard when the request ends.
 import { EventEmitter } from 'node:events'
 import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
-import type { ConsumeFn, RequestUploads, UploadEntry, UploadError } from '../types/index.js'
+import type { ConsumeFn, RequestUploads, UploadEntry, UploadError, WriterSnapshot } from '../types/index.js'
 import { isAccepted, type ResolvedConfig } from './config.js'
 import { Entry, type ClientInfo } from './entry.js'
 import {
@@ -104,6 +104,19 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
               : await this.#validate(config, entry))
     if (refusal !== undefined) entry.refuse(refusal)
     else this.#accepted.set(uploadName, accepted + 1)
+    return entry
+  }
+
+  /**
+   * An entry a store kept, continued (a resumable upload after a restart): it was
+   * validated when it was created, so it is only counted here, and its writer restored
+   * from `snapshot`. Rejects with the entry's failure; the entry is listed either way.
+   */
+  async restore (config: ResolvedConfig, info: ClientInfo, request: FastifyRequest, snapshot: WriterSnapshot): Promise<Entry> {
+    const entry = new Entry(config, info, request, this.#log, (e) => this.#onReport(e))
+    this.#entries.push(entry)
+    this.#accepted.set(config.uploadName, this.acceptedCount(config.uploadName) + 1)
+    await entry.resume(snapshot)
     return entry
   }
 

@@ -5,7 +5,7 @@
 // the entries are gone, and the server still serves.
 import t from 'tap'
 import fc from 'fast-check'
-import { Recorder, bytes, eventually, sha256, sleep, strayFiles, tmpDirFor } from './kit/index.js'
+import { Recorder, bytes, eventually, sha256, sleep, strayFiles, tempFiles, tmpDirFor } from './kit/index.js'
 import { propertyRun } from './kit/property.js'
 import { ProtocolClient, frame, isEnd, startChannelApp, type ServerMessage } from './kit/channel.js'
 
@@ -199,7 +199,7 @@ t.test('1,000 concurrent sockets, each uploading a small file, all consumed', as
     return outcome
   }))
   t.equal(results.filter((o) => o.type === 'done').length, count, 'every upload finished')
-  t.equal((await strayFiles(dir)).length, count, 'each finished entry waits for its ref, in its temp file')
+  t.equal((await tempFiles(dir)).length, count, 'each finished entry waits for its ref, in its temp file')
   const sizes = await Promise.all(results.map(async (o) => {
     const response = await fetch(`${url}/up`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: o.ref }) })
     return ((await response.json()) as number[])[0]

@@ -6,7 +6,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import chunkedUpload, { type UploadConfig, type UploadEntry } from '../lib/index.js'
-import { Recorder, bytes, checkLetGo, eventually, multipart, postJson, sha256, stillServes, strayFiles, tmpDirFor, type Faults } from './kit/index.js'
+import { Recorder, bytes, checkLetGo, eventually, multipart, postJson, sha256, stillServes, strayFiles, tempFiles, tmpDirFor, type Faults } from './kit/index.js'
 import { ProtocolClient, SUBPROTOCOL, frame, startChannelApp, type ChannelApp } from './kit/channel.js'
 import { fakeClock } from './kit/clock.js'
 
@@ -79,12 +79,12 @@ t.test('temp-file writer: a ref submitted as a multipart field; an unclaimed ent
   const kept = await client.upload(1, bytes(3000, 7))
   const dropped = await client.upload(2, bytes(10, 8))
   client.close()
-  t.equal((await strayFiles(s.dir)).length, 2, 'finished entries outlive their socket')
+  t.equal((await tempFiles(s.dir)).length, 2, 'finished entries outlive their socket')
   const { body, contentType } = multipart([{ name: 'file', data: kept.ref as string }])
   const response = await fetch(`${s.url}/up`, { method: 'POST', body, headers: { 'content-type': contentType } })
   t.same(await response.json(), { files: [{ name: 'f1.bin', size: 3000 }] })
   await clock.tickAsync(299)
-  t.equal((await strayFiles(s.dir)).length, 1, 'the unclaimed entry waits entryTtl')
+  t.equal((await tempFiles(s.dir)).length, 1, 'the unclaimed entry waits entryTtl')
   await clock.tickAsync(1)
   t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'then it expired with its file')
   clock.restore()
@@ -327,7 +327,7 @@ t.test('cancel from the client: mid-upload (writer gets cancel), during announce
   t.match(await client.outcome(2), { type: 'error', code: 'cancelled' }, 'cancelled as soon as it started')
 
   const done = await client.upload(3, bytes(10))
-  t.equal((await strayFiles(s.dir)).length, 1)
+  t.equal((await tempFiles(s.dir)).length, 1)
   client.json({ type: 'cancel', id: 3 })
   t.match(await client.waitFor((m) => m.id === 3 && m.type === 'error'), { code: 'cancelled' })
   t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'the finished entry was discarded with its file')
@@ -387,9 +387,9 @@ t.test('socket killed mid-upload: every unfinished writer gets cancel promptly, 
     client.chunk(id, 0, bytes(10_000))
   }
   await client.waitFor((m) => m.type === 'ack' && m.id === 3)
-  t.equal((await strayFiles(s.dir)).length, 3)
+  t.equal((await tempFiles(s.dir)).length, 3)
   client.socket.terminate()
-  t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 1), 'the unfinished files went with their socket')
+  t.ok(await eventually(async () => (await tempFiles(s.dir)).length === 1), 'the unfinished files went with their socket')
   const claimed = await postJson(`${s.url}/up`, { file: done.ref })
   t.same(claimed.json.files, [{ name: 'f1.bin', size: 100 }])
   await afterEach(t, s)
@@ -424,7 +424,7 @@ t.test('server shutdown: entries stopped with a coded error, sockets closed with
   await client.accepted(2)
   client.chunk(2, 0, bytes(1000))
   await client.waitFor((m) => m.type === 'ack' && m.id === 2)
-  t.equal((await strayFiles(dir)).length, 2)
+  t.equal((await tempFiles(dir)).length, 2)
   await app.close()
   t.match(await client.outcome(2), { type: 'error', code: 'shutting_down', error: 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN' })
   t.equal((await client.closed).code, 1001)

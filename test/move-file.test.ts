@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { moveFile } from '../lib/index.js'
-import { bytes, multipart, sha256, startApp } from './kit/index.js'
+import { bytes, multipart, sha256, startApp, strayFiles } from './kit/index.js'
 
 async function scratch (t: Test, root = tmpdir()): Promise<string> {
   const dir = await mkdtemp(join(root, 'move-file-'))
@@ -84,5 +84,5 @@ t.test('from a consume callback: the upload is kept where the app wants it, and 
   t.equal(response.status, 200)
   const { path } = await response.json() as { path: string }
   t.equal(sha256(await readFile(path)), sha256(data))
-  t.same(await readdir(tmp), [], 'no temp file left (the writer\'s discard found it moved)')
+  t.same(await strayFiles(tmp), [], 'no temp file left (the writer\'s discard found it moved)')
 })

@@ -5,6 +5,7 @@ import t from 'tap'
 import cors from '@fastify/cors'
 import { Recorder, bytes, eventually, sha256, startApp } from './kit/index.js'
 import { OCTETS, PARTIAL, TUS, WriterGate, ietf, open, setupResumable } from './kit/resumable.js'
+import Fastify from 'fastify'
 import { ResumableRegistry, goneError } from '../lib/transports/resumable/index.js'
 import type { ResumableUpload } from '../lib/transports/resumable/upload.js'
 
@@ -68,13 +69,13 @@ t.test('IETF: an append without Upload-Complete is an ordinary, incomplete appen
 })
 
 t.test('ended uploads are remembered (410) up to a bound, oldest forgotten first (404)', async (t) => {
-  const registry = new ResumableRegistry(Infinity)
-  const fake = (id: string): ResumableUpload => ({ id, slot: {}, stopTimers () {}, interrupt () {} }) as unknown as ResumableUpload
+  const registry = new ResumableRegistry(Infinity, Fastify().log)
+  const fake = (id: string): ResumableUpload => ({ id, slot: {}, durable: false, stopTimers () {}, interrupt () {}, async dropRecord () {} }) as unknown as ResumableUpload
   const count = 10_001
   let live = 0
   for (let i = 0; i < count; i++) {
     const upload = fake(`u${i}`)
-    registry.add(upload)
+    await registry.add(upload)
     if (registry.find(`u${i}`) === upload) live++
     registry.remove(upload, 'terminated')
   }

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import type { FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import chunkedUpload from '../lib/index.js'
-import { bytes, eventually, sha256, strayFiles } from './kit/index.js'
+import { bytes, eventually, sha256, strayFiles, tempFiles } from './kit/index.js'
 import { TUS, WriterGate, heldPatch, ietf, open, patchHeaders, setupResumable, type Headers, type Reply } from './kit/resumable.js'
 import { fakeClock } from './kit/clock.js'
 
@@ -129,7 +129,7 @@ for (const held of ['init', 'writeChunk'] as const) {
     t.ok(await eventually(() => gate.held === 1), `the final's ${held} is held`)
     const closing = s.app.close()
     t.ok(await eventually(() => s.recorder.records.every((r) => r.closes.length === 0) && gate.held === 1), 'shutdown waits on the read')
-    t.equal((await strayFiles(s.dir)).length, 1, 'the staged file is still there while the final holds it')
+    t.equal((await tempFiles(s.dir)).length, 1, 'the staged file is still there while the final holds it')
     gate.open()
     const answer = await final
     t.equal(answer.status, 503, 'the final ends with the server')
@@ -145,7 +145,7 @@ t.test('a final whose partial cannot be read: a coded 500 in words, its writer c
   const partial = await s.create({ ...TUS, ...alice, 'upload-length': 100, 'upload-concat': 'partial' })
   await s.tus('PATCH', partial, patchHeaders(0, alice), bytes(100))
   // Removed behind the plugin's back (a temp cleaner, a full disk…).
-  for (const file of await strayFiles(s.dir)) await unlink(join(s.dir, file))
+  for (const file of await tempFiles(s.dir)) await unlink(join(s.dir, file))
   const failed = await s.tus('POST', '/up/tus', { ...TUS, ...alice, 'upload-concat': `final;${partial}` })
   t.equal(failed.status, 500)
   t.equal(failed.json.code, 'FST_CHUNKED_UPLOAD_CONCAT_READ')

@@ -9,7 +9,7 @@ import type { FastifyBaseLogger, FastifyRequest } from 'fastify'
 import { resolveAllowUpload } from '../lib/config.js'
 import { Entry } from '../lib/entry.js'
 import { ShuttingDownError } from '../lib/errors.js'
-import { MemoryWriter, defineWriter, type MemoryMeta, type UploadWriter } from '../lib/index.js'
+import { MemoryStore, MemoryWriter, defineWriter, type MemoryMeta, type UploadWriter } from '../lib/index.js'
 import { RefStore } from '../lib/refs.js'
 import { ResumableEndpoint, ResumableRegistry, type ResumableSettings } from '../lib/transports/resumable/index.js'
 import { bytes } from './kit/index.js'
@@ -25,9 +25,11 @@ const Forgetful = defineWriter({
 
 function endpointWith (staging: UploadWriter): { endpoint: ResumableEndpoint, registry: ResumableRegistry, refs: RefStore, configs: ReturnType<typeof resolveAllowUpload> } {
   const configs = resolveAllowUpload({ file: { accept: 'any', resumable: true, chunkSize: 1000 } }, {}, () => MemoryWriter, 'POST /up')
-  const registry = new ResumableRegistry(10)
+  const registry = new ResumableRegistry(10, Fastify().log)
   const refs = new RefStore(60_000)
-  const settings: ResumableSettings = { refs, owner: async () => undefined, expiry: 60_000, maxLifetime: 60_000, staging, stagingOptions: undefined }
+  const settings: ResumableSettings = {
+    refs, store: new MemoryStore(), notDurable: () => {}, owner: async () => undefined, expiry: 60_000, maxLifetime: 60_000, staging, stagingOptions: undefined
+  }
   return { endpoint: new ResumableEndpoint(configs, registry, settings), registry, refs, configs }
 }
 

@@ -10,7 +10,7 @@ import type { FastifyInstance, FastifyRequest } from 'fastify'
 import cors from '@fastify/cors'
 import { stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { bytes, eventually, multipart, sha256, strayFiles } from './kit/index.js'
+import { bytes, eventually, multipart, sha256, strayFiles, tempFiles } from './kit/index.js'
 import {
   IMF_FIXDATE, OCTETS, PARTIAL, TUS, WriterGate, heldPatch, idOf, ietf, open, patchHeaders, setupResumable, type Headers, type Reply, type Setup
 } from './kit/resumable.js'
@@ -286,7 +286,7 @@ t.test('a chunked creation-with-upload that reaches its length and goes on: 413,
   creation.req.write(bytes(1000))
   // Barrier: the upload is complete (its file holds the 1000 bytes) before more arrive.
   t.ok(await eventually(async () => {
-    const [file] = await strayFiles(s.dir)
+    const [file] = await tempFiles(s.dir)
     return file !== undefined && (await stat(join(s.dir, file))).size === 1000
   }), 'the first 1000 bytes are stored')
   creation.req.end(bytes(10))
@@ -405,7 +405,7 @@ t.test('termination: DELETE → 204, the writer gets cancel, then 410 for every 
   const s = await setupResumable(t, {}, { tmp: true })
   const path = await s.create({ ...TUS, 'upload-length': 5000 })
   await patch(s, path, 0, bytes(2000))
-  t.equal((await strayFiles(s.dir)).length, 1, 'the temp file exists')
+  t.equal((await tempFiles(s.dir)).length, 1, 'the temp file exists')
   const deleted = await s.tus('DELETE', path, TUS)
   t.equal(deleted.status, 204, 'DELETE → 204 (termination: MUST)')
   t.same(await strayFiles(s.dir), [], 'its file is removed')
@@ -990,7 +990,7 @@ t.test('concatenation: a complete partial never used expires like an unfinished 
   const clock = fakeClock(t)
   const partial = await s.create({ ...TUS, 'upload-length': 100, 'upload-concat': 'partial' })
   await patch(s, partial, 0, bytes(100))
-  t.equal((await strayFiles(s.dir)).length, 1, 'staged')
+  t.equal((await tempFiles(s.dir)).length, 1, 'staged')
   await clock.tickAsync(300)
   t.ok(await eventually(async () => (await strayFiles(s.dir)).length === 0), 'removed at expiry')
   clock.restore()
@@ -1019,7 +1019,7 @@ t.test('shutdown: an unfinished upload is cancelled, a finished unclaimed one an
   await patch(s, finished, 0, bytes(10))
   const partial = await s.create({ ...TUS, 'upload-length': 10, 'upload-concat': 'partial' })
   await patch(s, partial, 0, bytes(10))
-  t.equal((await strayFiles(s.dir)).length, 3)
+  t.equal((await tempFiles(s.dir)).length, 3)
   await s.finish(t)
 })
 

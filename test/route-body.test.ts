@@ -8,7 +8,7 @@ import t from 'tap'
 import { Type } from 'typebox'
 import { request } from 'undici'
 import chunkedUpload from '../lib/index.js'
-import { Recorder, bytes, eventually, listen, multipart, parseResponse, rawSocket, sha256, startApp } from './kit/index.js'
+import { Recorder, bytes, eventually, listen, multipart, parseResponse, rawSocket, sha256, startApp, tmpDirFor } from './kit/index.js'
 import { OCTETS, TUS } from './kit/resumable.js'
 
 /** The body-related headers and media type a hook or the handler sees. */
@@ -125,8 +125,9 @@ t.test('another plugin\'s onRoute preParsing hook: before the plugin it runs fir
   t.same(await response.body.json(), [sha256(data)])
   recorder.check(t)
 
+  // Its own tmpDir: \`before\` still runs, and holds the default one.
   const after = Fastify()
-  await after.register(chunkedUpload)
+  await after.register(chunkedUpload, { tmpDir: await tmpDirFor(t) })
   await after.register(gunzipPlugin)
   after.post('/up', { allowUpload: { f: { accept: 'any', resumable: true } } }, async () => 'ok')
   await t.rejects(async () => { await after.ready() }, {
@@ -144,7 +145,7 @@ t.test('another plugin\'s onRoute preParsing hook: before the plugin it runs fir
     })
   })
   const derived = Fastify()
-  await derived.register(chunkedUpload)
+  await derived.register(chunkedUpload, { tmpDir: await tmpDirFor(t) })
   await derived.register(onPatchRoutes)
   derived.post('/up', { allowUpload: { f: { accept: 'any', resumable: true } } }, async () => 'ok')
   await t.rejects(async () => { await derived.ready() }, {

@@ -6,7 +6,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import chunkedUpload from '../lib/index.js'
 import { ProtocolClient } from './kit/channel.js'
-import { Recorder, bytes, eventually, listen, strayFiles, tmpDirFor } from './kit/index.js'
+import { Recorder, bytes, eventually, listen, strayFiles, tempFiles, tmpDirFor } from './kit/index.js'
 import { OCTETS, TUS, WriterGate, open, patchHeaders, send } from './kit/resumable.js'
 
 t.test('shutdown with every transport in flight on two routes: each stops, none waits for another\'s writer, no file is left', async (t) => {
@@ -47,7 +47,7 @@ t.test('shutdown with every transport in flight on two routes: each stops, none 
     await client.waitFor((m) => m.type === 'ack' && m.id === 2)
     return client
   }))
-  t.equal((await strayFiles(dir)).length, 5, 'temp files: the complete upload, and two per channel')
+  t.equal((await tempFiles(dir)).length, 5, 'temp files: the complete upload, and two per channel')
 
   let closed = false
   const closing = app.close().then(() => { closed = true })

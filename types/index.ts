@@ -1,6 +1,7 @@
 // The public contract of fastify-chunked-upload: what writer authors, route authors
 // and handlers rely on. Types only: nothing here runs.
 import type { FastifyRequest } from 'fastify'
+import type { Store } from '../lib/stores/store.js'
 
 /** Why a writer is closed. `{ error }` exactly when `writeChunk` threw (or timed out) while the entry was not being cancelled. */
 export type CloseReason = 'done' | 'cancel' | { error: unknown }
@@ -33,6 +34,16 @@ export type JsonValue = string | number | boolean | null | readonly JsonValue[] 
  * list of parts). Declare a writer's own snapshot as a `type` (an `interface` has no
  * index signature, so it is not assignable to this).
  */
+/** What `checkpoint` is told besides the state. */
+export interface CheckpointInfo {
+  /**
+   * No call on this state follows in this process (the server is shutting down and keeps
+   * the upload for the process that continues it, where its one `close` comes): release
+   * what the state holds open (a file descriptor, a connection) after making it durable.
+   */
+  last: boolean
+}
+
 export type WriterSnapshot = { readonly offset: number } & { readonly [key: string]: JsonValue }
 
 /**
@@ -79,7 +90,7 @@ export interface UploadWriter<Options = any, State = any, Meta = any> {
    * flush, an upload of a buffered part). It throws if those bytes cannot be made
    * durable (a write failed): then no snapshot exists past the previous one.
    */
-  checkpoint? (state: State): WriterSnapshot | Promise<WriterSnapshot>
+  checkpoint? (state: State, info?: CheckpointInfo): WriterSnapshot | Promise<WriterSnapshot>
   /**
    * Optional, with `checkpoint`: rebuilds, in any process, a state from a snapshot, ready
    * for the next `writeChunk` as if `snapshot.offset` bytes had been written: what was
@@ -177,8 +188,19 @@ export type AllowUpload = Record<string, UploadConfig>
 
 /** Plugin options. */
 export interface ChunkedUploadOptions {
-  /** Where the temp-file writer creates its files. Default: the OS temp directory. */
+  /**
+   * Where the plugin keeps its files. With the default store they go in its
+   * subdirectory `fastify-chunked-upload`, which one running process claims: give each
+   * process its own tmpDir. Default: the OS temp directory.
+   */
   tmpDir?: string
+  /**
+   * Where upload state lives between requests and processes: durable resumable uploads'
+   * records and locks. Default: a `FileStore` in `<tmpDir>/fastify-chunked-upload`, opened
+   * (and closed) by the plugin, so resumable uploads survive a restart. `new MemoryStore()`
+   * keeps them in this process only. A store given here is the app's to close.
+   */
+  store?: Store
   /** Defaults for every `allowUpload` config of the routes in this scope. */
   defaults?: Partial<UploadConfig>
   /** Most text fields in one multipart request. Default 1000. */

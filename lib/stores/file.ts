@@ -82,6 +82,12 @@ export class FileStore implements Store {
     })
   }
 
+  async uploads (): Promise<UploadRecord[]> {
+    const names = (await readdir(this.dir)).filter((name) => name.startsWith(UPLOAD) && name.endsWith(RECORD_END))
+    const records = await Promise.all(names.map(async (name) => await this.#serial(name, async () => await this.#read(name, decodeUpload))))
+    return records.filter((record) => record !== undefined)
+  }
+
   async deleteUpload (id: string): Promise<boolean> {
     const name = uploadFile(id)
     return await this.#serial(name, async () => await this.#remove(name))

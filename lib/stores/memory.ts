@@ -28,6 +28,10 @@ export class MemoryStore implements Store {
     return updated
   }
 
+  async uploads (): Promise<UploadRecord[]> {
+    return [...this.#uploads.values()].map(decodeUpload)
+  }
+
   async deleteUpload (id: string): Promise<boolean> {
     return this.#uploads.delete(id)
   }

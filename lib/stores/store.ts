@@ -64,6 +64,11 @@ export interface Expired {
 }
 
 export interface Store {
+  /**
+   * A directory this store holds for this process alone (FileStore's), if any: the
+   * plugin's temp files go there, and at start those no record names are removed.
+   */
+  readonly dir?: string
   /** Adds a record; throws UploadExistsError if its id is taken. */
   createUpload: (record: UploadRecord) => Promise<void>
   getUpload: (id: string) => Promise<UploadRecord | undefined>
@@ -73,6 +78,8 @@ export interface Store {
    * UploadNotFoundError for a record that is gone. Returns the record as it now is.
    */
   updateUpload: (id: string, expected: { offset: number, token: number }, change: UploadChange) => Promise<UploadRecord>
+  /** Every upload record (copies): what the plugin checks its files against at start. */
+  uploads: () => Promise<UploadRecord[]>
   /** Removes a record; true for the one caller that removed it. */
   deleteUpload: (id: string) => Promise<boolean>
   /**
@@ -96,6 +103,9 @@ export interface Store {
   /** Lets go of what the store holds open (a directory claim, a connection). */
   close: () => Promise<void>
 }
+
+/** What an object must have to be used as a store (the `store` option is checked against it). */
+export const STORE_METHODS = ['createUpload', 'getUpload', 'updateUpload', 'uploads', 'deleteUpload', 'lock', 'park', 'claim', 'forget', 'sweep', 'close'] as const
 
 /** A record read back, checked field by field; throws on anything else (a damaged record). */
 export function decodeUpload (text: string): UploadRecord {

@@ -20,6 +20,7 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import type { PluginSettings, ResolvedConfig } from '../config.js'
 import type { Carried, DerivedRoutes } from '../derived-routes.js'
 import type { RefStore } from '../refs.js'
+import type { Store } from '../stores/store.js'
 import type { Uploads } from '../uploads.js'
 import type { TmpFileBudget } from '../writers/tmp-file.js'
 
@@ -45,6 +46,8 @@ export interface Services {
   readonly settings: PluginSettings
   /** Finished entries waiting for their ref. */
   readonly refs: RefStore
+  /** Upload state kept between requests and processes: durable resumable uploads' records. */
+  readonly store: Store
   /** The temp-file writer's directory, and the bytes handed to its files and not yet on disk. */
   readonly tmpFiles: { readonly dir: string, readonly budget: TmpFileBudget }
   /** Routes derived from upload routes, one per path and constraints. */

@@ -16,7 +16,7 @@
 // regular file of this user with no other link, never through a symbolic link.
 import { randomBytes } from 'node:crypto'
 import { close, constants, createReadStream, fdatasync, fstat, fsync, ftruncate, open, writev, type Stats } from 'node:fs'
-import { rm } from 'node:fs/promises'
+import { readdir, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { basename, dirname, isAbsolute, join, resolve } from 'node:path'
 import type { UploadWriter, WriterSnapshot } from '../../types/index.js'
@@ -227,7 +227,7 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
   // outlives the process but not a power loss; fdatasync takes them to the disk, and
   // once per file an fsync of the directory takes its name there (a new file's entry is
   // not made durable by the file's own sync).
-  async checkpoint (state) {
+  async checkpoint (state, info) {
     await settle(state)
     if (state.fsync) {
       await call<void>((done) => fdatasync(state.fd, (error) => done(error, undefined)))
@@ -236,6 +236,8 @@ export const TmpFileWriter: UploadWriter<TmpFileOptions | undefined, TmpFileStat
         state.entrySynced = true
       }
     }
+    // The last call on this state here (shutdown): the file stays, its descriptor goes.
+    if (info?.last === true) await call<void>((done) => close(state.fd, (error) => done(error ?? null, undefined)))
     const snapshot: TmpFileSnapshot = { path: state.path, offset: state.size }
     return snapshot
   },
@@ -251,4 +253,16 @@ function opened (path: string, fd: number, size: number, options: TmpFileOptions
   return {
     path, fd, size, queue: [], unwritten: 0, budget: options?.budget ?? defaultBudget, fsync: options?.fsync === true, entrySynced: false, writing: undefined, failure: undefined
   }
+}
+
+/**
+ * Removes this writer's files in `dir` (named as it names them) but those in `keep`: what
+ * a process that died left behind. Only for a directory no other running process writes
+ * to (a store's claimed one). Returns the paths removed.
+ */
+export async function removeLeftovers (dir: string, keep: ReadonlySet<string>): Promise<string[]> {
+  const base = resolve(dir)
+  const leftovers = (await readdir(base)).filter((name) => FILE_NAME.test(name)).map((name) => join(base, name)).filter((path) => !keep.has(path))
+  await Promise.all(leftovers.map(async (path) => await rm(path, { force: true })))
+  return leftovers
 }

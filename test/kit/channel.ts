@@ -6,7 +6,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
-import { Changes, listen, PATIENCE_MS } from './index.js'
+import { Changes, listen, PATIENCE_MS, tmpDirFor } from './index.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
 
@@ -17,7 +17,9 @@ export async function startChannelApp (
   t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}, websocketOptions: WebsocketPluginOptions = {}
 ): Promise<ChannelApp> {
   const app = Fastify()
-  await app.register(chunkedUpload, { channel: true, ...options })
+  // Each app its own tmpDir: the default store's directory is claimed by one at a time.
+  const tmpDir = options.tmpDir ?? (options.store === undefined ? await tmpDirFor(t) : undefined)
+  await app.register(chunkedUpload, { channel: true, ...options, tmpDir })
   await app.register(websocket, websocketOptions)
   app.get('/health', async () => ({ ok: true }))
   routes(app)

@@ -69,6 +69,20 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
       t.equal(back?.owner, undefined)
     })
 
+    t.test('uploads() lists every record, as copies; deleted ones no more', async (t) => {
+      const store = await open(t)
+      t.same(await store.uploads(), [], 'none yet')
+      await store.createUpload(upload('u1'))
+      await store.createUpload(upload('u2', { offset: 5 }))
+      await store.park(parked('p1'))
+      const listed = await store.uploads()
+      t.same(listed.sort((a, b) => a.id.localeCompare(b.id)), [upload('u1'), upload('u2', { offset: 5 })], 'records only, not parked entries')
+      listed[0]!.offset = 42
+      t.equal((await store.getUpload('u1'))?.offset, upload('u1').offset, 'a copy')
+      await store.deleteUpload('u1')
+      t.same((await store.uploads()).map((u) => u.id), ['u2'])
+    })
+
     t.test('the store keeps values, not objects: changing what went in or came out changes nothing stored', async (t) => {
       const store = await open(t)
       const record = upload('u1')

@@ -69,14 +69,17 @@ export async function appendTo (
     if (how !== 'end') bodyUnread(reply)
     if (how === 'too large') throw new ChecksumBodyTooLargeError(CHECKSUM_BODY_LIMIT)
     if (how === 'failed') throw context.registry.endedDuring(upload)
+    const received = upload.entry.bytesReceived
+    if (how === 'end' && ask.complete === true) declareLength(upload, received, reply, dialect)
+    // A body that could not be read keeps what its writer accepted; otherwise, however
+    // the append ended, the last byte finishes the upload (unless it ended meanwhile).
+    const finishing = !(how instanceof Error) && upload.length === received && upload.ended === undefined
+    // Whatever else: what the writer accepted is made durable before the answer, and
+    // before a request that pre-empted this one goes on.
+    if (!finishing) await context.registry.save(upload)
     // Ended meanwhile (expired, shut down): the append was stopped; say why.
     context.registry.assertLive(upload)
-    // A body that could not be read keeps what its writer accepted; otherwise, however
-    // the append ended, the last byte finishes the upload.
-    if (!(how instanceof Error)) {
-      if (how === 'end' && ask.complete === true) declareLength(upload, upload.offset, reply, dialect)
-      if (upload.length === upload.offset) await finishUpload(context, upload)
-    }
+    if (finishing) await finishUpload(context, upload)
     await answerAppend(request, reply, upload, dialect, how, status)
     return how
   } finally {

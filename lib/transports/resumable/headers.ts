@@ -161,13 +161,13 @@ export function parseCreation (headers: IncomingHttpHeaders, dialect: Dialect, h
     }
   }
   const metadata = metadataHeader(headers)
+  return { concat, length, deferred, complete, metadata, ...fileOf(metadata) }
+}
+
+/** The file's name and type, as the metadata gives them: how a creation names its entry, and a restore names it again. */
+export function fileOf (metadata: Metadata | undefined): { clientName: string, clientType: string } {
   const values = metadata?.values
   return {
-    concat,
-    length,
-    deferred,
-    complete,
-    metadata,
     clientName: safeBasename(values?.get('filename') ?? values?.get('name')),
     clientType: mediaType(values?.get('filetype') ?? values?.get('type'))
   }

@@ -1,14 +1,17 @@
-// The effects every handler shares on an upload's life: finding it for a request,
-// opening it (entry validated, writer started, registered), finishing it, and
-// abandoning one whose creation failed.
+// The effects every handler shares on an upload's life: finding it for a request (or
+// continuing it from its record), opening it (entry validated, writer started,
+// registered, recorded), finishing it, and abandoning one whose creation failed.
 import type { FastifyRequest } from 'fastify'
+import type { WriterSnapshot } from '../../../types/index.js'
 import { parseAccept, type ResolvedConfig } from '../../config.js'
 import type { Entry } from '../../entry.js'
 import { UploadNotFoundError, asFailure } from '../../errors.js'
 import type { ForsakeReason } from '../../refs.js'
+import type { UploadRecord } from '../../stores/store.js'
 import { Uploads } from '../../uploads.js'
-import { ResumableUpload, type Slot } from './upload.js'
+import { ResumableUpload, type GoneReason, type Slot } from './upload.js'
 import type { EndpointContext } from './context.js'
+import { fileOf, metadataHeader } from './headers.js'
 
 /** An upload's own upload set: told when a request claims its entry, or its ref expires. */
 class UploadHome extends Uploads {
@@ -19,18 +22,74 @@ class UploadHome extends Uploads {
   }
 }
 
-/** The upload a request's URL names, if it exists for this request (404), or why it ended (410). */
+/**
+ * The upload a request's URL names, if it exists for this request (404), or why it ended
+ * (410). One this process does not hold is continued from its record in the store.
+ */
 export async function findUpload (context: EndpointContext, request: FastifyRequest): Promise<ResumableUpload> {
-  const found = context.registry.find((request.params as { id: string }).id)
+  const id = (request.params as { id: string }).id
+  const found = context.registry.find(id) ?? await continued(context, request, id)
   if (found === undefined) throw new UploadNotFoundError()
   if (typeof found === 'string') throw context.registry.whyGone(found)
   // Another owner's upload does not exist, as far as this request can tell.
-  if (found.owner !== await context.settings.owner(request) || context.configs.get(found.config.uploadName)?.key !== found.config.key) {
-    throw new UploadNotFoundError()
-  }
+  if (!belongs(context, found.owner, found.config.key, await context.settings.owner(request))) throw new UploadNotFoundError()
   return found
 }
 
+/** Whether an upload (or its record), of `owner` and `configKey`, is the requester's (`requester`), for one of this endpoint's upload configs. */
+function belongs (context: EndpointContext, owner: string | undefined, configKey: string, requester: string | undefined): boolean {
+  return owner === requester && [...context.configs.values()].some((config) => config.key === configKey)
+}
+
+/**
+ * The upload `id` continued from its record, if the store has one this request may
+ * continue (its owner's, of this endpoint): its writer restored (the request's writer
+ * factory chooses it), registered and locked here. An expired record is ended instead
+ * (410); one whose writer cannot be restored is removed (410, its writer failed).
+ */
+async function continued (context: EndpointContext, request: FastifyRequest, id: string): Promise<ResumableUpload | GoneReason | undefined> {
+  const record = await context.settings.store.getUpload(id)
+  if (record === undefined || !belongs(context, record.owner, record.configKey, await context.settings.owner(request))) return undefined
+  const upload = await context.registry.restore(id, async () => await restoreUpload(context, request, record))
+  return typeof upload === 'string' ? upload : upload.ended ?? upload
+}
+
+async function restoreUpload (context: EndpointContext, request: FastifyRequest, record: UploadRecord): Promise<ResumableUpload | GoneReason> {
+  const { registry, settings } = context
+  const routeConfig = [...context.configs.values()].find((config) => config.key === record.configKey)!
+  const partial = record.concat === 'partial'
+  const config = partial ? stagingConfig(context, routeConfig) : routeConfig
+  const snapshot = record.snapshot as WriterSnapshot
+  // Not counted against maxEntries again: it was when it was created.
+  const slot = registry.reserve(record.owner, config, partial, Infinity)
+  const home = new UploadHome(new Map([[config.uploadName, config]]), undefined, request.log)
+  if (!partial) home.holdFinished(settings.refs, slot.owner)
+  const info = { ...fileOf(record.metadata === undefined ? undefined : metadataHeader({ 'upload-metadata': record.metadata })), clientSize: record.length, ref: record.id }
+  let entry: Entry
+  try {
+    entry = await home.restore(config, info, request, snapshot)
+  } catch (error) {
+    registry.release(slot)
+    request.log.error({ err: error, ref: record.id }, 'resumable upload could not be restored: its record is removed')
+    await settings.store.deleteUpload(record.id)
+    registry.remember(record.id, 'failed')
+    return 'failed'
+  }
+  const shape = { length: record.length, metadata: record.metadata, concat: record.concat, concatHeader: partial ? 'partial' : undefined }
+  // What was written past the record's offset is gone: the client is told that offset.
+  const upload = newUpload(context, home, entry, config, slot, shape, { createdAt: record.createdAt, saved: record.offset })
+  try {
+    await registry.add(upload, true)
+  } catch (error) {
+    upload.stopTimers()
+    registry.release(slot)
+    await entry.cancel(asFailure(error))
+    throw error
+  }
+  // Restored past its time: it ends now (its writer cancelled, so it cleans up).
+  if (record.expiresAt <= Date.now()) await expire(context, upload)
+  return upload
+}
 /** What an upload is, besides its entry: see `UploadInit`. */
 export interface UploadShape {
   length: number | undefined
@@ -53,41 +112,57 @@ export async function openUpload (
   const home = new UploadHome(new Map([[config.uploadName, config]]), undefined, request.log)
   if (shape.hold) home.holdFinished(settings.refs, slot.owner)
   let entry: Entry | undefined
+  let upload: ResumableUpload | undefined
   try {
     // Carried by the creation until it answers (its writer factory runs now).
     entry = await home.announce(config, info, request)
     if (entry.failure !== undefined) throw entry.failure
     await entry.start()
-    const upload = new ResumableUpload({
-      entry,
-      config,
-      owner: slot.owner,
-      slot,
-      ...shape,
-      expiry: settings.expiry,
-      maxLifetime: settings.maxLifetime,
-      onExpire: (expired) => {
-        registry.remove(expired, 'expired')
-        // Neither rejects: both settle once the writer is closed or the file removed.
-        if (expired.complete) expired.discard()
-        else expired.entry.cancel()
-      }
-    })
-    // Claimed by a request (consumed), or its ref expired unclaimed: the upload URL is gone.
-    home.onForsake = (why) => registry.remove(upload, why === 'expired' ? 'unclaimed' : why === 'shut down' ? 'shut down' : 'consumed')
-    try {
-      registry.add(upload)
-    } catch (error) {
-      // The server began shutting down while the writer started.
-      upload.stopTimers()
-      throw error
-    }
+    upload = newUpload(context, home, entry, config, slot, shape, undefined)
+    await registry.add(upload)
     return upload
   } catch (error) {
+    // The server began shutting down while the writer started, or its record could not be made.
+    upload?.stopTimers()
     registry.release(slot)
     await entry?.cancel(asFailure(error))
     throw error
   }
+}
+
+/**
+ * The upload around a started (or restored) entry; durable when its writer can checkpoint
+ * and restore, but for a concatenation's final upload, which is complete once created.
+ */
+function newUpload (
+  context: EndpointContext, home: UploadHome, entry: Entry, config: ResolvedConfig, slot: Slot, shape: Omit<UploadShape, 'hold'>, restored: { createdAt: number, saved: number } | undefined
+): ResumableUpload {
+  const { registry, settings } = context
+  const durable = entry.resumable && shape.concat !== 'final'
+  if (!entry.resumable) settings.notDurable(config)
+  const upload = new ResumableUpload({
+    entry,
+    config,
+    owner: slot.owner,
+    slot,
+    ...shape,
+    ...restored,
+    store: durable ? settings.store : undefined,
+    expiry: settings.expiry,
+    maxLifetime: settings.maxLifetime,
+    onExpire: (expired) => { expire(context, expired).catch(() => {}) }
+  })
+  // Claimed by a request (consumed), or its ref expired unclaimed: the upload URL is gone.
+  home.onForsake = (why) => registry.remove(upload, why === 'expired' ? 'unclaimed' : why === 'shut down' ? 'shut down' : 'consumed')
+  return upload
+}
+
+/** An upload past its time ends: its writer cancelled, or a finished one's bytes removed. Never rejects. */
+async function expire (context: EndpointContext, upload: ResumableUpload): Promise<void> {
+  context.registry.remove(upload, 'expired')
+  // Neither rejects: both settle once the writer is closed or the file removed.
+  if (upload.complete) await upload.discard()
+  else await upload.entry.cancel()
 }
 
 /** Partials are staged (they reach the route's writer through their final upload): any type, no validate. */
@@ -98,6 +173,8 @@ export function stagingConfig (context: EndpointContext, config: ResolvedConfig)
 
 /** The last byte arrived: the writer's `close('done')`. A writer that fails it ends the upload. */
 export async function finishUpload (context: EndpointContext, upload: ResumableUpload): Promise<void> {
+  // Its record goes first: a crash after the close must not bring back a finished upload.
+  await context.registry.dropRecord(upload)
   try {
     await upload.entry.finish()
   } catch {

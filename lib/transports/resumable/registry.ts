@@ -1,7 +1,10 @@
-// Every resumable upload of the plugin instance, by id: the ids of recent ended ones (a
-// later request hears why it ended), and the slots uploads take among the limits.
+// Every resumable upload this process holds, by id: the ids of recent ended ones (a
+// later request hears why it ended), and the slots uploads take among the limits. A
+// durable upload's record stays in the store when this process lets it go (shutdown,
+// or another process asking for it), so a later request, here or elsewhere, continues it.
+import type { FastifyBaseLogger } from 'fastify'
 import type { ResolvedConfig } from '../../config.js'
-import { TooManyFilesError, TooManyUploadsError, UploadGoneError, type EntryFailure } from '../../errors.js'
+import { StoreFailureError, TooManyFilesError, TooManyUploadsError, UploadGoneError, type EntryFailure } from '../../errors.js'
 import type { GoneReason, ResumableUpload, Slot } from './upload.js'
 
 /** Ids of uploads that ended, remembered so later requests get 410 rather than 404. */
@@ -31,11 +34,15 @@ export class ResumableRegistry {
   /** Slots of live uploads and of creations still starting their writer. */
   readonly #slots = new Set<Slot>()
   readonly #maxUploads: number
+  /** Restores in progress, by id: concurrent requests for one upload wait for the same. */
+  readonly #restoring = new Map<string, Promise<ResumableUpload | GoneReason>>()
+  readonly #log: FastifyBaseLogger
   /** Set at shutdown: the plugin's one reason, what every later request is answered. */
   #shutDown: EntryFailure | undefined
 
-  constructor (maxUploads: number) {
+  constructor (maxUploads: number, log: FastifyBaseLogger) {
     this.#maxUploads = maxUploads
+    this.#log = log
   }
 
   /**
@@ -62,14 +69,44 @@ export class ResumableRegistry {
     this.#slots.delete(slot)
   }
 
-  /** Adds a created upload; after shutdown began, throws (its creator ends it). */
-  add (upload: ResumableUpload): void {
+  /**
+   * Adds a created upload (a durable one with its record, or a restored one with the
+   * record's lock); after shutdown began, or when its record cannot be made, throws
+   * (its creator ends it).
+   */
+  async add (upload: ResumableUpload, restored = false): Promise<void> {
     if (this.#shutDown !== undefined) throw this.#shutDown
+    if (upload.durable) {
+      const letGo = (): void => { this.#letGo(upload).catch((err: unknown) => this.#log.error({ err, ref: upload.id }, 'resumable upload could not be handed over')) }
+      if (restored) await upload.takeRecord(letGo)
+      else await upload.createRecord(letGo)
+      // The server began shutting down meanwhile: the upload never was (its creator ends it).
+      if (this.#shutDown !== undefined) {
+        await upload.dropRecord()
+        throw this.#shutDown
+      }
+    }
     this.#uploads.set(upload.id, upload)
   }
 
   find (id: string): ResumableUpload | GoneReason | undefined {
     return this.#uploads.get(id) ?? this.#gone.get(id)
+  }
+
+  /**
+   * The upload `id` continued from its record (`restore`), once even for requests that
+   * ask at the same time: they all get the same upload, or the same failure.
+   */
+  async restore (id: string, restore: () => Promise<ResumableUpload | GoneReason>): Promise<ResumableUpload | GoneReason> {
+    // Restored (or ended) while this request read the record.
+    const found = this.find(id)
+    if (found !== undefined) return found
+    let restoring = this.#restoring.get(id)
+    if (restoring === undefined) {
+      restoring = restore().finally(() => this.#restoring.delete(id))
+      this.#restoring.set(id, restoring)
+    }
+    return await restoring
   }
 
   /**
@@ -82,18 +119,75 @@ export class ResumableRegistry {
 
   /** Ends an upload's registration; with a reason, later requests to its URL get 410 saying it, else 404. */
   remove (upload: ResumableUpload, reason: GoneReason | undefined): void {
-    if (this.#uploads.get(upload.id) !== upload) return
+    if (!this.#unlist(upload)) return
+    if (reason !== undefined) this.remember(upload.id, reason)
+    upload.ended = reason ?? 'failed'
+    upload.interrupt()
+    // Ended for good: its record goes.
+    this.dropRecord(upload).catch(() => {})
+  }
+
+  /** Lists the upload no more (its timers stopped, its slot free); false if it was not listed. */
+  #unlist (upload: ResumableUpload): boolean {
+    if (this.#uploads.get(upload.id) !== upload) return false
     upload.stopTimers()
     this.#uploads.delete(upload.id)
     this.#slots.delete(upload.slot)
-    if (reason !== undefined) this.#gone.set(upload.id, reason)
+    return true
+  }
+
+  /** Later requests for `id` are told it ended, and why. */
+  remember (id: string, reason: GoneReason): void {
+    this.#gone.set(id, reason)
     if (this.#gone.size > GONE_MEMORY) this.#gone.delete(this.#gone.keys().next().value!)
+  }
+
+  /** An upload's record removed (it finished or ended). Never rejects: a failure is logged (the sweep removes the record once it expires). */
+  async dropRecord (upload: ResumableUpload): Promise<void> {
+    await upload.dropRecord().catch((err: unknown) => this.#log.error({ err, ref: upload.id }, 'resumable upload record could not be removed'))
+  }
+
+  /**
+   * This process lets a durable upload go, keeping its record: whoever writes to it stops
+   * (and saves), a last checkpoint saves what the writer holds, and the store's lock is
+   * released. Its writer gets no close here: it gets it in the process that goes on.
+   */
+  async #letGo (upload: ResumableUpload): Promise<void> {
+    if (!this.#unlist(upload)) return
+    // At shutdown, later requests here are told so (503); otherwise they find its record.
+    if (this.#shutDown !== undefined) this.remember(upload.id, 'shut down')
+    upload.ended = 'shut down'
     upload.interrupt()
+    const release = await upload.acquire()
+    try {
+      await upload.save(true)
+    } finally {
+      release()
+      await upload.letGo()
+    }
   }
 
   /** A request that waited for the upload may find it ended meanwhile (deleted, expired…): it is told why. */
   assertLive (upload: ResumableUpload): void {
     if (this.#uploads.get(upload.id) !== upload) throw this.whyGone(this.#gone.get(upload.id))
+  }
+
+  /**
+   * Saves what a durable upload's writer accepted (ResumableUpload.save). One that cannot
+   * be saved ends now: its checkpoint failed (its writer's failure is the answer), or its
+   * record could not be written (the upload is cancelled, and the store's error says why).
+   */
+  async save (upload: ResumableUpload): Promise<void> {
+    try {
+      await upload.save()
+    } catch (error) {
+      if (upload.entry.failure !== undefined) throw this.endedDuring(upload)
+      this.remove(upload, 'failed')
+      const failure = new StoreFailureError({ cause: error })
+      this.#log.error({ err: error, ref: upload.id }, 'resumable upload could not be saved: it ends')
+      await upload.entry.cancel(failure)
+      throw failure
+    }
   }
 
   /**
@@ -108,12 +202,17 @@ export class ResumableRegistry {
   }
 
   /**
-   * Shutdown: no new upload; appends in flight stop and answer 503; unfinished uploads
-   * are cancelled, staged partials removed.
+   * Shutdown: no new upload; appends in flight stop and answer 503. Unfinished durable
+   * uploads are saved and kept for the next process; other unfinished uploads are
+   * cancelled, staged partials removed.
    */
   async shutdown (failure: EntryFailure): Promise<void> {
     this.#shutDown = failure
     await Promise.all([...this.#uploads.values()].map(async (upload) => {
+      if (upload.durable && !upload.complete) {
+        // A writer that fails its last checkpoint was closed by it: nothing more to do.
+        return await this.#letGo(upload).catch((err: unknown) => this.#log.error({ err, ref: upload.id }, 'resumable upload could not be saved at shutdown'))
+      }
       this.remove(upload, 'shut down')
       if (upload.complete && upload.concat === 'partial') await upload.discard()
       else await upload.entry.cancel(failure)

@@ -4,7 +4,7 @@
 // waits for its ref (its id, or its URL), which a request to the route claims.
 import type { Readable } from 'node:stream'
 import type { EntryFailure } from '../../errors.js'
-import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { ResolvedConfig } from '../../config.js'
 import { derivedRoute } from '../../derived-routes.js'
 import { continueWithoutBody, holdErrors, takesBody } from '../route-body.js'
@@ -46,10 +46,14 @@ export class ResumableTransport implements Transport {
   readonly #services: Services
   /** Resumable uploads in progress, across requests. */
   readonly #registry: ResumableRegistry
+  readonly #log: FastifyBaseLogger
+  /** Upload configs already said to be unable to continue after a restart. */
+  readonly #notDurable = new Set<string>()
 
-  constructor (_fastify: FastifyInstance, services: Services) {
+  constructor (fastify: FastifyInstance, services: Services) {
     this.#services = services
-    this.#registry = new ResumableRegistry(services.settings.maxResumableUploads)
+    this.#log = fastify.log
+    this.#registry = new ResumableRegistry(services.settings.maxResumableUploads, fastify.log)
   }
 
   holdsEntries (route: UploadRoute): boolean {
@@ -62,7 +66,7 @@ export class ResumableTransport implements Transport {
   }
 
   addRoute (upload: UploadRoute): void {
-    const { refs, settings, tmpFiles, derived } = this.#services
+    const { refs, store, settings, tmpFiles, derived } = this.#services
     // After the channel's: a shared channel may have given the route its configs.
     const configs = resumableConfigs(upload.configs)
     if (configs.size === 0) return
@@ -70,6 +74,8 @@ export class ResumableTransport implements Transport {
     if (base === undefined) return
     const endpoint = new ResumableEndpoint(configs, this.#registry, {
       refs,
+      store,
+      notDurable: (config) => this.#warnNotDurable(config, upload.where),
       owner: settings.owner,
       expiry: settings.resumableExpiry,
       maxLifetime: settings.resumableMaxLifetime,
@@ -86,9 +92,16 @@ export class ResumableTransport implements Transport {
     upload.instance.route({ ...common, method, url: `${base}/:id`, handler: async (request, reply) => await endpoint.upload(request, reply) } as RouteOptions)
   }
 
+  /** Once per upload config: its writer has no checkpoint and restore, so its uploads end with this process. */
+  #warnNotDurable (config: ResolvedConfig, where: string): void {
+    if (this.#notDurable.has(config.key)) return
+    this.#notDurable.add(config.key)
+    this.#log.warn({ uploadName: config.uploadName, config: config.key }, `resumable uploads of "${config.uploadName}" of ${where} cannot continue after a restart: their writer has no checkpoint() and restore()`)
+  }
+
   /**
-   * No new upload; appends in flight stop and answer 503; unfinished uploads are
-   * cancelled. Nothing is left for close.
+   * No new upload; appends in flight stop and answer 503; unfinished durable uploads are
+   * saved and kept for the next process, others cancelled. Nothing is left for close.
    */
   async stop (reason: EntryFailure): Promise<void> {
     await this.#registry.shutdown(reason)

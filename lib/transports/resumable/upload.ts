@@ -2,10 +2,14 @@
 // length, metadata and timers, lets one request at a time write to it (a newer request
 // pre-empts the older one), and appends a request body to the entry with backpressure.
 // A client that goes away detaches: what the writer accepted stays, the entry lives on.
+// A durable upload (its writer can checkpoint and restore) also has a record in the
+// store, under the store's lock while this process holds it: the offset a client is told
+// is the one its last checkpoint saved there, and another process can go on from it.
 import type { Readable } from 'node:stream'
 import type { ResolvedConfig } from '../../config.js'
 import type { Entry } from '../../entry.js'
 import type { EntryFailure } from '../../errors.js'
+import type { HeldLock, Store, UploadRecord } from '../../stores/store.js'
 import { Feed, StreamSource, type FeedTarget } from '../../feed.js'
 import { bodyStreamFailure } from '../route-body.js'
 import { SilenceTimer } from '../../silence.js'
@@ -37,6 +41,17 @@ export interface UploadInit {
   onExpire: (upload: ResumableUpload) => void
   /** The place it took among the limits, reserved before its creation awaited anything. */
   slot: Slot
+  /** Where its record is kept: given for a durable upload only. */
+  store?: Store | undefined
+  /** For an upload continued from its record: when it was created, and the offset saved. */
+  createdAt?: number
+  saved?: number
+}
+
+/** How long another holder of an upload's store lock is given to let go, past which it is presumed dead. */
+function lockTimeout (config: ResolvedConfig): number {
+  // A writer call in flight (writerTimeout), then a checkpoint (writerTimeout), then a write of its record.
+  return 2 * config.writerTimeout + 5_000
 }
 
 export class ResumableUpload {
@@ -49,6 +64,14 @@ export class ResumableUpload {
   readonly slot: Slot
   /** Known length of the whole upload; undefined while deferred. */
   length: number | undefined
+  readonly createdAt: number
+  /** Why it ended, once it did: set when the registry removes it. */
+  ended: GoneReason | undefined
+  readonly #store: Store | undefined
+  /** The store's lock on its record, while this process holds the upload. */
+  #lock: HeldLock | undefined
+  /** The offset its record holds: what the last checkpoint made durable. */
+  #saved: number
   readonly #expiry: number
   readonly #deadline: number
   #expiresAt = 0
@@ -70,14 +93,17 @@ export class ResumableUpload {
     this.concat = init.concat
     this.concatHeader = init.concatHeader
     this.slot = init.slot
+    this.#store = init.store
+    this.createdAt = init.createdAt ?? Date.now()
+    this.#saved = init.saved ?? 0
     this.#expiry = init.expiry
-    this.#deadline = Date.now() + init.maxLifetime
+    this.#deadline = this.createdAt + init.maxLifetime
     const expire = (): void => {
       this.stopTimers()
       init.onExpire(this)
     }
     this.#idleTimer = setTimeout(expire, init.expiry)
-    this.#lifeTimer = setTimeout(expire, init.maxLifetime)
+    this.#lifeTimer = setTimeout(expire, this.#deadline - Date.now())
     // Waiting uploads alone must not keep the process alive.
     this.#idleTimer.unref()
     this.#lifeTimer.unref()
@@ -86,8 +112,83 @@ export class ResumableUpload {
 
   get id (): string { return this.entry.ref }
 
-  /** Bytes that went through settled `writeChunk` calls: the one truthful offset. */
-  get offset (): number { return this.entry.bytesReceived }
+  /**
+   * The offset a client is told and resumes from: for a durable upload, what its last
+   * checkpoint saved; otherwise (and once complete) the bytes that went through settled
+   * `writeChunk` calls.
+   */
+  get offset (): number { return this.durable && !this.complete ? this.#saved : this.entry.bytesReceived }
+
+  /** Whether it has a record in the store (its writer can checkpoint and restore). */
+  get durable (): boolean { return this.#store !== undefined }
+
+  /**
+   * A new durable upload's record: the store's lock taken (`onStopRequested`: another
+   * process wants it), a first checkpoint, the record created. Rejects if any fails,
+   * holding nothing.
+   */
+  async createRecord (onStopRequested: () => void): Promise<void> {
+    await this.takeRecord(onStopRequested)
+    try {
+      const snapshot = await this.entry.checkpoint()
+      await this.#store!.createUpload(this.#record(snapshot))
+    } catch (error) {
+      await this.letGo()
+      throw error
+    }
+  }
+
+  /** Takes the store's lock on the record this upload goes on from (restored). */
+  async takeRecord (onStopRequested: () => void): Promise<void> {
+    this.#lock = await this.#store!.lock(this.id, onStopRequested, lockTimeout(this.config))
+  }
+
+  /**
+   * Makes what the writer accepted durable and saves it in the record, so the offset
+   * clients are told moves on. Between writer calls, with the upload held. `last`: the
+   * writer makes no further call here (see CheckpointInfo). Nothing to do for an upload
+   * that is not durable, no longer uploading, or ended (but for a shutdown, which keeps it).
+   */
+  async save (last = false): Promise<void> {
+    if (!this.durable || this.entry.status !== 'uploading' || (this.ended !== undefined && this.ended !== 'shut down')) return
+    const snapshot = await this.entry.checkpoint(last)
+    await this.#store!.updateUpload(this.id, { offset: this.#saved, token: this.#lock!.token }, {
+      offset: snapshot.offset, snapshot, length: this.length, expiresAt: this.expiresAt
+    })
+    this.#saved = snapshot.offset
+  }
+
+  /** Its record is removed (it finished or ended), and its lock let go. Idempotent. */
+  async dropRecord (): Promise<void> {
+    if (this.#lock === undefined) return
+    try {
+      await this.#store!.deleteUpload(this.id)
+    } finally {
+      await this.letGo()
+    }
+  }
+
+  /** Lets the store's lock go, keeping the record (another process may go on). Idempotent. */
+  async letGo (): Promise<void> {
+    const lock = this.#lock
+    this.#lock = undefined
+    await lock?.release()
+  }
+
+  #record (snapshot: UploadRecord['snapshot']): UploadRecord {
+    return {
+      id: this.id,
+      configKey: this.config.key,
+      owner: this.owner,
+      length: this.length,
+      offset: this.#saved,
+      metadata: this.metadata,
+      concat: this.concat,
+      snapshot,
+      createdAt: this.createdAt,
+      expiresAt: this.expiresAt
+    }
+  }
 
   get complete (): boolean { return this.entry.status === 'done' }
 
