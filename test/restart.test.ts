@@ -4,13 +4,14 @@
 // on the same port and tmpDir: the client's next HEAD gets the offset the last checkpoint
 // made durable, never 0, the upload goes on from there, and the route consumes it byte for
 // byte. The writer log (one JSON line per writer call, across processes) shows one logical
-// upload: restored in the new process, closed exactly once, with 'done'. Also: a second
+// upload: restored in the new process, closed exactly once, with 'done'. Also: SIGTERM
+// while an upload waits between PATCHes (a new Upload with its URL resumes it), a second
 // process on the same tmpDir is refused, and a damaged record is reported and dropped.
 import { existsSync } from 'node:fs'
 import { readdir, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { bytes, eventually, sha256, tmpDirFor } from './kit/index.js'
+import { bytes, eventually, sha256, tmpDirFor, until } from './kit/index.js'
 import {
   RestartingServer, ServerProcess, filesInStore, historyOf, readWriterLog, storeDirOf, tusUpload,
   type Exchange, type Protocol, type TusRun
@@ -44,6 +45,10 @@ async function heldUpload (t: Test, protocol: Protocol, size: number, seed: numb
     run.done.then((url) => { throw new Error(`the upload ended (${url}) before the server held it`) })
   ])
   return { server, run, data, path: held.split(' ')[1]! }
+}
+
+function headHeaders (protocol: Protocol): Record<string, string> {
+  return protocol === 'tus-v1' ? { 'tus-resumable': '1.0.0' } : { 'upload-draft-interop-version': '5' }
 }
 
 /** The exchanges from the first one the second server answered: the client's resume. */
@@ -125,6 +130,30 @@ for (const protocol of PROTOCOLS) {
   })
 }
 
+for (const protocol of PROTOCOLS) {
+  t.test(`${protocol}: SIGTERM while an upload waits between PATCHes; a new Upload with its URL resumes it after the restart`, async (t) => {
+    const server = new RestartingServer(t, await tmpDirFor(t), join(await tmpDirFor(t), 'writer.log'))
+    await server.start()
+    const data = bytes(2 * MiB, 4)
+    const first = tusUpload(data, { endpoint: server.endpoint, protocol, chunkSize: CHUNK })
+    first.done.catch(() => {}) // aborted below
+    await until('two PATCHes acknowledged', () => first.acked.length >= 2)
+    await first.upload.abort()
+    const url = first.upload.url!
+    // A HEAD pre-empts a PATCH the abort may have cut and answers once it let go: the upload is idle.
+    const head = await fetch(url, { method: 'HEAD', headers: headHeaders(protocol) })
+    const durable = Number(head.headers.get('upload-offset'))
+    t.ok(durable >= 2 * CHUNK, `idle at ${durable}`)
+    const path = readWriterLog(server.writerLog)[0]!.path
+
+    t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+    t.match(readWriterLog(server.writerLog).at(-1), { event: 'checkpoint', path, offset: durable, last: true }, 'shutdown checkpointed it, and closed nothing')
+    await server.start()
+    const resumed = tusUpload(data, { endpoint: server.endpoint, protocol, chunkSize: CHUNK, uploadUrl: url })
+    await checkResumed(t, { server, run: resumed, data, path }, durable, 0)
+  })
+}
+
 t.test('a second process on the same tmpDir is refused with FST_CHUNKED_UPLOAD_STORE_IN_USE; the first still serves', async (t) => {
   const logs = await tmpDirFor(t)
   const server = new RestartingServer(t, await tmpDirFor(t), join(logs, 'writer.log'))
@@ -165,7 +194,7 @@ for (const protocol of PROTOCOLS) {
     t.ok(head?.status === 404 || head?.status === 410, `the client's HEAD got ${String(head?.status)}`)
     t.not(url, uploadUrl, 'so tus-js-client created a new upload')
     t.same((await server.consume(url)).json, { sha256: sha256(data), size: data.length }, 'which the route consumed byte for byte')
-    const again = await fetch(uploadUrl, { method: 'HEAD', headers: protocol === 'tus-v1' ? { 'tus-resumable': '1.0.0' } : { 'upload-draft-interop-version': '5' } })
+    const again = await fetch(uploadUrl, { method: 'HEAD', headers: headHeaders(protocol) })
     t.ok(again.status === 404 || again.status === 410, `the old URL answers ${again.status}`)
 
     const pids = server.runs.map((r) => r.pid)
