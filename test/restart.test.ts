@@ -6,9 +6,10 @@
 // byte. The writer log (one JSON line per writer call, across processes) shows one logical
 // upload: restored in the new process, closed exactly once, with 'done'. Also: SIGTERM
 // while an upload waits between PATCHes (a new Upload with its URL resumes it), a second
-// process on the same tmpDir is refused, and a damaged record is reported and dropped.
+// process on the same tmpDir is refused, and a damaged record, or one whose bytes were
+// lost, is reported and dropped.
 import { existsSync } from 'node:fs'
-import { readdir, writeFile } from 'node:fs/promises'
+import { readdir, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
 import { bytes, eventually, sha256, tmpDirFor, until } from './kit/index.js'
@@ -203,6 +204,32 @@ for (const protocol of PROTOCOLS) {
     await eventually(async () => (await filesInStore(server.tmpDir)).join() === setAside.join()) // the new upload's file goes once consumed
     t.same(await filesInStore(server.tmpDir), setAside, 'nothing of it is left in the store but the record, set aside')
     t.notOk(existsSync(path), 'its temp file, which no record names any more, was removed at start')
+    t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+  })
+}
+
+for (const protocol of PROTOCOLS) {
+  t.test(`${protocol}: bytes lost while the server was down (its temp file cut short): 410, the client starts anew, nothing left after the next start`, async (t) => {
+    const s = await heldUpload(t, protocol, 2 * MiB, 5)
+    const { server, run, data, path } = s
+    const uploadUrl = run.upload.url!
+    await server.stop('SIGKILL')
+    // What a power loss may leave without fsync: the file shorter than its checkpoint.
+    await truncate(path, 1000)
+
+    const second = await server.start()
+    const url = await run.done
+    const head = run.exchanges.find((e) => e.method === 'HEAD' && e.status !== 0)
+    t.equal(head?.status, 410, 'the client\'s HEAD got 410: the upload cannot go on')
+    t.not(url, uploadUrl, 'so tus-js-client created a new upload')
+    t.same((await server.consume(url)).json, { sha256: sha256(data), size: data.length }, 'which the route consumed byte for byte')
+    t.match(await second.logged(/^.*bytes were lost.*$/m), path, 'the server logged why, naming the file')
+    t.same(historyOf(readWriterLog(server.writerLog), path, server.runs.map((r) => r.pid)).filter((e) => !e.startsWith('checkpoint')), ['init@0'],
+      'its writer was never restored nor closed')
+    t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+
+    await server.start()
+    t.same(await filesInStore(server.tmpDir), [], 'the next start left nothing of it')
     t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
   })
 }
