@@ -15,7 +15,7 @@ import t, { type Test } from 'tap'
 import { bytes, eventually, sha256, tmpDirFor, until } from './kit/index.js'
 import {
   RestartingServer, ServerProcess, filesInStore, historyOf, readWriterLog, storeDirOf, tusUpload,
-  type Exchange, type Protocol, type TusRun
+  type Protocol, type TusRun
 } from './kit/restart.js'
 
 const KiB = 1024
@@ -52,11 +52,6 @@ function headHeaders (protocol: Protocol): Record<string, string> {
   return protocol === 'tus-v1' ? { 'tus-resumable': '1.0.0' } : { 'upload-draft-interop-version': '5' }
 }
 
-/** The exchanges from the first one the second server answered: the client's resume. */
-function afterRestart (run: TusRun, firstFailed: number): Exchange[] {
-  return run.exchanges.slice(firstFailed)
-}
-
 /** Checkpoints of `path` by the process `pid`, in order. */
 function checkpoints (server: RestartingServer, path: string, pid: number): number[] {
   return readWriterLog(server.writerLog).filter((l) => l.path === path && l.pid === pid && l.event === 'checkpoint').map((l) => l.offset!)
@@ -65,11 +60,13 @@ function checkpoints (server: RestartingServer, path: string, pid: number): numb
 /**
  * The upload resumed at `durable` on the second server, ended byte-identical, and left
  * nothing behind; the writer log shows it restored there and closed once, with 'done'.
+ * `exchangesBefore`: how many exchanges the client had made when the first server stopped.
  */
 async function checkResumed (t: Test, s: Started, durable: number, exchangesBefore: number): Promise<void> {
   const { server, run, data, path } = s
   const url = await run.done
-  const resumed = afterRestart(run, exchangesBefore)
+  // What the client sent once the first server was gone: its resume.
+  const resumed = run.exchanges.slice(exchangesBefore)
   const head = resumed.find((e) => e.method === 'HEAD' && e.status !== 0)
   t.ok(head !== undefined && head.status >= 200 && head.status < 300, `the client asked for the offset after the restart (${JSON.stringify(head)})`)
   t.equal(head?.answeredOffset, durable, `and was answered the durable offset ${durable}, not 0`)
