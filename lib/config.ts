@@ -35,6 +35,7 @@ export const PartialUploadConfigSchema = Type.Partial(UploadConfigSchema)
 export const PluginOptionsSchema = Type.Object({
   tmpDir: Opt(Type.String({ minLength: 1 })),
   store: Opt(Type.Object({})),
+  fsync: Opt(Type.Boolean()),
   defaults: Opt(PartialUploadConfigSchema),
   maxFields: Opt(Type.Integer({ minimum: 0 })),
   maxFieldSize: Opt(PositiveInt),
@@ -154,6 +155,7 @@ const HINTS: Record<string, string> = {
 export interface PluginSettings {
   tmpDir: string | undefined
   store: Store | undefined
+  fsync: boolean
   defaults: Partial<UploadConfig>
   maxFields: number
   maxFieldSize: number
@@ -197,6 +199,7 @@ export function validatePluginOptions (options: unknown): PluginSettings {
   return {
     tmpDir: opts.tmpDir,
     store: opts.store,
+    fsync: opts.fsync ?? false,
     defaults: opts.defaults ?? {},
     maxFields: opts.maxFields ?? PLUGIN_DEFAULTS.maxFields,
     maxFieldSize: opts.maxFieldSize ?? PLUGIN_DEFAULTS.maxFieldSize,

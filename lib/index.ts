@@ -39,13 +39,14 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // The default store keeps its records in a directory of tmpDir this process claims.
   const store = settings.store ?? await FileStore.open({
     dir: join(tmpDir, STORE_DIR),
+    fsync: settings.fsync,
     onCorrupt: (err) => fastify.log.error({ err }, 'a damaged upload record was set aside: its upload cannot continue')
   })
   /** The default store is the plugin's to close (once the app closes, or cannot start); one the app gave is the app's. */
   const closeOwnStore = async (): Promise<void> => { if (settings.store === undefined) await store.close() }
   /** Where the temp-file writer's files go (the store's own directory, if it has one), and the bytes handed to them and not yet on disk. */
-  const tmpFiles = { dir: store.dir ?? tmpDir, budget: new TmpFileBudget(settings.tmpFileQueueBytes) }
-  const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir: tmpFiles.dir, budget: tmpFiles.budget }]
+  const tmpFiles = { dir: store.dir ?? tmpDir, budget: new TmpFileBudget(settings.tmpFileQueueBytes), fsync: settings.fsync }
+  const defaultWriter: WriterFactory = () => [TmpFileWriter, tmpFiles]
   /** Every upload config, by key: what a store's records name. */
   const configs = new Map<string, ResolvedConfig>()
   const sweeper = new Sweeper({ store, configs, defaultWriter, tmpFiles, log: fastify.log })
@@ -63,6 +64,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
     tmpFiles,
     /** Channels and resumable endpoints, one per path (and constraints). */
     derived: new DerivedRoutes(routerMatching(fastify)),
+    abandonRecord: async (record) => await sweeper.abandon(record),
     bodyHookLast: (route, hook) => { bodyHooks.push({ route, hook, count: hookList(route.preParsing).length }) }
   }
   let transports: Transport[]

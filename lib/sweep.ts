@@ -6,7 +6,7 @@ import type { FastifyBaseLogger } from 'fastify'
 import type { WriterSnapshot } from '../types/index.js'
 import type { ResolvedConfig } from './config.js'
 import type { Store, UploadRecord } from './stores/store.js'
-import { TmpFileWriter, removeLeftovers, type TmpFileOptions } from './writers/tmp-file.js'
+import { removeLeftovers, removeSnapshotFile, type TmpFileOptions } from './writers/tmp-file.js'
 
 /** How often expired records are looked for, in ms. */
 export const SWEEP_INTERVAL = 60_000
@@ -51,27 +51,24 @@ export class Sweeper {
   /** Expired upload records leave the store; each one's writer cleans up where the plugin can tell it. */
   async sweep (now = Date.now()): Promise<void> {
     const { uploads } = await this.#options.store.sweep(now)
-    await Promise.all(uploads.map(async (record) => await this.#ended(record)))
+    await Promise.all(uploads.map(async (record) => await this.abandon(record)))
   }
 
   /**
-   * An expired record: written with the plugin's temp-file writer (the default, or a
-   * staged partial), its file is restored and cancelled, which removes it. Another writer
-   * is chosen per request by the route's factory, which cannot run without one: what its
-   * snapshot names is logged and left as it is.
+   * A record whose upload ended without its writer (it expired in the store, or its
+   * writer could not be restored). Written with the plugin's temp-file writer (the
+   * default, or a staged partial): its file is removed. Another writer is chosen per
+   * request by the route's factory, which cannot run without one: what its snapshot
+   * names is logged and left as it is. Never rejects.
    */
-  async #ended (record: UploadRecord): Promise<void> {
+  async abandon (record: UploadRecord): Promise<void> {
     const { configs, defaultWriter, tmpFiles, log } = this.#options
-    const config = configs.get(record.configKey)
-    if (record.concat === 'partial' || config?.writer === defaultWriter) {
-      try {
-        const state = await TmpFileWriter.restore!(record.snapshot as WriterSnapshot, tmpFiles)
-        await TmpFileWriter.close(state, 'cancel')
-      } catch (err) {
-        log.warn({ err, ref: record.id }, 'an expired resumable upload\'s temp file could not be removed')
-      }
+    if (record.concat === 'partial' || configs.get(record.configKey)?.writer === defaultWriter) {
+      await removeSnapshotFile(record.snapshot as WriterSnapshot, tmpFiles).catch((err: unknown) => {
+        log.warn({ err, ref: record.id }, 'the temp file of an ended resumable upload could not be removed')
+      })
       return
     }
-    log.warn({ ref: record.id, snapshot: record.snapshot }, 'an expired resumable upload left the store; its writer was not told (it is chosen per request): what its snapshot names is left as it is')
+    log.warn({ ref: record.id, snapshot: record.snapshot }, 'a resumable upload ended without its writer, which was not told (it is chosen per request): what its snapshot names is left as it is')
   }
 }

@@ -2,13 +2,13 @@
 // child process, spoken to over HTTP and over its WebSocket channels (with the client
 // library from dist/, as the page uses it). It loads the built package: build first.
 import { createHash, randomBytes } from 'node:crypto'
-import { mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { WebSocket } from 'ws'
 import { startDemo } from './kit/client-kit.js'
-import { eventually } from './kit/index.js'
+import { eventually, strayFiles } from './kit/index.js'
 
 /** The client library as the package exports it (dist/client/index.js), which the page loads too. */
 const CLIENT = 'fastify-chunked-upload/client'
@@ -273,6 +273,6 @@ t.test('the demo leaves no temp file behind and still answers', async (t) => {
   const response = await fetch(url)
   t.equal(response.status, 200)
   await response.text()
-  t.ok(await eventually(async () => (await readdir(tmp)).length === 0), 'every temp file was removed')
-  t.same(await readdir(tmp), [])
+  t.ok(await eventually(async () => (await strayFiles(tmp)).length === 0), 'every temp file was removed')
+  t.same(await strayFiles(tmp), [])
 })

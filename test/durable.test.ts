@@ -2,7 +2,7 @@
 // the store), another starts on the same tmpDir (or store) and goes on from the offset the
 // last checkpoint saved. Real sockets, real files; the writers are the temp-file writer,
 // wrapped to journal its calls. Restarts of a real process (kill -9) are restart.test.ts.
-import { readFile, rm, writeFile } from 'node:fs/promises'
+import { readFile, truncate, writeFile } from 'node:fs/promises'
 import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
@@ -175,21 +175,21 @@ t.test('a record is for its owner and its route only: anyone else gets 404, and 
   t.equal((await send(`${second.endpoint}/${id}`, 'HEAD', { ...TUS, 'x-user': 'alice' })).headers['upload-offset'], '0', 'its owner continues it')
 })
 
-t.test('a record whose file is gone cannot be restored: 410 saying so, a log line, the record removed (then 404)', async (t) => {
+t.test('a record whose bytes were lost cannot be restored: 410 saying so, a log line, the record and the file removed', async (t) => {
   const dir = await tmpDirFor(t)
   const first = await serve(t, { tmpDir: dir })
   const id = await create(first, 10)
   t.equal((await patch(first, id, 0, bytes(5))).status, 204)
   await first.app.close()
   const [file] = await tempFiles(dir)
-  await rm(`${dir}/${file!}`)
+  await truncate(`${dir}/${file!}`, 2)
   const second = await serve(t, { tmpDir: dir })
   const gone = await patch(second, id, 5, bytes(5))
   t.equal(gone.status, 410)
   t.match(gone.json, { code: 'FST_CHUNKED_UPLOAD_GONE', message: /its writer failed/ })
   t.ok(second.logs.some((line) => line.level === 50 && /could not be restored/.test(line.msg) && line.ref === id), 'logged, with its ref')
   t.equal((await head(second, id)).status, 410, 'remembered here')
-  t.same(await strayFiles(dir), [], 'its record is gone')
+  t.same(await strayFiles(dir), [], 'its record and its file are gone')
 })
 
 t.test('a route whose writer changed to one without restore: its kept uploads cannot go on (410)', async (t) => {
@@ -311,7 +311,7 @@ t.test('two apps on one tmpDir at once: the second fails to start with STORE_IN_
   const first = await serve(t, { tmpDir: dir })
   const second = Fastify()
   t.teardown(() => second.close())
-  await t.rejects(async () => await second.register(chunkedUpload, { tmpDir: dir }), { code: 'FST_CHUNKED_UPLOAD_STORE_IN_USE', message: /give each running process its own tmpDir/ })
+  await t.rejects(async () => await second.register(chunkedUpload, { tmpDir: dir }), { code: 'FST_CHUNKED_UPLOAD_STORE_IN_USE', message: /give each running process, and each plugin instance in one, its own tmpDir/ })
   t.equal((await send(first.endpoint, 'POST', { ...TUS, 'upload-length': 1 })).status, 201)
 })
 
@@ -345,7 +345,7 @@ t.test('at start, expired records go (their temp files with them) and temp files
   t.ok(second.logs.some((line) => /removed temp files a previous run left behind/.test(line.msg) && line.files === 1))
 })
 
-t.test('the sweep: an expired record of the plugin\'s writer is restored and cancelled (its file removed); another writer\'s is logged and left', async (t) => {
+t.test('the sweep: an expired record of the plugin\'s writer goes with its file; another writer\'s is logged and left', async (t) => {
   const dir = await tmpDirFor(t)
   const store = new MemoryStore()
   const defaultWriter: WriterFactory = () => [TmpFileWriter, { dir }]
@@ -359,7 +359,10 @@ t.test('the sweep: an expired record of the plugin\'s writer is restored and can
   await store.createUpload({ ...record, id: 'own' })
   await store.createUpload({ ...record, id: 'custom', configKey: custom.get('b')!.key, snapshot: { offset: 3, key: 'x' } })
   await store.createUpload({ ...record, id: 'later', expiresAt: 500 })
-  await store.createUpload({ ...record, id: 'lost', snapshot: { offset: 3, path: `${dir}/upload-${'b'.repeat(32)}` } })
+  const elsewhere = await tmpDirFor(t)
+  const foreign = `${elsewhere}/upload-${'b'.repeat(32)}`
+  await writeFile(foreign, 'not in the writer\'s directory')
+  await store.createUpload({ ...record, id: 'foreign', snapshot: { offset: 3, path: foreign } })
   const warnings: Array<{ obj: any, msg: string }> = []
   const log = { warn: (obj: any, msg: string) => warnings.push({ obj, msg }), info () {}, error () {} } as never
   const sweeper = new Sweeper({ store, configs, defaultWriter, tmpFiles: { dir }, log })
@@ -368,10 +371,11 @@ t.test('the sweep: an expired record of the plugin\'s writer is restored and can
   t.same(await strayFiles(dir), [], 'the plugin\'s writer removed its file')
   warnings.sort((x, y) => String(x.obj.ref).localeCompare(String(y.obj.ref)))
   t.match(warnings, [
-    { obj: { ref: 'custom', snapshot: { key: 'x' } }, msg: /its writer was not told/ },
-    { obj: { ref: 'lost' }, msg: /temp file could not be removed/ }
+    { obj: { ref: 'custom', snapshot: { key: 'x' } }, msg: /ended without its writer, which was not told/ },
+    { obj: { ref: 'foreign', err: { message: /cannot restore .*not a temp file of this writer/ } }, msg: /temp file of an ended resumable upload could not be removed/ }
   ])
   t.equal(warnings.length, 2)
+  t.equal(await readFile(foreign, 'utf8'), 'not in the writer\'s directory', 'a file it did not make is never removed')
 })
 
 t.test('the periodic sweep runs every minute while the app runs, and stops at close', async (t) => {
@@ -387,7 +391,7 @@ t.test('the periodic sweep runs every minute while the app runs, and stops at cl
   await clock.tickAsync(1)
   t.ok(await eventually(async () => (await store.getUpload('elsewhere')) === undefined), 'swept after a minute')
   t.ok(await store.getUpload(id), 'a live upload is not swept')
-  t.ok(server.logs.some((line) => line.ref === 'elsewhere' && /its writer was not told/.test(line.msg)))
+  t.ok(server.logs.some((line) => line.ref === 'elsewhere' && /ended without its writer/.test(line.msg)))
   await server.app.close()
   await store.createUpload({ ...(await store.getUpload(id))!, id: 'after', configKey: 'POST /gone {} file', snapshot: { offset: 0 }, expiresAt: 1 })
   await clock.tickAsync(SWEEP_INTERVAL)
@@ -413,4 +417,140 @@ t.test('a partial upload (concatenation) kept at shutdown goes on in the next ap
   t.same((await claim(second, id)).json, [{ size: 6, sha256: sha256(Buffer.from('abcdef')) }])
   t.equal((await head(second, b)).status, 404, 'a complete partial does not outlive its app')
   t.same(await strayFiles(dir), [], 'nothing left')
+})
+
+/** A promise and the function that settles it: a barrier the test opens. */
+function barrier (): { wait: Promise<void>, open: () => void } {
+  let open!: () => void
+  const wait = new Promise<void>((resolve) => { open = resolve })
+  return { wait, open }
+}
+
+t.test('a shutdown that begins while a creation makes its record: the creation answers 503, and neither its record nor its file stays', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const gate = barrier()
+  const reached = barrier()
+  const server = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    checkpoint: async (state, info) => {
+      reached.open()
+      await gate.wait
+      return await TmpFileWriter.checkpoint!(state, info)
+    }
+  }))
+  const creating = send(server.endpoint, 'POST', { ...TUS, 'upload-length': 10 })
+  await reached.wait
+  const closing = server.app.close()
+  // The shutdown has begun (preClose ran) once new requests are refused.
+  await until('the shutdown to begin', () => server.app.server.listening ? undefined : true)
+  gate.open()
+  t.equal((await creating).status, 503)
+  await closing
+  t.same(journal.slice(-1), ['close cancel'], 'its writer is cancelled')
+  t.same(await strayFiles(dir), [], 'no record, no file')
+})
+
+t.test('a creation whose first checkpoint fails: 500, its writer closed with the error, no record and no file', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const server = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    checkpoint: async () => { throw new Error('no room for it') }
+  }))
+  const created = await send(server.endpoint, 'POST', { ...TUS, 'upload-length': 10 })
+  t.equal(created.status, 500)
+  t.match(created.json, { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.same(journal, ['init', 'close error'])
+  t.same(await strayFiles(dir), [], 'no record, no file')
+  t.equal((await send(server.endpoint, 'POST', { ...TUS, 'upload-length': 10 })).status, 500, 'its slot is free for the next')
+})
+
+/** A MemoryStore whose lock fails while `failing` is set. */
+class UnlockableStore extends MemoryStore {
+  failing = false
+  override async lock (...args: Parameters<Store['lock']>): ReturnType<Store['lock']> {
+    if (this.failing) throw new Error('lock service unreachable')
+    return await super.lock(...args)
+  }
+}
+
+t.test('an upload whose lock cannot be taken when it is restored: the request fails, the writer lets go (last checkpoint), the record stays for later', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const store = new UnlockableStore()
+  const first = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const id = await create(first, 6)
+  t.equal((await patch(first, id, 0, bytes(3))).status, 204)
+  await first.app.close()
+  const second = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  store.failing = true
+  t.equal((await head(second, id)).status, 500)
+  t.same(journal.slice(-2), ['restore 3', 'checkpoint 3 last'], 'restored, then let go without a close')
+  store.failing = false
+  t.equal((await head(second, id)).headers['upload-offset'], '3', 'a later request continues it')
+  t.equal((await patch(second, id, 3, bytes(3, 2))).status, 204)
+  t.same(journal.slice(-1), ['close done'])
+})
+
+t.test('a checkpoint that outlives writerTimeout fails the upload at once; its close follows when it settles', async (t) => {
+  const clock = fakeClock(t)
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const hang = barrier()
+  const hanging = barrier()
+  t.teardown(hang.open)
+  let hangs = false
+  const server = await serve(t, { tmpDir: dir, defaults: { writerTimeout: 1000 } }, journaled(journal, filesDir(dir), {
+    checkpoint: async (state, info) => {
+      if (hangs) {
+        hanging.open()
+        await hang.wait
+      }
+      const snapshot = await TmpFileWriter.checkpoint!(state, info)
+      journal.push(`checkpoint ${snapshot.offset}`)
+      return snapshot
+    }
+  }))
+  const id = await create(server, 10)
+  hangs = true
+  const patching = patch(server, id, 0, bytes(5))
+  await hanging.wait
+  await clock.tickAsync(1000)
+  const failed = await patching
+  t.equal(failed.status, 500)
+  t.match(failed.json, { code: 'FST_CHUNKED_UPLOAD_WRITER_FAILURE' })
+  t.same(journal, ['init', 'checkpoint 0'], 'no close while the checkpoint runs')
+  hang.open()
+  await until('the late close', () => journal.at(-1) === 'close error' ? true : undefined)
+  t.same(journal, ['init', 'checkpoint 0', 'checkpoint 5', 'close error'], 'closed once, after it settled')
+})
+
+t.test('a damaged record: set aside with a log line at start, its upload cannot go on (404), the server runs, its file is removed', async (t) => {
+  const dir = await tmpDirFor(t)
+  const first = await serve(t, { tmpDir: dir })
+  const id = await create(first, 10)
+  await first.app.close()
+  const [record] = (await strayFiles(dir)).filter((path) => path.endsWith('.json'))
+  await writeFile(`${dir}/${record!}`, '{"id": "truncated')
+  const second = await serve(t, { tmpDir: dir })
+  t.ok(second.logs.some((line) => line.level === 50 && /damaged upload record was set aside/.test(line.msg) && line.err?.code === 'FST_CHUNKED_UPLOAD_STORE_CORRUPT'), 'logged')
+  t.equal((await head(second, id)).status, 404)
+  t.same(await tempFiles(dir), [], 'its file went with the leftovers')
+  t.same((await strayFiles(dir)).map((path) => path.endsWith('.json.corrupt')), [true], 'the damaged record is kept aside for a look')
+  t.equal((await send(second.endpoint, 'POST', { ...TUS, 'upload-length': 1 })).status, 201, 'the server runs')
+})
+
+t.test('fsync: true, for a power loss too: uploads are kept and continued as without it', async (t) => {
+  const dir = await tmpDirFor(t)
+  const data = bytes(5000, 9)
+  const first = await serve(t, { tmpDir: dir, fsync: true })
+  const id = await create(first, data.length)
+  t.equal((await patch(first, id, 0, data.subarray(0, 2000))).status, 204)
+  await first.app.close()
+  const second = await serve(t, { tmpDir: dir, fsync: true })
+  t.equal((await head(second, id)).headers['upload-offset'], '2000')
+  t.equal((await patch(second, id, 2000, data.subarray(2000))).status, 204)
+  t.same((await claim(second, id)).json, [{ size: data.length, sha256: sha256(data) }])
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await t.rejects(async () => await app.register(chunkedUpload, { fsync: 'yes' as unknown as boolean }), { code: 'FST_CHUNKED_UPLOAD_INVALID_CONFIG', message: /"fsync"/ })
 })

@@ -28,7 +28,7 @@ function endpointWith (staging: UploadWriter): { endpoint: ResumableEndpoint, re
   const registry = new ResumableRegistry(10, Fastify().log)
   const refs = new RefStore(60_000)
   const settings: ResumableSettings = {
-    refs, store: new MemoryStore(), notDurable: () => {}, owner: async () => undefined, expiry: 60_000, maxLifetime: 60_000, staging, stagingOptions: undefined
+    refs, store: new MemoryStore(), abandonRecord: async () => {}, notDurable: () => {}, owner: async () => undefined, expiry: 60_000, maxLifetime: 60_000, staging, stagingOptions: undefined
   }
   return { endpoint: new ResumableEndpoint(configs, registry, settings), registry, refs, configs }
 }

@@ -2,7 +2,7 @@
 // FileStore promises: records outlive the store that wrote them, a crash mid-write leaves
 // the old record, one live process per directory, damaged files reported and skipped.
 import { spawn } from 'node:child_process'
-import { mkdir, readdir, readFile, rm, truncate, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
 import { pathToFileURL } from 'node:url'
 import t, { type Test } from 'tap'
@@ -66,6 +66,8 @@ t.test('FileStore: the directory is created if missing, and only files with the 
   await writeFile(join(dir, 'other.tmp'), 'not the store\'s')
   await store.createUpload(upload('u1', { expiresAt: 5 }))
   await store.park(parked('r1', { expiresAt: 5 }))
+  t.equal((await stat(dir)).mode & 0o777, 0o700, 'a directory it creates is its user\'s only')
+  t.equal((await stat(await fileOf(dir, 'fcu-store-upload-'))).mode & 0o777, 0o600, 'so are its records')
   const swept = await store.sweep(5)
   t.same([swept.uploads.length, swept.parked.length], [1, 1])
   await store.close()

@@ -3,7 +3,7 @@
 import type { FastifyRequest } from 'fastify'
 import type { Store } from '../lib/stores/store.js'
 
-/** Why a writer is closed. `{ error }` exactly when `writeChunk` threw (or timed out) while the entry was not being cancelled. */
+/** Why a writer is closed. `{ error }` exactly when `writeChunk` or `checkpoint` threw (or timed out) while the entry was not being cancelled. */
 export type CloseReason = 'done' | 'cancel' | { error: unknown }
 
 /** What `discard` is told about the entry it lets go of. */
@@ -85,10 +85,10 @@ export interface UploadWriter<Options = any, State = any, Meta = any> {
    * resolves, those bytes survive at least the process dying (kill -9); what else they
    * survive (a power loss) is the writer's to document. Called on an open writer (after
    * `init` or `restore`, before `close`), never overlapping another call, and never per
-   * chunk: at the end of every resumable request (PATCH), before a pre-empted request
-   * lets go, when a channel socket drops, and at shutdown. It may take a while (a
-   * flush, an upload of a buffered part). It throws if those bytes cannot be made
-   * durable (a write failed): then no snapshot exists past the previous one.
+   * chunk: at a resumable upload's creation and at the end of every append (PATCH),
+   * and at shutdown (`info.last`). It may take a while (a flush, an upload of a buffered
+   * part). It throws if those bytes cannot be made durable (a write failed): then no
+   * snapshot exists past the previous one, and the entry fails (`close` with the error).
    */
   checkpoint? (state: State, info?: CheckpointInfo): WriterSnapshot | Promise<WriterSnapshot>
   /**
@@ -201,6 +201,11 @@ export interface ChunkedUploadOptions {
    * keeps them in this process only. A store given here is the app's to close.
    */
   store?: Store
+  /**
+   * Checkpoints of the plugin's temp files, and the default store's records, also wait for
+   * the disk: a saved offset survives a power loss, not only the process dying. Default false.
+   */
+  fsync?: boolean
   /** Defaults for every `allowUpload` config of the routes in this scope. */
   defaults?: Partial<UploadConfig>
   /** Most text fields in one multipart request. Default 1000. */

@@ -45,7 +45,8 @@ export class FileStore implements Store {
   /** Claims the directory (StoreInUseError while another live process has it) and clears temp files a crash left. */
   static async open (options: FileStoreOptions): Promise<FileStore> {
     const dir = resolve(options.dir)
-    await mkdir(dir, { recursive: true })
+    // Its records name owners and files: this user's only.
+    await mkdir(dir, { recursive: true, mode: 0o700 })
     await claim(dir)
     const names = await readdir(dir)
     await Promise.all(names.filter((name) => name.startsWith(PREFIX) && name.endsWith(TEMP_END)).map(async (name) => await rm(join(dir, name), { force: true })))
@@ -185,7 +186,7 @@ export class FileStore implements Store {
     const temp = `${path}.${process.pid}-${++this.#temps}${TEMP_END}`
     const text = JSON.stringify(value)
     if (this.#fsync) {
-      const file = await open(temp, 'w')
+      const file = await open(temp, 'w', 0o600)
       try {
         await file.writeFile(text)
         await file.sync()
@@ -193,7 +194,7 @@ export class FileStore implements Store {
         await file.close()
       }
     } else {
-      await writeFile(temp, text)
+      await writeFile(temp, text, { mode: 0o600 })
     }
     await rename(temp, path)
     if (this.#fsync) {

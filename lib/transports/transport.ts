@@ -20,7 +20,7 @@ import type { FastifyInstance, FastifyRequest, RouteOptions } from 'fastify'
 import type { PluginSettings, ResolvedConfig } from '../config.js'
 import type { Carried, DerivedRoutes } from '../derived-routes.js'
 import type { RefStore } from '../refs.js'
-import type { Store } from '../stores/store.js'
+import type { Store, UploadRecord } from '../stores/store.js'
 import type { Uploads } from '../uploads.js'
 import type { TmpFileBudget } from '../writers/tmp-file.js'
 
@@ -49,7 +49,9 @@ export interface Services {
   /** Upload state kept between requests and processes: durable resumable uploads' records. */
   readonly store: Store
   /** The temp-file writer's directory, and the bytes handed to its files and not yet on disk. */
-  readonly tmpFiles: { readonly dir: string, readonly budget: TmpFileBudget }
+  readonly tmpFiles: { readonly dir: string, readonly budget: TmpFileBudget, readonly fsync: boolean }
+  /** A record whose upload ended without its writer: what the plugin's own writer left is removed (see Sweeper.abandon). */
+  abandonRecord (record: UploadRecord): Promise<void>
   /** Routes derived from upload routes, one per path and constraints. */
   readonly derived: DerivedRoutes
   /** A route's preParsing hook that takes its body: checked, once ready, to be still the last. */

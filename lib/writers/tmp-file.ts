@@ -256,6 +256,15 @@ function opened (path: string, fd: number, size: number, options: TmpFileOptions
 }
 
 /**
+ * Removes the file a snapshot names, if it is one this writer could have made in its
+ * directory (as `restore` checks): how an upload whose writer state is gone (its record
+ * expired, or its bytes were lost) is cleaned up. Throws for any other path.
+ */
+export async function removeSnapshotFile (snapshot: WriterSnapshot, options: TmpFileOptions | undefined): Promise<void> {
+  await rm(ownPath(snapshot, directory(options)), { force: true })
+}
+
+/**
  * Removes this writer's files in `dir` (named as it names them) but those in `keep`: what
  * a process that died left behind. Only for a directory no other running process writes
  * to (a store's claimed one). Returns the paths removed.

@@ -72,6 +72,7 @@ async function restoreUpload (context: EndpointContext, request: FastifyRequest,
     registry.release(slot)
     request.log.error({ err: error, ref: record.id }, 'resumable upload could not be restored: its record is removed')
     await settings.store.deleteUpload(record.id)
+    await settings.abandonRecord(record)
     registry.remember(record.id, 'failed')
     return 'failed'
   }
@@ -81,9 +82,11 @@ async function restoreUpload (context: EndpointContext, request: FastifyRequest,
   try {
     await registry.add(upload, true)
   } catch (error) {
+    // Not taken here (its lock could not be had, or the server began shutting down): the
+    // writer lets go (its last call here), and the record stays for whoever continues it.
     upload.stopTimers()
     registry.release(slot)
-    await entry.cancel(asFailure(error))
+    await entry.checkpoint(true).catch(() => {})
     throw error
   }
   // Restored past its time: it ends now (its writer cancelled, so it cleans up).

@@ -80,9 +80,11 @@ export class ResumableRegistry {
       const letGo = (): void => { this.#letGo(upload).catch((err: unknown) => this.#log.error({ err, ref: upload.id }, 'resumable upload could not be handed over')) }
       if (restored) await upload.takeRecord(letGo)
       else await upload.createRecord(letGo)
-      // The server began shutting down meanwhile: the upload never was (its creator ends it).
+      // The server began shutting down meanwhile: a new upload never was (its creator ends
+      // it); a restored one stays in its record, for the next process.
       if (this.#shutDown !== undefined) {
-        await upload.dropRecord()
+        if (restored) await upload.letGo()
+        else await upload.dropRecord()
         throw this.#shutDown
       }
     }

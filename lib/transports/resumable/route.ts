@@ -66,7 +66,7 @@ export class ResumableTransport implements Transport {
   }
 
   addRoute (upload: UploadRoute): void {
-    const { refs, store, settings, tmpFiles, derived } = this.#services
+    const { refs, store, settings, tmpFiles, derived, abandonRecord } = this.#services
     // After the channel's: a shared channel may have given the route its configs.
     const configs = resumableConfigs(upload.configs)
     if (configs.size === 0) return
@@ -75,6 +75,7 @@ export class ResumableTransport implements Transport {
     const endpoint = new ResumableEndpoint(configs, this.#registry, {
       refs,
       store,
+      abandonRecord,
       notDurable: (config) => this.#warnNotDurable(config, upload.where),
       owner: settings.owner,
       expiry: settings.resumableExpiry,
