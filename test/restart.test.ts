@@ -223,8 +223,11 @@ for (const protocol of PROTOCOLS) {
     t.match(await second.logged(/^.*bytes were lost.*$/m), path, 'the server logged why, naming the file')
     t.same(historyOf(readWriterLog(server.writerLog), path, server.runs.map((r) => r.pid)).filter((e) => !e.startsWith('checkpoint')), ['init@0'],
       'its writer was never restored nor closed')
+    // This route's writer comes from its own factory, so the plugin cannot tell what its
+    // snapshot names: it says so and leaves the file, which the next start removes (no
+    // record names it). The plugin's default writer's file would go with the record.
+    t.match(await second.logged(/^.*left as it is.*$/m), path, 'the server logged that it left the file the snapshot names')
     t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
-
     await server.start()
     t.same(await filesInStore(server.tmpDir), [], 'the next start left nothing of it')
     t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
