@@ -144,7 +144,7 @@ for (const protocol of PROTOCOLS) {
     t.ok(durable >= 2 * CHUNK, `idle at ${durable}`)
     const path = readWriterLog(server.writerLog)[0]!.path
 
-    t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+    t.same(await server.stop('SIGTERM'), { code: 0, signal: null }, 'the server stops cleanly')
     t.match(readWriterLog(server.writerLog).at(-1), { event: 'checkpoint', path, offset: durable, last: true }, 'shutdown checkpointed it, and closed nothing')
     await server.start()
     const resumed = tusUpload(data, { endpoint: server.endpoint, protocol, chunkSize: CHUNK, uploadUrl: url })
@@ -171,7 +171,7 @@ t.test('a second process on the same tmpDir is refused with FST_CHUNKED_UPLOAD_S
     t.same(answer.json, { sha256: sha256(data), size: data.length }, `${protocol}: the first server took an upload`)
   }
   t.same(await filesInStore(server.tmpDir), [], 'nothing left in its store')
-  t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+  t.same(await server.stop('SIGTERM'), { code: 0, signal: null }, 'the server stops cleanly')
 })
 
 for (const protocol of PROTOCOLS) {
@@ -201,7 +201,7 @@ for (const protocol of PROTOCOLS) {
     await eventually(async () => (await filesInStore(server.tmpDir)).join() === setAside.join()) // the new upload's file goes once consumed
     t.same(await filesInStore(server.tmpDir), setAside, 'nothing of it is left in the store but the record, set aside')
     t.notOk(existsSync(path), 'its temp file, which no record names any more, was removed at start')
-    t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+    t.same(await server.stop('SIGTERM'), { code: 0, signal: null }, 'the server stops cleanly')
   })
 }
 
@@ -227,9 +227,9 @@ for (const protocol of PROTOCOLS) {
     // snapshot names: it says so and leaves the file, which the next start removes (no
     // record names it). The plugin's default writer's file would go with the record.
     t.match(await second.logged(/^.*left as it is.*$/m), path, 'the server logged that it left the file the snapshot names')
-    t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+    t.same(await server.stop('SIGTERM'), { code: 0, signal: null }, 'the server stops cleanly')
     await server.start()
     t.same(await filesInStore(server.tmpDir), [], 'the next start left nothing of it')
-    t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+    t.same(await server.stop('SIGTERM'), { code: 0, signal: null }, 'the server stops cleanly')
   })
 }
