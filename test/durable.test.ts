@@ -806,3 +806,33 @@ t.test('two apps on one store: a request to the second for an upload the first i
   t.same((await claim(b, id)).json, [{ size: 3000, sha256: sha256(data) }])
   t.same(journal.filter((line) => !line.startsWith('checkpoint')), ['init', 'restore 1500', 'close done'], 'one init, one restore, one close')
 })
+
+/** A MemoryStore whose next record read waits for `readGate`, once. */
+class SlowReadStore extends MemoryStore {
+  readGate: Promise<void> | undefined
+  override async getUpload (id: string): ReturnType<Store['getUpload']> {
+    const gate = this.readGate
+    this.readGate = undefined
+    await gate
+    return await super.getUpload(id)
+  }
+}
+
+t.test('a request that read the record while another restored the upload finds it restored: one restore, no hand-over within the app', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const store = new SlowReadStore()
+  const first = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const id = await create(first, 6)
+  t.equal((await patch(first, id, 0, bytes(2))).status, 204)
+  await first.app.close()
+  const second = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const gate = barrier()
+  store.readGate = gate.wait
+  const slow = head(second, id)
+  await until('the slow read to start', () => store.readGate === undefined ? true : undefined)
+  t.equal((await head(second, id)).headers['upload-offset'], '2', 'restored by the second request')
+  gate.open()
+  t.equal((await slow).headers['upload-offset'], '2', 'the first finds it')
+  t.same(journal.filter((line) => line.startsWith('restore') || line.endsWith('last')), ['checkpoint 2 last', 'restore 2'], 'one restore here, never let go')
+})

@@ -165,9 +165,11 @@ export class ResumableUpload {
     this.#saved = snapshot.offset
   }
 
-  /** The writer's last call here, without saving (another holder goes on from the record): a checkpoint told `last`, whose failure changes nothing. Once. */
+  /**
+   * The writer's last call here, without saving (another holder goes on from the record):
+   * a checkpoint told `last`, whose failure changes nothing. No save follows it.
+   */
   async releaseWriter (): Promise<void> {
-    if (this.#writerLetGo) return
     this.#writerLetGo = true
     await this.entry.checkpoint(true).catch(() => {})
   }
