@@ -5,7 +5,8 @@
 // made durable, never 0, the upload goes on from there, and the route consumes it byte for
 // byte. The writer log (one JSON line per writer call, across processes) shows one logical
 // upload: restored in the new process, closed exactly once, with 'done'. Also: SIGTERM
-// while an upload waits between PATCHes (a new Upload with its URL resumes it), a second
+// while an upload waits between PATCHes (a new Upload with its URL resumes it), kill -9
+// during a checkpoint (the upload resumes from the one before), a second
 // process on the same tmpDir is refused, and a damaged record, or one whose bytes were
 // lost, is reported and dropped.
 import { existsSync } from 'node:fs'
@@ -34,15 +35,19 @@ interface Started {
   path: string
 }
 
-/** A server, and an upload of `size` bytes whose writer the server holds in its fifth PATCH. */
-async function heldUpload (t: Test, protocol: Protocol, size: number, seed: number): Promise<Started> {
+/**
+ * A server, and an upload of `size` bytes whose writer the server holds in its fifth PATCH
+ * (or, `during: 'checkpoint'`, in the checkpoint at the fifth PATCH's end, its temp file
+ * durable and its record not yet saved).
+ */
+async function heldUpload (t: Test, protocol: Protocol, size: number, seed: number, during: 'write' | 'checkpoint' = 'write'): Promise<Started> {
   const server = new RestartingServer(t, await tmpDirFor(t), join(await tmpDirFor(t), 'writer.log'))
-  await server.start({ HOLD_AFTER: String(HOLD_AFTER) })
+  await server.start(during === 'write' ? { HOLD_AFTER: String(HOLD_AFTER) } : { HOLD_CHECKPOINT_AFTER: String(4 * CHUNK) })
   const data = bytes(size, seed)
   const run = tusUpload(data, { endpoint: server.endpoint, protocol, chunkSize: CHUNK, before: async () => await server.up() })
   run.done.catch(() => {}) // awaited later; a failure is reported there
   const held = await Promise.race([
-    server.current!.line('held '),
+    server.current!.line(during === 'write' ? 'held ' : 'checkpointing '),
     run.done.then((url) => { throw new Error(`the upload ended (${url}) before the server held it`) })
   ])
   return { server, run, data, path: held.split(' ')[1]! }
@@ -104,6 +109,19 @@ for (const protocol of PROTOCOLS) {
     t.equal(durable, 4 * CHUNK, 'its last checkpoint was the fourth PATCH\'s end')
     t.same(readWriterLog(server.writerLog).filter((l) => l.event === 'close' || l.last === true), [], 'it closed nothing, and was not told of an end')
 
+    await server.start()
+    await checkResumed(t, s, 4 * CHUNK, exchangesBefore)
+  })
+
+  t.test(`${protocol}: kill -9 during a checkpoint (the temp file made durable, its record not yet saved); the restarted server resumes from the checkpoint before`, async (t) => {
+    const s = await heldUpload(t, protocol, 3 * MiB, 3, 'checkpoint')
+    const { server, run, path } = s
+    const first = server.current!
+    const exchangesBefore = run.exchanges.length
+    t.ok(first.lines.includes(`checkpointing ${path} ${5 * CHUNK}`), 'held in the checkpoint at the fifth PATCH\'s end')
+    t.same(await server.stop('SIGKILL'), { code: null, signal: 'SIGKILL' }, 'the first server was killed')
+    t.same(run.acked, [CHUNK, 2 * CHUNK, 3 * CHUNK, 4 * CHUNK], 'the fifth PATCH was never acknowledged')
+    t.equal(checkpoints(server, path, first.pid).at(-1), 4 * CHUNK, 'the last checkpoint that completed')
     await server.start()
     await checkResumed(t, s, 4 * CHUNK, exchangesBefore)
   })
