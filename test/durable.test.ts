@@ -836,3 +836,41 @@ t.test('a request that read the record while another restored the upload finds i
   t.equal((await slow).headers['upload-offset'], '2', 'the first finds it')
   t.same(journal.filter((line) => line.startsWith('restore') || line.endsWith('last')), ['checkpoint 2 last', 'restore 2'], 'one restore here, never let go')
 })
+
+t.test('another holder asks for a restored upload, while it is restored and after: each time the app saves it and lets go', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  const store = new MemoryStore()
+  const first = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
+  const id = await create(first, 6)
+  t.equal((await patch(first, id, 0, bytes(2))).status, 204)
+  await first.app.close()
+  const gate = barrier()
+  const reached = barrier()
+  let gated = true
+  const second = await serve(t, { tmpDir: dir, store }, journaled(journal, dir, {
+    restore: async (snapshot, options, call) => {
+      journal.push(`restore ${snapshot.offset}`)
+      if (gated) {
+        reached.open()
+        await gate.wait
+      }
+      return await TmpFileWriter.restore!(snapshot, options, call)
+    }
+  }))
+  const asking = head(second, id)
+  await reached.wait
+  const other = store.lock(id, () => {}, 60_000)
+  gate.open()
+  const moved = await asking
+  t.equal(moved.status, 503, 'asked while it was restored: it lets go once it is')
+  await (await other).release()
+  t.same(journal.slice(-2), ['restore 2', 'checkpoint 2 last'])
+  gated = false
+  t.equal((await head(second, id)).headers['upload-offset'], '2', 'restored again')
+  const again = await store.lock(id, () => {}, 60_000)
+  t.same(journal.slice(-2), ['restore 2', 'checkpoint 2 last'], 'asked once restored: it lets go')
+  await again.release()
+  t.equal((await patch(second, id, 2, bytes(4))).status, 204)
+  t.same(journal.slice(-2), ['restore 2', 'close done'])
+})
