@@ -731,7 +731,7 @@ t.test('an upload that expires while a checkpoint runs: closed once with cancel 
   t.same(await strayFiles(dir), [])
 })
 
-/** A MemoryStore whose record updates wait for `gate` while it is set (`waiting` counts them). */
+/** A MemoryStore whose next record update waits for `gate` (`waiting` counts those that did). */
 class GatedStore extends MemoryStore {
   gate: Promise<void> | undefined
   waiting = 0
@@ -743,9 +743,12 @@ class GatedStore extends MemoryStore {
   }
 
   override async updateUpload (...args: Parameters<Store['updateUpload']>): ReturnType<Store['updateUpload']> {
-    if (this.gate !== undefined) {
+    // The next update waits, once.
+    const gate = this.gate
+    this.gate = undefined
+    if (gate !== undefined) {
       this.waiting++
-      await this.gate
+      await gate
     }
     return await super.updateUpload(...args)
   }
@@ -772,7 +775,6 @@ t.test('a holder presumed dead (its save too slow) is taken over: its save is fe
   await clock.tickAsync(5200)
   const described = await asking
   t.equal(described.headers['upload-offset'], '3', 'B goes on from the record')
-  store.gate = undefined
   gate.open()
   const answer = await slow
   t.equal(answer.status, 503)
@@ -873,4 +875,24 @@ t.test('another holder asks for a restored upload, while it is restored and afte
   await again.release()
   t.equal((await patch(second, id, 2, bytes(4))).status, 204)
   t.same(journal.slice(-2), ['restore 2', 'close done'])
+})
+
+t.test('a HEAD is activity: the expiry it reports is saved in the record, so it holds after a restart too', async (t) => {
+  const clock = fakeClock(t)
+  const dir = await tmpDirFor(t)
+  const store = new FailingStore()
+  const server = await serve(t, { tmpDir: dir, store, resumableExpiry: 3_600_000 })
+  const id = await create(server, 10)
+  const created = (await store.getUpload(id))!.expiresAt
+  await clock.tickAsync(600_000)
+  const described = await head(server, id)
+  const saved = (await store.getUpload(id))!.expiresAt
+  t.equal(saved, created + 600_000, 'ten minutes later than at creation')
+  t.equal(described.headers['upload-expires'], new Date(saved).toUTCString(), 'what the client was told')
+  store.failing = true
+  await clock.tickAsync(60_000)
+  const unsaved = await head(server, id)
+  t.equal(unsaved.status, 200, 'a record that cannot be updated does not fail the HEAD')
+  t.ok(server.logs.some((line) => line.level === 40 && /expiry could not be saved/.test(line.msg)), 'it is logged')
+  t.equal((await store.getUpload(id))!.expiresAt, saved, 'the record keeps its older expiry')
 })

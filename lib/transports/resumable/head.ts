@@ -9,7 +9,13 @@ export async function head (context: EndpointContext, upload: ResumableUpload, r
   // A writer call in flight settles first (the holder is asked to stop): the offset
   // reported here is one the next append accepts.
   const release = await upload.acquire()
-  release()
-  context.registry.assertLive(upload)
+  try {
+    context.registry.assertLive(upload)
+    // A HEAD is activity: the expiry it reports is the one the record keeps, after a crash too.
+    upload.touch()
+    await context.registry.saveExpiry(upload)
+  } finally {
+    release()
+  }
   await answerHead(reply, upload, dialect)
 }

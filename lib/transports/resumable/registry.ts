@@ -197,6 +197,11 @@ export class ResumableRegistry {
     }
   }
 
+  /** Saves an upload's expiry in its record (ResumableUpload.saveExpiry). Never rejects: a failure is logged, and the record keeps its older expiry. */
+  async saveExpiry (upload: ResumableUpload): Promise<void> {
+    await upload.saveExpiry().catch((err: unknown) => this.#log.warn({ err, ref: upload.id }, 'resumable upload expiry could not be saved'))
+  }
+
   /**
    * Another holder took the upload over (this one was presumed dead, its save fenced
    * off): it goes on there, from its record. This process lets go without a call that

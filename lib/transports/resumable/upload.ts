@@ -165,6 +165,13 @@ export class ResumableUpload {
     this.#saved = snapshot.offset
   }
 
+  /** Saves its expiry in its record (with the offset unchanged): after activity without bytes, on a live upload. */
+  async saveExpiry (): Promise<void> {
+    // A complete one has no record any more.
+    if (!this.durable || this.complete) return
+    await this.#store!.updateUpload(this.id, { offset: this.#saved, token: this.#lock!.token }, { expiresAt: this.expiresAt })
+  }
+
   /**
    * The writer's last call here, without saving (another holder goes on from the record):
    * a checkpoint told `last`, whose failure changes nothing. No save follows it.
