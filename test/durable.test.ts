@@ -66,6 +66,18 @@ async function head (server: Server, id: string): Promise<Reply> {
   return await send(`${server.endpoint}/${id}`, 'HEAD', TUS)
 }
 
+/**
+ * An upload created in a first app (and `data` appended from offset 0, if given), then
+ * kept when that app closes: its id, for the next app to go on with.
+ */
+async function keptUpload (t: Test, options: ChunkedUploadOptions, writer: WriterFactory | undefined, length: number, data?: Buffer): Promise<string> {
+  const first = await serve(t, options, writer)
+  const id = await create(first, length)
+  if (data !== undefined) t.equal((await patch(first, id, 0, data)).status, 204)
+  await first.app.close()
+  return id
+}
+
 async function claim (server: Server, id: string): Promise<{ status: number, json: any }> {
   const response = await fetch(`${server.url}/up`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: id }) })
   return { status: response.status, json: await response.json() }
@@ -146,10 +158,7 @@ t.test('a PATCH in flight at shutdown answers 503; the bytes its writer accepted
 t.test('restored by two requests at once: one restore, and both see the same upload', async (t) => {
   const dir = await tmpDirFor(t)
   const journal: string[] = []
-  const first = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir)))
-  const id = await create(first, 10)
-  t.equal((await patch(first, id, 0, bytes(4))).status, 204)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir }, journaled(journal, filesDir(dir)), 10, bytes(4))
   const second = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir)))
   const [a, b] = await Promise.all([head(second, id), head(second, id)])
   t.same([a.status, b.status, a.headers['upload-offset'], b.headers['upload-offset']], [200, 200, '4', '4'])
@@ -177,10 +186,7 @@ t.test('a record is for its owner and its route only: anyone else gets 404, and 
 
 t.test('a record whose bytes were lost cannot be restored: 410 saying so, a log line, the record and the file removed', async (t) => {
   const dir = await tmpDirFor(t)
-  const first = await serve(t, { tmpDir: dir })
-  const id = await create(first, 10)
-  t.equal((await patch(first, id, 0, bytes(5))).status, 204)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir }, undefined, 10, bytes(5))
   const [file] = await tempFiles(dir)
   await truncate(`${dir}/${file!}`, 2)
   const second = await serve(t, { tmpDir: dir })
@@ -194,9 +200,7 @@ t.test('a record whose bytes were lost cannot be restored: 410 saying so, a log 
 
 t.test('a route whose writer changed to one without restore: its kept uploads cannot go on (410)', async (t) => {
   const dir = await tmpDirFor(t)
-  const first = await serve(t, { tmpDir: dir })
-  const id = await create(first, 10)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir }, undefined, 10)
   const second = await serve(t, { tmpDir: dir }, () => MemoryWriter)
   t.equal((await head(second, id)).status, 410)
   t.ok(second.logs.some((line) => /could not be restored/.test(line.msg) && /no restore/.test(line.err?.message)), 'the log says why')
@@ -487,10 +491,7 @@ t.test('an upload whose lock (or record, under the lock) cannot be had when it i
   const dir = await tmpDirFor(t)
   const journal: string[] = []
   const store = new UnlockableStore()
-  const first = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
-  const id = await create(first, 6)
-  t.equal((await patch(first, id, 0, bytes(3))).status, 204)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir, store }, journaled(journal, dir), 6, bytes(3))
   const second = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
   const before = journal.length
   store.failing = true
@@ -543,9 +544,7 @@ t.test('a checkpoint that outlives writerTimeout fails the upload at once; its c
 
 t.test('a damaged record: set aside with a log line at start, its upload cannot go on (404), the server runs, its file is removed', async (t) => {
   const dir = await tmpDirFor(t)
-  const first = await serve(t, { tmpDir: dir })
-  const id = await create(first, 10)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir }, undefined, 10)
   const [record] = (await strayFiles(dir)).filter((path) => path.endsWith('.json'))
   await writeFile(`${dir}/${record!}`, '{"id": "truncated')
   const second = await serve(t, { tmpDir: dir })
@@ -559,10 +558,7 @@ t.test('a damaged record: set aside with a log line at start, its upload cannot 
 t.test('fsync: true, for a power loss too: uploads are kept and continued as without it', async (t) => {
   const dir = await tmpDirFor(t)
   const data = bytes(5000, 9)
-  const first = await serve(t, { tmpDir: dir, fsync: true })
-  const id = await create(first, data.length)
-  t.equal((await patch(first, id, 0, data.subarray(0, 2000))).status, 204)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir, fsync: true }, undefined, data.length, data.subarray(0, 2000))
   const second = await serve(t, { tmpDir: dir, fsync: true })
   t.equal((await head(second, id)).headers['upload-offset'], '2000')
   t.equal((await patch(second, id, 2000, data.subarray(2000))).status, 204)
@@ -576,9 +572,7 @@ t.test('restored after its expiry (it expired since the last sweep): it ends at 
   const clock = fakeClock(t)
   const dir = await tmpDirFor(t)
   const journal: string[] = []
-  const first = await serve(t, { tmpDir: dir, resumableExpiry: 30_000 }, journaled(journal, filesDir(dir)))
-  const id = await create(first, 10)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir, resumableExpiry: 30_000 }, journaled(journal, filesDir(dir)), 10)
   const second = await serve(t, { tmpDir: dir, resumableExpiry: 30_000 }, journaled(journal, filesDir(dir)))
   // Past its expiry, before the next sweep (every minute).
   await clock.tickAsync(31_000)
@@ -592,10 +586,7 @@ t.test('restored after its expiry (it expired since the last sweep): it ends at 
 t.test('a shutdown that begins while an upload is restored: 503, the writer lets go (last checkpoint) and the record stays for the next app', async (t) => {
   const dir = await tmpDirFor(t)
   const journal: string[] = []
-  const first = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir)))
-  const id = await create(first, 6)
-  t.equal((await patch(first, id, 0, bytes(2))).status, 204)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir }, journaled(journal, filesDir(dir)), 6, bytes(2))
   const gate = barrier()
   const reached = barrier()
   const second = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
@@ -824,10 +815,7 @@ t.test('a request that read the record while another restored the upload finds i
   const dir = await tmpDirFor(t)
   const journal: string[] = []
   const store = new SlowReadStore()
-  const first = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
-  const id = await create(first, 6)
-  t.equal((await patch(first, id, 0, bytes(2))).status, 204)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir, store }, journaled(journal, dir), 6, bytes(2))
   const second = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
   const gate = barrier()
   store.readGate = gate.wait
@@ -843,10 +831,7 @@ t.test('another holder asks for a restored upload, while it is restored and afte
   const dir = await tmpDirFor(t)
   const journal: string[] = []
   const store = new MemoryStore()
-  const first = await serve(t, { tmpDir: dir, store }, journaled(journal, dir))
-  const id = await create(first, 6)
-  t.equal((await patch(first, id, 0, bytes(2))).status, 204)
-  await first.app.close()
+  const id = await keptUpload(t, { tmpDir: dir, store }, journaled(journal, dir), 6, bytes(2))
   const gate = barrier()
   const reached = barrier()
   let gated = true
