@@ -173,6 +173,7 @@ function newUpload (
   if (!entry.resumable) settings.notDurable(config)
   const upload = new ResumableUpload({
     entry,
+    home,
     config,
     owner: slot.owner,
     slot,
@@ -204,6 +205,12 @@ export function stagingConfig (context: EndpointContext, config: ResolvedConfig)
 
 /** The last byte arrived: the writer's `close('done')`. A writer that fails it ends the upload. */
 export async function finishUpload (context: EndpointContext, upload: ResumableUpload): Promise<void> {
+  try {
+    // A last checkpoint names every byte: what the finished entry keeps while it waits for its ref.
+    if (upload.durable) await upload.entry.checkpoint()
+  } catch {
+    throw context.registry.endedDuring(upload)
+  }
   // Its record goes first: a crash after the close must not bring back a finished upload.
   await context.registry.dropRecord(upload)
   try {
