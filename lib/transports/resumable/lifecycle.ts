@@ -27,7 +27,11 @@ class UploadHome extends Uploads {
  * (410). One this process does not hold is continued from its record in the store.
  */
 export async function findUpload (context: EndpointContext, request: FastifyRequest): Promise<ResumableUpload> {
-  const id = (request.params as { id: string }).id
+  return await uploadOf(context, request, (request.params as { id: string }).id)
+}
+
+/** The upload `id`, for a request that names it (see findUpload): 404, 410 or 503 as findUpload throws them. */
+export async function uploadOf (context: EndpointContext, request: FastifyRequest, id: string): Promise<ResumableUpload> {
   const found = context.registry.find(id) ?? await continued(context, request, id)
   if (found === undefined) throw new UploadNotFoundError()
   if (typeof found === 'string') throw context.registry.whyGone(found)
