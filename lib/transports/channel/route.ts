@@ -88,9 +88,13 @@ export class ChannelTransport implements Transport {
     } as unknown as RouteOptions)
   }
 
-  /** Each socket hears why its entries stopped, then closes with 1001 (going away). */
+  /**
+   * Each socket hears why its entries stopped, then closes with 1001 (going away). Version 2
+   * entries are the registry's: each is saved and kept, or cancelled and told, first.
+   */
   async stop (reason: EntryFailure): Promise<void> {
-    await this.#live.stop(reason, (uploads) => this.#sockets.get(uploads)?.close(1001, 'server shutting down'))
+    await Promise.all([this.#live.stop(reason), this.#services.resumable.shutdown(reason)])
+    for (const socket of this.#sockets.values()) socket.close(1001, 'server shutting down')
   }
 
   async close (reason: EntryFailure): Promise<void> {
