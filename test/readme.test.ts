@@ -61,7 +61,10 @@ const BLOCKS: Expected[] = [
   { file: 'client-page.js' },
   { file: 'channel-node-client.js' },
   { file: 'resumable.js' },
-  { file: 'tus-page.js' }
+  { file: 'tus-page.js' },
+  { file: 'from-multipart.js' },
+  { file: 'from-tus.js' },
+  { file: 'from-liveview.js' }
 ]
 
 const readme = await readFile(join(ROOT, 'README.md'), 'utf8')
@@ -398,4 +401,76 @@ t.test('Resumable uploads, in a page: tus-js-client sends the chosen file, then 
   t.same(await logged(), [{ name: 'clip.mp4', size: video.length }])
   t.ok(server.logs().some((line) => line.req?.method === 'PATCH'), 'the bytes went in a PATCH to the upload URL')
   t.same(errors, [], 'the page raised no error')
+})
+
+t.test('Coming from @fastify/multipart: fields in any order validated by the body schema, files moved, limits per upload name', async (t) => {
+  const server = await startExample(t, 'from-multipart.js')
+  const pdf = (text: string): [string, string, string, Buffer] => ['attachments', `${text}.pdf`, 'application/pdf', Buffer.from(`%PDF ${text}`)]
+  // The title after the files: it is in request.body all the same.
+  const body = form([pdf('one'), pdf('two')])
+  body.append('title', 'Quarterly report')
+  const response = await fetch(`${server.url}/documents`, { method: 'POST', body })
+  t.equal(response.status, 200)
+  t.same(await response.json(), { title: 'Quarterly report', saved: [{ name: 'one.pdf', size: 8 }, { name: 'two.pdf', size: 8 }] })
+  const kept = await readdir(join(server.cwd, 'documents'))
+  t.equal(kept.length, 2, 'both moved into documents/')
+  t.equal((await readFile(join(server.cwd, 'documents', kept.find((name) => name.endsWith('.pdf'))!))).subarray(0, 4).toString(), '%PDF')
+
+  const untitled = await fetch(`${server.url}/documents`, { method: 'POST', body: form([pdf('three')]) })
+  t.equal(untitled.status, 400, 'schema.body validates the text fields')
+  t.match(await untitled.json(), { code: 'FST_ERR_VALIDATION', message: "body must have required property 'title'" })
+  const four = await fetch(`${server.url}/documents`, { method: 'POST', body: form([pdf('a'), pdf('b'), pdf('c'), pdf('d')], { title: 'x' }) })
+  t.equal(four.status, 413, 'maxEntries: 3')
+  t.match(await four.json(), { code: 'FST_CHUNKED_UPLOAD_TOO_MANY_FILES' })
+  const undeclared = await fetch(`${server.url}/documents`, { method: 'POST', body: form([['cover', 'cover.pdf', 'application/pdf', Buffer.from('%PDF')]], { title: 'x' }) })
+  t.equal(undeclared.status, 400, 'a file under an undeclared name')
+  t.match(await undeclared.json(), { code: 'FST_CHUNKED_UPLOAD_UNEXPECTED_FILE' })
+  const fields = Object.fromEntries(Array.from({ length: 21 }, (_, i) => [`f${i}`, 'x']))
+  const many = await fetch(`${server.url}/documents`, { method: 'POST', body: form([], { title: 'x', ...fields }) })
+  t.equal(many.status, 413, 'maxFields: 20')
+  t.match(await many.json(), { code: 'FST_CHUNKED_UPLOAD_FIELDS_LIMIT' })
+  t.ok(await noTempFiles(server), 'no temp file is left')
+})
+
+t.test('Coming from @tus/server: tus-js-client through the route\'s hook, validate at creation, progress at the end, the file kept', async (t) => {
+  const uploads = join(tmpdir(), `fcu-readme-from-tus-${process.pid}`)
+  t.teardown(() => rm(uploads, { recursive: true, force: true }))
+  const server = await startExample(t, 'from-tus.js', { UPLOAD_DIR: uploads })
+  const auth = { authorization: 'Bearer secret' }
+  const data = randomBytes(2_500_000)
+  const send = async (name: string, headers: Record<string, string>): Promise<string> => await new Promise<string>((resolve, reject) => {
+    const run: tus.Upload = new tus.Upload(data, {
+      endpoint: `${server.url}/files/tus`,
+      headers,
+      chunkSize: 1_000_000,
+      retryDelays: [],
+      metadata: { filename: name },
+      onError: reject,
+      onSuccess: () => resolve(run.url!)
+    })
+    run.start()
+  })
+  const uploadUrl = await send('data.bin', auth)
+  const finished = await server.until('the "upload finished" line', () => server.logs().find((line) => line.msg === 'upload finished'))
+  t.equal(finished.file, 'data.bin', 'progress saw the upload done')
+  await t.rejects(send('data.bin', {}), /response code: 401/, 'the route\'s onRequest hook guards the endpoint')
+  await t.rejects(send('setup.exe', auth), /response code: 422/, 'validate refuses at creation')
+  const posted = await fetch(`${server.url}/files`, { method: 'POST', headers: { ...auth, 'content-type': 'application/json' }, body: JSON.stringify({ file: uploadUrl }) })
+  t.equal(posted.status, 200)
+  const [kept] = await posted.json() as string[]
+  t.equal(sha256(await readFile(join(server.cwd, kept!))), sha256(data), 'moved out of the store directory')
+  t.equal((await fetch(uploadUrl, { method: 'HEAD', headers: { ...TUS, ...auth } })).status, 410, 'the consumed upload is gone')
+})
+
+t.test('Coming from Phoenix LiveView: EchoWriter and allow_upload, over the channel with the client library', async (t) => {
+  const server = await startExample(t, 'from-liveview.js')
+  const files = [new File([randomBytes(200_000)], 'me.jpg', { type: 'image/jpeg' }), new File(['x'], 'me.png', { type: 'image/png' })]
+  const result = await upload(`${server.url}/profile`, files, { uploadName: 'avatar', WebSocket, submit: true })
+  t.match(result.files, [{ name: 'me.jpg', ok: true }, { name: 'me.png', ok: false, code: 'not_accepted' }])
+  t.same(result.response, [{ name: 'me.jpg', bytes: 200_000 }])
+  const closing = await server.until('the writer\'s close line', () => server.logs().find((line) => /^closing upload after/.test(line.msg)))
+  t.match(closing, { msg: 'closing upload after 200000 bytes', reason: 'done' })
+  const chunks = server.logs().filter((line) => /^received chunk of \d+ bytes$/.test(line.msg))
+  t.same(chunks.map((line) => line.msg), ['received chunk of 64000 bytes', 'received chunk of 64000 bytes', 'received chunk of 64000 bytes', 'received chunk of 8000 bytes'], 'LiveView\'s 64 000-byte chunks')
+  t.ok(server.logs().some((line) => line.msg === 'me.jpg uploaded'), 'progress saw it done')
 })
