@@ -11,12 +11,14 @@ import { DerivedRoutes, carriedFrom, checkDerived, constraintsKey, hookList, nam
 import { AlreadyRegisteredError, HookOrderError, ShuttingDownError, TooManyFilesError, UnknownRefError } from './errors.js'
 import { RefStore } from './refs.js'
 import { FileStore } from './stores/file.js'
+import type { UploadRecord } from './stores/store.js'
 import { Sweeper } from './sweep.js'
 import type { Uploads } from './uploads.js'
 import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
 import { ChannelTransport } from './transports/channel/route.js'
 import { HttpTransport } from './transports/http/route.js'
 import { ResumableTransport } from './transports/resumable/route.js'
+import { ResumableService } from './transports/resumable/service.js'
 import { uploadsOf, type Services, type Transport, type TransportClass, type UploadRoute } from './transports/transport.js'
 
 /**
@@ -57,14 +59,16 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
    * running after ours must not have put one of its own after it (checked once ready).
    */
   const bodyHooks: Array<{ route: RouteOptions, hook: unknown, count: number }> = []
+  const abandonRecord = async (record: UploadRecord): Promise<void> => await sweeper.abandon(record)
   const services: Services = {
     settings,
     refs,
     store,
     tmpFiles,
+    resumable: new ResumableService({ settings, refs, store, tmpFiles, abandonRecord, log: fastify.log }),
     /** Channels and resumable endpoints, one per path (and constraints). */
     derived: new DerivedRoutes(routerMatching(fastify)),
-    abandonRecord: async (record) => await sweeper.abandon(record),
+    abandonRecord,
     bodyHookLast: (route, hook) => { bodyHooks.push({ route, hook, count: hookList(route.preParsing).length }) }
   }
   let transports: Transport[]
@@ -155,7 +159,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // flight does not hold up the others), so requests can answer and drain.
   fastify.addHook('preClose', async () => {
     sweeper.stop()
-    await Promise.all(transports.map(async (transport) => await transport.stop(shuttingDown)))
+    await Promise.all([...transports.map(async (transport) => await transport.stop(shuttingDown)), services.resumable.shutdown(shuttingDown)])
   })
   // onClose: every request is over; wait until their writers are closed and files gone.
   fastify.addHook('onClose', async () => {

@@ -30,7 +30,7 @@ function endpointWith (staging: UploadWriter): { endpoint: ResumableEndpoint, re
   const settings: ResumableSettings = {
     refs, store: new MemoryStore(), abandonRecord: async () => {}, notDurable: () => {}, owner: async () => undefined, expiry: 60_000, maxLifetime: 60_000, staging, stagingOptions: undefined
   }
-  return { endpoint: new ResumableEndpoint(configs, registry, settings), registry, refs, configs }
+  return { endpoint: new ResumableEndpoint({ configs, registry, settings }), registry, refs, configs }
 }
 
 t.test('a staging writer without read is refused when the endpoint is built, saying why', async (t) => {

@@ -21,6 +21,7 @@ import type { PluginSettings, ResolvedConfig } from '../config.js'
 import type { Carried, DerivedRoutes } from '../derived-routes.js'
 import type { RefStore } from '../refs.js'
 import type { Store, UploadRecord } from '../stores/store.js'
+import type { ResumableService } from './resumable/service.js'
 import type { Uploads } from '../uploads.js'
 import type { TmpFileBudget } from '../writers/tmp-file.js'
 
@@ -52,6 +53,8 @@ export interface Services {
   readonly tmpFiles: { readonly dir: string, readonly budget: TmpFileBudget, readonly fsync: boolean }
   /** A record whose upload ended without its writer: what the plugin's own writer left is removed (see Sweeper.abandon). */
   abandonRecord (record: UploadRecord): Promise<void>
+  /** Uploads that live across requests (resumable ones, and the channel's that can resume), one registry for the plugin instance. */
+  readonly resumable: ResumableService
   /** Routes derived from upload routes, one per path and constraints. */
   readonly derived: DerivedRoutes
   /** A route's preParsing hook that takes its body: checked, once ready, to be still the last. */

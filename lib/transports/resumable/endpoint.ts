@@ -4,16 +4,14 @@
 // is one entry that lives across requests; its offset is always the bytes its writer
 // accepted. This file dispatches each request by its method to the file that handles it.
 import type { FastifyReply, FastifyRequest } from 'fastify'
-import type { ResolvedConfig } from '../../config.js'
 import { InvalidConfigError } from '../../errors.js'
 import { appendTo } from './append.js'
-import type { EndpointContext, ResumableSettings } from './context.js'
+import type { EndpointContext } from './context.js'
 import { create } from './create.js'
 import { head } from './head.js'
 import { dialectOf, type Dialect } from './headers.js'
 import { findUpload } from './lifecycle.js'
 import { options } from './options.js'
-import type { ResumableRegistry } from './registry.js'
 import { terminate } from './terminate.js'
 import { notAllowed, unsupportedVersion } from './wire.js'
 
@@ -25,12 +23,12 @@ const UPLOAD_METHODS = ['OPTIONS', 'HEAD', 'PATCH', 'DELETE']
 export class ResumableEndpoint {
   readonly #context: EndpointContext
 
-  constructor (configs: ReadonlyMap<string, ResolvedConfig>, registry: ResumableRegistry, settings: ResumableSettings) {
+  constructor (context: EndpointContext) {
     // A final upload reads its partials back through the writer that staged them.
-    if (settings.staging.read === undefined) {
+    if (context.settings.staging.read === undefined) {
       throw new InvalidConfigError('The writer that stages partial uploads (concatenation) must implement read(state): the final upload reads their bytes back through it')
     }
-    this.#context = { configs, registry, settings }
+    this.#context = context
   }
 
   /**

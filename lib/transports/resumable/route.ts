@@ -3,13 +3,11 @@
 // hooks. Uploads live across requests in one registry per plugin instance; a complete one
 // waits for its ref (its id, or its URL), which a request to the route claims.
 import type { Readable } from 'node:stream'
-import type { EntryFailure } from '../../errors.js'
-import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import type { ResolvedConfig } from '../../config.js'
 import { derivedRoute } from '../../derived-routes.js'
 import { continueWithoutBody, holdErrors, takesBody } from '../route-body.js'
-import { TmpFileWriter } from '../../writers/tmp-file.js'
-import { EXPOSED_HEADERS, ResumableEndpoint, ResumableRegistry } from './index.js'
+import { EXPOSED_HEADERS, ResumableEndpoint } from './index.js'
 import { TUS_VERSION, idOfUrl } from './headers.js'
 import type { Services, Transport, UploadRoute } from '../transport.js'
 
@@ -44,16 +42,9 @@ function resumableConfigs (configs: Map<string, ResolvedConfig>): Map<string, Re
 
 export class ResumableTransport implements Transport {
   readonly #services: Services
-  /** Resumable uploads in progress, across requests. */
-  readonly #registry: ResumableRegistry
-  readonly #log: FastifyBaseLogger
-  /** Upload configs already said to be unable to continue after a restart. */
-  readonly #notDurable = new Set<string>()
 
-  constructor (fastify: FastifyInstance, services: Services) {
+  constructor (_fastify: FastifyInstance, services: Services) {
     this.#services = services
-    this.#log = fastify.log
-    this.#registry = new ResumableRegistry(services.settings.maxResumableUploads, fastify.log)
   }
 
   holdsEntries (route: UploadRoute): boolean {
@@ -66,23 +57,13 @@ export class ResumableTransport implements Transport {
   }
 
   addRoute (upload: UploadRoute): void {
-    const { refs, store, settings, tmpFiles, derived, abandonRecord } = this.#services
+    const { settings, derived, resumable } = this.#services
     // After the channel's: a shared channel may have given the route its configs.
     const configs = resumableConfigs(upload.configs)
     if (configs.size === 0) return
     const base = derived.derive(upload, settings.resumableSuffix, 'resumable endpoint', configs)
     if (base === undefined) return
-    const endpoint = new ResumableEndpoint(configs, this.#registry, {
-      refs,
-      store,
-      abandonRecord,
-      notDurable: (config) => this.#warnNotDurable(config, upload.where),
-      owner: settings.owner,
-      expiry: settings.resumableExpiry,
-      maxLifetime: settings.resumableMaxLifetime,
-      staging: TmpFileWriter,
-      stagingOptions: tmpFiles
-    })
+    const endpoint = new ResumableEndpoint(resumable.context(configs, upload.where))
     // Behind everything the route declared (hooks, constraints, errorHandler, …). Each
     // `...common` below gets its own hook arrays (see derivedOptions).
     const common = derivedRoute(upload.where, handOverBody, upload.carried, { first: { onRequest: markResumable }, last: { preParsing: handOverBody, onSend: exposeHeaders } })
@@ -93,18 +74,6 @@ export class ResumableTransport implements Transport {
     upload.instance.route({ ...common, method, url: `${base}/:id`, handler: async (request, reply) => await endpoint.upload(request, reply) } as RouteOptions)
   }
 
-  /** Once per upload config: its writer has no checkpoint and restore, so its uploads end with this process. */
-  #warnNotDurable (config: ResolvedConfig, where: string): void {
-    if (this.#notDurable.has(config.key)) return
-    this.#notDurable.add(config.key)
-    this.#log.warn({ uploadName: config.uploadName, config: config.key }, `resumable uploads of "${config.uploadName}" of ${where} cannot continue after a restart: their writer has no checkpoint() and restore()`)
-  }
-
-  /**
-   * No new upload; appends in flight stop and answer 503; unfinished durable uploads are
-   * saved and kept for the next process, others cancelled. Nothing is left for close.
-   */
-  async stop (reason: EntryFailure): Promise<void> {
-    await this.#registry.shutdown(reason)
-  }
+  /** Nothing of its own to stop: the plugin shuts the registry down (ResumableService), which the channel shares. */
+  async stop (): Promise<void> {}
 }
