@@ -582,7 +582,8 @@ export class ChannelSession {
         job.chunkSize = message.chunkSize!
         this.#window = message.window!
         job.sent = job.bytes = message.offset!
-        job.progress = job.file.size === 0 ? 0 : Math.min(99, Math.floor(job.bytes / job.file.size * 100))
+        // Only an unfinished file is resumed (a finished one is answered done): its size is not 0.
+        job.progress = Math.min(99, Math.floor(job.bytes / job.file.size * 100))
         this.#emit(job, 'uploading')
         return this.#pump()
       case 'done':

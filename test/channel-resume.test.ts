@@ -7,6 +7,7 @@ import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import { MemoryStore, TmpFileWriter, type ChunkedUploadOptions, type TmpFileMeta, type WriterFactory } from '../lib/index.js'
+import { SAVE_EVERY_BYTES } from '../lib/transports/channel/channel.js'
 import { ProtocolClient, SUBPROTOCOL_V2, startChannelApp, type ChannelApp, type ServerMessage } from './kit/channel.js'
 import { bytes, filesDir, postJson, sha256, strayFiles, tmpDirFor, until } from './kit/index.js'
 import { journaled } from './kit/journal.js'
@@ -350,5 +351,44 @@ t.test('a writer that fails its close(done), or its checkpoint when its socket d
   dropped.socket.terminate()
   const again = await v2(server)
   t.match(await resume(again, 1, kept.ref), { code: 'unknown_entry' }, 'its save failed: it ended')
+  t.same(await strayFiles(dir), [])
+})
+
+t.test('a held entry is saved every SAVE_EVERY_BYTES its writer accepts; a drop during that save waits for it; a save that fails ends the entry', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  let saving = gate()
+  let failAt = Infinity
+  const server = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    checkpoint: async (state, info) => {
+      const { size } = state as { size: number }
+      if (size === SAVE_EVERY_BYTES) { saving.arrive(); await saving.wait }
+      if (size >= failAt) throw new Error('disk gone')
+      journal.push(`checkpoint ${size}`)
+      return await TmpFileWriter.checkpoint!(state, info)
+    }
+  }), { maxFileSize: 64 * 1024 * 1024, chunkSize: 65_536, maxEntries: 10 })
+  const data = bytes(SAVE_EVERY_BYTES + 1_000_000)
+  const first = await v2(server)
+  first.announce(1, { size: data.length })
+  const accepted = await first.accepted(1)
+  const sending = first.send(1, data, accepted)
+  await saving.reached
+  first.socket.terminate()
+  saving.open()
+  await sending
+  const second = await v2(server)
+  const resumed = await resume(second, 1, accepted.ref)
+  t.equal(resumed.offset, SAVE_EVERY_BYTES, 'resumed where the save was')
+  t.same(journal.filter((line) => line.startsWith('checkpoint')), ['checkpoint 0', `checkpoint ${SAVE_EVERY_BYTES}`, `checkpoint ${SAVE_EVERY_BYTES}`], 'the save, then the one at the drop, one after the other')
+  await second.send(1, data, resumed, resumed.offset)
+  t.equal((await second.outcome(1)).type, 'done')
+  t.same((await claim(server, accepted.ref)).json, [{ size: data.length, sha256: sha256(data) }])
+
+  saving = gate()
+  saving.open()
+  failAt = SAVE_EVERY_BYTES
+  const failing = await v2(server)
+  t.match(await failing.upload(1, data), { type: 'error', code: 'writer_failure' }, 'its periodic save failed')
   t.same(await strayFiles(dir), [])
 })
