@@ -392,3 +392,26 @@ t.test('a held entry is saved every SAVE_EVERY_BYTES its writer accepts; a drop 
   t.match(await failing.upload(1, data), { type: 'error', code: 'writer_failure' }, 'its periodic save failed')
   t.same(await strayFiles(dir), [])
 })
+
+t.test('an entry consumed on the socket (its request.uploads) leaves the registry: its place among the limits is free again', async (t) => {
+  const consumed: number[] = []
+  const server = await startChannelApp(t, (app) => {
+    app.post('/up', {
+      allowUpload: { file: { accept: 'any', maxEntries: 10 } },
+      preHandler: async (request) => {
+        if (request.ws !== true) return
+        request.uploads.on('done', (entry: { ref: string }) => {
+          request.uploads.consumeEntry(entry.ref, (meta: TmpFileMeta) => meta.size).then((size) => consumed.push(size), () => {})
+        })
+      }
+    }, async () => ({}))
+  }, { maxResumableUploads: 1 })
+  const client = await ProtocolClient.open(`${server.wsUrl}/up/ws`, [SUBPROTOCOL_V2])
+  const first = await client.upload(1, bytes(1000))
+  t.equal(first.type, 'done')
+  await until('the first to be consumed', () => consumed.length === 1)
+  t.equal((await client.upload(2, bytes(2000))).type, 'done', 'the second one fits: the first left when it was consumed')
+  await until('the second to be consumed', () => consumed.length === 2)
+  t.same(consumed, [1000, 2000])
+  t.match(await resume(client, 3, first.ref), { code: 'unknown_entry' }, 'a consumed entry cannot be resumed')
+})

@@ -7,7 +7,7 @@ import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import chunkedUpload, { type UploadConfig, type UploadEntry } from '../lib/index.js'
 import { Recorder, bytes, checkLetGo, eventually, multipart, postJson, sha256, stillServes, strayFiles, tempFiles, tmpDirFor, type Faults } from './kit/index.js'
-import { ProtocolClient, SUBPROTOCOL, frame, startChannelApp, type ChannelApp } from './kit/channel.js'
+import { ProtocolClient, SUBPROTOCOL, SUBPROTOCOL_V2, frame, startChannelApp, type ChannelApp } from './kit/channel.js'
 import { fakeClock } from './kit/clock.js'
 
 interface Setup extends ChannelApp { recorder: Recorder, dir: string, ws: string }
@@ -336,7 +336,7 @@ t.test('cancel from the client: mid-upload (writer gets cancel), during announce
   await afterEach(t, s)
 })
 
-t.test('request.uploads on the socket: events, server-side cancel, consume with postpone', async (t) => {
+for (const protocol of [SUBPROTOCOL, SUBPROTOCOL_V2]) t.test(`request.uploads on the socket (${protocol}): events, server-side cancel, consume with postpone`, async (t) => {
   const seen: string[] = []
   const postponed: string[] = []
   const s = await setup(t, { maxFileSize: 6000 }, {
@@ -357,7 +357,7 @@ t.test('request.uploads on the socket: events, server-side cancel, consume with 
       }
     }
   })
-  const client = await ProtocolClient.open(s.ws)
+  const client = await ProtocolClient.open(s.ws, [protocol])
   const done = await client.upload(1, bytes(1500), { name: 'one.bin' })
   client.announce(2, { size: 5000, name: 'stop.bin' })
   const accepted = await client.accepted(2)

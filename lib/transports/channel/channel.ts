@@ -142,8 +142,9 @@ export interface ChannelResume {
 }
 
 const OPEN = 1
-/** The events of an upload set that end an entry. */
+/** The events of an upload set that end an entry, and all of them. */
 const ENDS = ['done', 'error', 'cancel'] as const
+const EVENTS = ['progress', ...ENDS] as const
 
 /** Why a version 2 entry could not start: its entry's failure, a limit, or a store that failed (logged here). */
 function failureOf (error: unknown, request: FastifyRequest): EntryFailure {
@@ -446,7 +447,9 @@ export class Channel {
       // Counted per socket above; the registry bounds the process (maxResumableUploads).
       const slot = context.registry.reserve(owner, config, false, Infinity)
       const shape = { length: info.clientSize, metadata: metadataOf(info), concat: undefined, concatHeader: undefined, hold: true }
-      upload = await openUpload(context, request, config, slot, info, shape)
+      // A refusal (accept, size, validate) is an error event on the socket's uploads, as in version 1.
+      upload = await openUpload(context, request, config, slot, info, shape, (home) => home.once('error', this.#relay))
+      upload.home.off('error', this.#relay)
     } catch (error) {
       this.#announcing.delete(id)
       this.#cancelAtStart.delete(id)
@@ -511,7 +514,12 @@ export class Channel {
     const slot: Slot = new Slot(id, entry, silence, (chunk) => { this.#written(slot, chunk) }, held)
     this.#slots.set(id, slot)
     this.#slotOf.set(entry, slot)
+    // Listed on the socket's request.uploads too: its events heard there, consumable or cancellable there.
+    this.#uploads.include(entry)
+    for (const event of EVENTS) upload.home.on(event, this.#relay)
     for (const event of ENDS) upload.home.on(event, this.#onEnd)
+    // Consumed or discarded through the socket's uploads: its URL and its place among the limits go too.
+    entry.onRelease ??= (consumed) => context.registry.remove(upload, consumed ? 'consumed' : 'unclaimed')
     const offset = answer === 'resumed' ? { offset: entry.bytesReceived } : {}
     this.#send({ type: answer, id, ref: entry.ref, ...offset, chunkSize: config.chunkSize, window: this.#window })
     slot.feed.run(slot).then((how) => this.#fedHeld(slot, how, config.chunkTimeout))
@@ -540,10 +548,11 @@ export class Channel {
     } finally {
       release()
     }
-    // Let go while the entry goes on (still listed, or kept for another holder): this
-    // socket no longer feeds it. One still open hears it goes on elsewhere, unless the
-    // server is shutting down (the socket closes with 1001; the client resumes later).
-    if (this.#slotOf.get(upload.entry) !== slot || (upload.ended !== undefined && !upload.kept)) return
+    // Stopped and let go while the entry goes on (still listed, or kept for another
+    // holder): this socket no longer feeds it, and if still open hears it goes on
+    // elsewhere, unless the server is shutting down (the socket closes with 1001; its
+    // client resumes later). Any other end is the entry's, which its report tells.
+    if (how !== 'stopped' || this.#slotOf.get(upload.entry) !== slot || (upload.ended !== undefined && !upload.kept)) return
     this.#removeSlot(slot)
     if (!context.registry.shuttingDown) {
       this.#send({ type: 'error', id: slot.id, ref: upload.id, code: 'resumed_elsewhere', error: 'FST_CHUNKED_UPLOAD_MOVED', message: 'Another socket resumed this entry: it goes on there' })
@@ -686,6 +695,9 @@ export class Channel {
     if (!this.#closing) this.#flow()
   }
 
+  /** An event of a held entry, told to the socket's request.uploads. */
+  readonly #relay = (entry: Entry): void => { this.#uploads.relay(entry) }
+
   /** The entry reached an end: tell the client, and forget its slot. */
   readonly #onEnd = (ended: UploadEntry): void => {
     const slot = this.#slotOf.get(ended)
@@ -716,7 +728,13 @@ export class Channel {
     this.#deferred.delete(slot)
     this.#slots.delete(slot.id)
     this.#slotOf.delete(slot.entry)
-    if (slot.held !== undefined) for (const event of ENDS) slot.held.upload.home.off(event, this.#onEnd)
+    if (slot.held !== undefined) {
+      const { home } = slot.held.upload
+      for (const event of EVENTS) home.off(event, this.#relay)
+      for (const event of ENDS) home.off(event, this.#onEnd)
+      // Let go unfinished (another socket goes on with it): no longer this socket's to list.
+      if (!slot.entry.ended) this.#uploads.forsake(slot.entry)
+    }
     this.#unacked -= slot.unacked
     let bytes = 0
     for (const chunk of slot.queue) bytes += chunk.length

@@ -138,14 +138,18 @@ export interface UploadShape {
 /**
  * Validates and starts an entry for a new upload in the slot reserved for it, and
  * registers the upload. On any failure the slot is given back and no writer stays open.
+ * `observe` gets the upload's set before its entry is announced.
  */
 export async function openUpload (
-  context: EndpointContext, request: FastifyRequest, config: ResolvedConfig, slot: Slot, info: Parameters<Uploads['announce']>[1], shape: UploadShape
+  context: EndpointContext, request: FastifyRequest, config: ResolvedConfig, slot: Slot, info: Parameters<Uploads['announce']>[1], shape: UploadShape,
+  observe?: (home: Uploads) => void
 ): Promise<ResumableUpload> {
   const { registry, settings } = context
   // The upload outlives its creating request: its set keeps no request, only a logger.
   const home = new UploadHome(new Map([[config.uploadName, config]]), undefined, request.log)
   if (shape.hold) home.holdFinished(settings.refs, slot.owner)
+  // Its events from the start (a refusal), for whoever carries it.
+  observe?.(home)
   let entry: Entry | undefined
   let upload: ResumableUpload | undefined
   try {
