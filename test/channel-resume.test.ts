@@ -345,6 +345,10 @@ t.test('a writer that fails its close(done), or its checkpoint when its socket d
   t.match(await client.outcome(1), { code: 'writer_failure' })
   t.match(await resume(client, 2, accepted.ref), { code: 'unknown_entry' })
   failClose = false
+  client.announce(3, { size: 5_000 })
+  const last = await client.accepted(3)
+  await client.send(3, bytes(5_000), last)
+  t.match(await client.outcome(3), { code: 'writer_failure' }, 'its last checkpoint, before its close, failed')
 
   const dropped = await v2(server)
   const kept = await started(dropped, 1, bytes(20_000), 5_000)

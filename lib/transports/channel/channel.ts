@@ -559,6 +559,18 @@ export class Channel {
     }
   }
 
+  /**
+   * Shutdown, version 2: the entries this socket feeds whose writer cannot checkpoint end
+   * now, told why (`shutting_down`); the others are saved as the socket closes, and kept.
+   */
+  async shutDown (reason: EntryFailure): Promise<void> {
+    const ending = [...this.#slots.values()].filter((slot) => slot.held !== undefined && !slot.held.upload.durable)
+    await Promise.all(ending.map(async ({ held }) => {
+      this.#resumable!.context.registry.remove(held!.upload, 'shut down')
+      await held!.upload.entry.cancel(reason)
+    }))
+  }
+
   /** A finished version 2 entry, answered `done` (a later `cancel` discards it). */
   #done (id: number, upload: ResumableUpload): void {
     this.#finished.set(id, upload.entry)

@@ -22,8 +22,9 @@ export class ChannelTransport implements Transport {
   readonly #budget: ChannelBudget
   /** Upload sets of open sockets, and of closed ones whose writers are still closing. */
   readonly #live = new LiveUploads()
-  /** Channel sockets open, closed with 1001 at shutdown. */
+  /** Channel sockets open, closed with 1001 at shutdown, and their channels. */
   readonly #sockets = new Map<Uploads, WsSocket>()
+  readonly #channels = new Map<Uploads, Channel>()
 
   constructor (fastify: FastifyInstance, services: Services) {
     this.#services = services
@@ -47,6 +48,7 @@ export class ChannelTransport implements Transport {
     const { refs, settings, resumable } = this.#services
     const live = this.#live
     const sockets = this.#sockets
+    const channels = this.#channels
     const options = { window: settings.channelWindow, maxMessageBytes: maxMessageBytes(configs.values()), budget: this.#budget }
     /** Version 2 entries are resumable uploads of the route, in the plugin's registry. */
     const context = resumable.context(configs, where)
@@ -70,10 +72,10 @@ export class ChannelTransport implements Transport {
       live.add(uploads)
       sockets.set(uploads, socket)
       const resume = version === 2 ? { context, request, owner: owners.get(request) } : undefined
-      // The channel lives as long as the socket's listeners hold it.
-      new Channel(socket, uploads, { ...options, resumable: resume }) // eslint-disable-line no-new
+      channels.set(uploads, new Channel(socket, uploads, { ...options, resumable: resume }))
       socket.once('close', () => {
         sockets.delete(uploads)
+        channels.delete(uploads)
         live.end(uploads)
       })
     }
@@ -90,10 +92,11 @@ export class ChannelTransport implements Transport {
 
   /**
    * Each socket hears why its entries stopped, then closes with 1001 (going away). Version 2
-   * entries are the registry's: each is saved and kept, or cancelled and told, first.
+   * entries the next process can go on with are not stopped: they are saved as their
+   * socket closes, and kept (see ResumableRegistry.shutdown).
    */
   async stop (reason: EntryFailure): Promise<void> {
-    await Promise.all([this.#live.stop(reason), this.#services.resumable.shutdown(reason)])
+    await Promise.all([this.#live.stop(reason), ...[...this.#channels.values()].map(async (channel) => await channel.shutDown(reason))])
     for (const socket of this.#sockets.values()) socket.close(1001, 'server shutting down')
   }
 
