@@ -9,9 +9,11 @@ import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types
 import { resolveAllowUpload, validatePluginOptions, type ResolvedConfig } from './config.js'
 import { DerivedRoutes, carriedFrom, checkDerived, constraintsKey, hookList, nameOf, routerMatching } from './derived-routes.js'
 import { AlreadyRegisteredError, HookOrderError, ShuttingDownError, TooManyFilesError, UnknownRefError } from './errors.js'
+import type { Entry } from './entry.js'
+import { claimKept, keptEntry, putBack } from './kept-entry.js'
 import { RefStore } from './refs.js'
 import { FileStore } from './stores/file.js'
-import type { UploadRecord } from './stores/store.js'
+import type { ParkedEntry, UploadRecord } from './stores/store.js'
 import { Sweeper } from './sweep.js'
 import type { Uploads } from './uploads.js'
 import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
@@ -52,8 +54,8 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   /** Every upload config, by key: what a store's records name. */
   const configs = new Map<string, ResolvedConfig>()
   const sweeper = new Sweeper({ store, configs, defaultWriter, tmpFiles, log: fastify.log })
-  /** Finished channel and resumable entries waiting for their ref. */
-  const refs = new RefStore(settings.entryTtl)
+  /** Finished channel and resumable entries waiting for their ref (those of durable uploads kept in the store too). */
+  const refs = new RefStore(settings.entryTtl, { store, log: fastify.log })
   /**
    * Routes whose last preParsing hook takes the body: another plugin's onRoute hook
    * running after ours must not have put one of its own after it (checked once ready).
@@ -100,14 +102,30 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
         throw new TooManyFilesError(uploadName, config.maxEntries)
       }
       owner ??= await settings.owner(request)
+      const unknown = (ref: string): Error => new UnknownRefError(JSON.stringify(ref), uploadName)
       // All or none: a bad ref leaves the good ones claimable.
       const seen = new Set<string>()
       for (const ref of submitted) {
-        if (seen.has(ref) || !refs.claimable(ref, owner, config)) throw new UnknownRefError(JSON.stringify(ref), uploadName)
+        if (seen.has(ref) || (refs.holds(ref) && !refs.claimable(ref, owner, config))) throw unknown(ref)
         seen.add(ref)
       }
-      for (const ref of submitted) uploads.adopt(refs.claim(ref))
+      // A ref this process does not hold may be kept in the store by an earlier one (a restart).
+      const claimed = await claimKept(store, submitted.filter((ref) => !refs.holds(ref)), owner, config.key, letGoKept)
+      if ('missing' in claimed) throw unknown(claimed.missing)
+      // Held here while the store answered: one may have expired meanwhile.
+      const lost = submitted.find((ref) => refs.holds(ref) ? !refs.claimable(ref, owner, config) : !claimed.records.some((record) => record.ref === ref))
+      if (lost !== undefined) {
+        await putBack(store, claimed.records)
+        throw unknown(lost)
+      }
+      const kept = new Map<string, Entry>()
+      for (const record of claimed.records) kept.set(record.ref, await keptEntry(record, config, request, letGoKept))
+      for (const ref of submitted) uploads.adopt(kept.get(ref) ?? refs.claim(ref))
     }
+  }
+  /** A kept entry let go in this process (consumed, dropped, or expired): cleaned up from its snapshot (see Sweeper.abandonParked). */
+  async function letGoKept (record: ParkedEntry): Promise<void> {
+    await sweeper.abandonParked(record)
   }
   /** The ref a submitted value names: as a transport reads it (an upload URL, say), else the value itself. */
   function refOf (submitted: string): string {
@@ -164,7 +182,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // onClose: every request is over; wait until their writers are closed and files gone.
   fastify.addHook('onClose', async () => {
     await Promise.all(transports.map(async (transport) => await transport.close?.(shuttingDown)))
-    await refs.discardAll()
+    await refs.close()
     await closeOwnStore()
   })
 }
