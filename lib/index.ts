@@ -9,7 +9,6 @@ import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types
 import { resolveAllowUpload, validatePluginOptions, type ResolvedConfig } from './config.js'
 import { DerivedRoutes, carriedFrom, checkDerived, constraintsKey, hookList, nameOf, routerMatching } from './derived-routes.js'
 import { AlreadyRegisteredError, HookOrderError, ShuttingDownError, TooManyFilesError, UnknownRefError } from './errors.js'
-import type { Entry } from './entry.js'
 import { claimKept, keptEntry, putBack } from './kept-entry.js'
 import { RefStore } from './refs.js'
 import { FileStore } from './stores/file.js'
@@ -103,24 +102,23 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       }
       owner ??= await settings.owner(request)
       const unknown = (ref: string): Error => new UnknownRefError(JSON.stringify(ref), uploadName)
-      // All or none: a bad ref leaves the good ones claimable.
-      const seen = new Set<string>()
-      for (const ref of submitted) {
-        if (seen.has(ref) || (refs.holds(ref) && !refs.claimable(ref, owner, config))) throw unknown(ref)
-        seen.add(ref)
-      }
-      // A ref this process does not hold may be kept in the store by an earlier one (a restart).
+      const repeated = submitted.find((ref, at) => submitted.indexOf(ref) !== at)
+      if (repeated !== undefined) throw unknown(repeated)
+      // A ref this process does not hold may be kept in the store by an earlier one (a
+      // restart). All or none: a bad ref leaves the good ones claimable, those taken from
+      // the store put back.
       const claimed = await claimKept(store, submitted.filter((ref) => !refs.holds(ref)), owner, config.key, letGoKept)
       if ('missing' in claimed) throw unknown(claimed.missing)
-      // Held here while the store answered: one may have expired meanwhile.
-      const lost = submitted.find((ref) => refs.holds(ref) ? !refs.claimable(ref, owner, config) : !claimed.records.some((record) => record.ref === ref))
-      if (lost !== undefined) {
+      const kept = new Map(claimed.records.map((record) => [record.ref, record]))
+      const bad = submitted.find((ref) => !kept.has(ref) && !refs.claimable(ref, owner, config))
+      if (bad !== undefined) {
         await putBack(store, claimed.records)
-        throw unknown(lost)
+        throw unknown(bad)
       }
-      const kept = new Map<string, Entry>()
-      for (const record of claimed.records) kept.set(record.ref, await keptEntry(record, config, request, letGoKept))
-      for (const ref of submitted) uploads.adopt(kept.get(ref) ?? refs.claim(ref))
+      for (const ref of submitted) {
+        const record = kept.get(ref)
+        uploads.adopt(record === undefined ? refs.claim(ref) : await keptEntry(record, config, request, letGoKept))
+      }
     }
   }
   /** A kept entry let go in this process (consumed, dropped, or expired): cleaned up from its snapshot (see Sweeper.abandonParked). */

@@ -67,6 +67,15 @@ export class RefStore {
     this.#unkeep(parked)
   }
 
+  /**
+   * Resolves once a parked entry's record is written to the store: whether it is kept
+   * there (false: it is not parked here, cannot outlive the process, or the write failed).
+   * What a transport awaits before it tells a client the upload finished.
+   */
+  async kept (entry: Entry): Promise<boolean> {
+    return await (this.#parked.get(entry.ref)?.kept ?? false)
+  }
+
   /** Whether an entry of this ref waits here (claimable or not). */
   holds (ref: string): boolean {
     return this.#parked.has(ref)
