@@ -105,19 +105,23 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
       const repeated = submitted.find((ref, at) => submitted.indexOf(ref) !== at)
       if (repeated !== undefined) throw unknown(repeated)
       // A ref this process does not hold may be kept in the store by an earlier one (a
-      // restart). All or none: a bad ref leaves the good ones claimable, those taken from
-      // the store put back.
-      const claimed = await claimKept(store, submitted.filter((ref) => !refs.holds(ref)), owner, config.key, letGoKept)
+      // restart); one it holds and keeps there is taken from the store too, so that of
+      // two processes sharing the store only one hands it out. All or none: a bad ref
+      // leaves the good ones claimable, those taken from the store put back.
+      const inStore: string[] = []
+      for (const ref of submitted) if (!refs.holds(ref) || await refs.kept(ref)) inStore.push(ref)
+      const claimed = await claimKept(store, inStore, owner, config.key, letGoKept)
       if ('missing' in claimed) throw unknown(claimed.missing)
       const kept = new Map(claimed.records.map((record) => [record.ref, record]))
-      const bad = submitted.find((ref) => !kept.has(ref) && !refs.claimable(ref, owner, config))
+      // Checked once the store answered: an entry held here may have expired meanwhile.
+      const bad = submitted.find((ref) => refs.holds(ref) ? !refs.claimable(ref, owner, config) : !kept.has(ref))
       if (bad !== undefined) {
         await putBack(store, claimed.records)
         throw unknown(bad)
       }
       for (const ref of submitted) {
-        const record = kept.get(ref)
-        uploads.adopt(record === undefined ? refs.claim(ref) : await keptEntry(record, config, request, letGoKept))
+        // Held here, the live entry goes (its writer's discard runs); otherwise one made of its record.
+        uploads.adopt(refs.holds(ref) ? refs.claim(ref) : await keptEntry(kept.get(ref)!, config, request, letGoKept))
       }
     }
   }

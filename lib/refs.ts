@@ -68,12 +68,14 @@ export class RefStore {
   }
 
   /**
-   * Resolves once a parked entry's record is written to the store: whether it is kept
-   * there (false: it is not parked here, cannot outlive the process, or the write failed).
-   * What a transport awaits before it tells a client the upload finished.
+   * Resolves once the record of the entry parked under `ref` is written to the store:
+   * whether it is kept there (false: nothing is parked under it, it cannot outlive the
+   * process, or the write failed). A transport awaits it before it tells a client the
+   * upload finished; a claim takes a kept entry's record from the store too, so that of
+   * two processes sharing a store only one hands it out.
    */
-  async kept (entry: Entry): Promise<boolean> {
-    return await (this.#parked.get(entry.ref)?.kept ?? false)
+  async kept (ref: string): Promise<boolean> {
+    return await (this.#parked.get(ref)?.kept ?? false)
   }
 
   /** Whether an entry of this ref waits here (claimable or not). */

@@ -36,7 +36,7 @@ export class Sweeper {
     const { store, tmpFiles, log } = this.#options
     if (store.dir !== undefined) {
       const snapshots = [...(await store.uploads()), ...(await store.parked())].map((item) => item.snapshot)
-      const named = new Set(snapshots.map((snapshot) => (snapshot as { path?: unknown } | null)?.path).filter((path) => typeof path === 'string'))
+      const named = new Set(snapshots.map((snapshot) => (snapshot as { path?: unknown }).path).filter((path) => typeof path === 'string'))
       const removed = await removeLeftovers(store.dir, named)
       if (removed.length > 0) log.info({ files: removed.length, dir: tmpFiles.dir }, 'removed temp files a previous run left behind')
     }
