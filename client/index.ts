@@ -3,8 +3,11 @@
 // and cancellation. Browsers and Node 20+. It imports nothing, so a browser can load
 // the built file as is (`<script type="module">`).
 
-/** The subprotocol of version 1 of the channel protocol. */
-export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
+/** The subprotocol this client speaks: version 2 of the channel protocol (entries outlive their socket). */
+export const SUBPROTOCOL = 'fastify-chunked-upload.v2'
+
+/** WebSocket: waits before each reconnection attempt after the socket dropped, in ms (`UploadOptions.retryDelays`). */
+export const RETRY_DELAYS: readonly number[] = [0, 1000, 3000, 5000, 10_000]
 
 /** What `slice()` of a file returns: anything that reads as an ArrayBuffer (a Blob). */
 export interface BlobLike {
@@ -103,6 +106,13 @@ export interface UploadOptions {
   WebSocket?: WebSocketConstructor
   /** Appended to the route's path to reach its channel. Default `'/ws'`. */
   channelSuffix?: string
+  /**
+   * WebSocket: when the socket drops (network change, proxy timeout, server restart), the
+   * client opens a new one after each of these delays in turn (ms) and resumes every
+   * unfinished file from the offset the server holds; `[]` gives up at once. Default
+   * `RETRY_DELAYS` (0, 1, 3, 5, 10 s). A file the server no longer has starts again.
+   */
+  retryDelays?: readonly number[]
 }
 
 /** The socket opened, was refused, or dropped: codes of files that never finished. */
@@ -179,13 +189,15 @@ interface Job {
   /** The frame buffer, reused for every chunk: the WebSocket copies what it sends. */
   frame: Uint8Array | undefined
   reading: boolean
+  /** A resume was sent on a new socket; no frame until its answer. */
+  resuming: boolean
   progress: number
   bytes: number
   result: FileResult | undefined
 }
 
 function newJob (file: FileLike, signal: AbortSignal | undefined): Job {
-  return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, pending: [], frame: undefined, reading: false, progress: 0, bytes: 0, result: undefined }
+  return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, pending: [], frame: undefined, reading: false, resuming: false, progress: 0, bytes: 0, result: undefined }
 }
 
 function statusOf (result: FileResult): UploadStatus {
@@ -249,7 +261,8 @@ function uploadOverWebSocket (url: string, jobs: Job[], options: UploadOptions, 
     onProgress: options.onProgress,
     signal: options.signal,
     openSocket: () => new WebSocketClass(url, [SUBPROTOCOL], headers === undefined ? undefined : { headers }),
-    url
+    url,
+    retryDelays: options.retryDelays ?? RETRY_DELAYS
   })
   return session.run()
 }
@@ -262,11 +275,19 @@ export interface ChannelSessionOptions {
   onProgress?: UploadOptions['onProgress']
   /** Cancels everything: `run()` rejects with its reason. */
   signal?: AbortSignal | undefined
-  /** Opens the channel's socket (subprotocol `SUBPROTOCOL`); called once, by `run()`, unless every file is already cancelled. */
+  /**
+   * Opens the channel's socket (subprotocol `SUBPROTOCOL`): by `run()`, unless every file
+   * is already cancelled, and again for each reconnection.
+   */
   openSocket: () => WebSocketLike
   /** The channel's URL, for the message of `connection_failed`. */
   url: string
+  /** Waits before each reconnection after an open socket dropped (see `UploadOptions.retryDelays`). Default none. */
+  retryDelays?: readonly number[]
 }
+
+/** Closes after which a new socket may succeed: the server going away or restarting, the network lost. Others are final (a refused subprotocol, a policy breach). */
+const RETRYABLE_CLOSES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 1014])
 
 /**
  * One upload over one channel socket (PROTOCOL.md): announces up to `concurrency` files,
@@ -291,6 +312,11 @@ export class ChannelSession {
   #opened = false
   #finished = false
   #socket: WebSocketLike | undefined
+  /** Sockets opened so far: a read begun on one socket is not sent on the next. */
+  #connection = 0
+  /** Reconnection attempts since the last socket that opened; the timer of the next one. */
+  #attempts = 0
+  #retryTimer: ReturnType<typeof setTimeout> | undefined
   /** How `run()`'s promise settles; set when it starts. */
   #settle: { resolve: (results: FileResult[]) => void, reject: (reason: unknown) => void } | undefined
 
@@ -319,16 +345,25 @@ export class ChannelSession {
       this.#aborts.clear()
       return this.#settle!.resolve(this.#results())
     }
-    const socket = this.#socket = this.#options.openSocket()
-    socket.binaryType = 'arraybuffer'
-    socket.onopen = () => this.#onOpen()
-    socket.onmessage = (event: { data: unknown }) => this.#onMessage(event.data)
-    socket.onerror = () => {} // 'close' follows
-    socket.onclose = (event: { code: number, reason: string }) => this.#onClose(event.code, event.reason)
+    this.#connect()
   }
 
+  #connect (): void {
+    this.#retryTimer = undefined
+    this.#connection++
+    const socket = this.#socket = this.#options.openSocket()
+    socket.binaryType = 'arraybuffer'
+    // Events of a socket this session already left behind are not heard.
+    const current = (): boolean => this.#socket === socket
+    socket.onopen = () => { if (current()) this.#onOpen() }
+    socket.onmessage = (event: { data: unknown }) => { if (current()) this.#onMessage(event.data) }
+    socket.onerror = () => {} // 'close' follows
+    socket.onclose = (event: { code: number, reason: string }) => { if (current()) this.#onClose(event.code, event.reason) }
+  }
+
+  /** Sends on the open socket; while there is none (reconnecting), nothing is sent: the next socket resumes. */
   #send (data: string | Uint8Array): void {
-    this.#socket!.send(data)
+    if (this.#socket!.readyState === 1) this.#socket!.send(data)
   }
 
   #settled (): boolean {
@@ -342,11 +377,21 @@ export class ChannelSession {
   #finish (): void {
     this.#finished = true
     this.#aborts.clear()
+    clearTimeout(this.#retryTimer)
     this.#socket!.close(1000)
   }
 
   #onOpen (): void {
     this.#opened = true
+    this.#attempts = 0
+    // A new socket after a drop: files it had accepted are resumed, the others announced again.
+    for (const job of this.#live.values()) {
+      if (job.ref === undefined) this.#send(this.#announcement(job))
+      else {
+        job.resuming = true
+        this.#send(JSON.stringify({ type: 'resume', id: job.id, ref: job.ref }))
+      }
+    }
     this.#announceMore()
   }
 
@@ -367,8 +412,26 @@ export class ChannelSession {
     const how = `${code}${reason === '' ? '' : `: ${reason}`}`
     const wasOpen = this.#opened
     this.#opened = false // nothing more starts
-    if (wasOpen) this.#failAll(CONNECTION_CLOSED, `the upload channel closed (${how})`)
+    const delays = this.#options.retryDelays ?? []
+    // After a socket that opened drops, and while reconnecting: another socket, after the next delay.
+    const reconnecting = wasOpen || this.#attempts > 0
+    if (reconnecting && RETRYABLE_CLOSES.has(code) && this.#attempts < delays.length) {
+      this.#dropped()
+      this.#retryTimer = setTimeout(() => this.#connect(), delays[this.#attempts++])
+      return
+    }
+    if (reconnecting) this.#failAll(CONNECTION_CLOSED, `the upload channel closed (${how})${this.#attempts > 0 ? ` after ${this.#attempts} attempts to reconnect` : ''}`)
     else this.#failAll(CONNECTION_FAILED, `could not open the upload channel ${this.#options.url} (${how})`)
+  }
+
+  /** The socket dropped: frames in flight are forgotten; where each file stands is asked again on the next socket. */
+  #dropped (): void {
+    this.#inflight = 0
+    for (const job of this.#live.values()) {
+      job.pending.length = 0
+      job.reading = false
+      job.sent = job.bytes
+    }
   }
 
   /** One file's signal aborted: cancel it on the server if it was announced, and settle it. */
@@ -425,22 +488,26 @@ export class ChannelSession {
 
   /** Announces files while fewer than `concurrency` are in flight. */
   #announceMore (): void {
-    const { concurrency, uploadName } = this.#options
+    const { concurrency } = this.#options
     for (;;) {
       if (!this.#opened || this.#finished || this.#live.size === concurrency || this.#queued === this.#jobs.length) return
       const job = this.#jobs[this.#queued++]!
       if (job.result !== undefined) continue
       job.id = this.#nextId++
       this.#live.set(job.id, job)
-      const { name, size, type, lastModified } = job.file
-      this.#send(JSON.stringify({ type: 'announce', id: job.id, uploadName, name, size, mimeType: type, lastModified }))
+      this.#send(this.#announcement(job))
     }
+  }
+
+  #announcement (job: Job): string {
+    const { name, size, type, lastModified } = job.file
+    return JSON.stringify({ type: 'announce', id: job.id, uploadName: this.#options.uploadName, name, size, mimeType: type, lastModified })
   }
 
   /** The next accepted file with bytes left and no read under way, round-robin. */
   #nextToSend (): Job | undefined {
     for (const job of this.#live.values()) {
-      if (job.ref !== undefined && !job.reading && job.sent < job.file.size) {
+      if (job.ref !== undefined && !job.resuming && !job.reading && job.sent < job.file.size) {
         // to the back of the line, so the files take turns
         this.#live.delete(job.id)
         this.#live.set(job.id, job)
@@ -468,13 +535,17 @@ export class ChannelSession {
 
   /** Reads the bytes `start`–`stop` of the file and sends them as one frame (its window slot is taken). */
   #sendChunk (job: Job, start: number, stop: number): void {
+    const connection = this.#connection
     job.file.slice(start, stop).arrayBuffer().then((data) => {
       if (data.byteLength !== stop - start) throw new Error(`read ${data.byteLength} bytes at ${start} instead of ${stop - start}: the file changed`)
+      // Read for a socket that dropped meanwhile: the next one sends from where the server stands.
+      if (connection !== this.#connection) return
       job.reading = false
       if (job.result !== undefined || this.#finished) return
       this.#send(chunkFrame(job, start, data))
       this.#pump()
     }).catch((error: unknown) => {
+      if (connection !== this.#connection) return
       job.reading = false
       if (job.result !== undefined || this.#finished) return
       this.#send(JSON.stringify({ type: 'cancel', id: job.id }))
@@ -505,9 +576,27 @@ export class ChannelSession {
         job.bytes = message.offset!
         this.#emit(job, 'uploading')
         return this.#pump()
+      case 'resumed':
+        // Where the server stands: what it holds durably, which may be less than it acknowledged.
+        job.resuming = false
+        job.chunkSize = message.chunkSize!
+        this.#window = message.window!
+        job.sent = job.bytes = message.offset!
+        // Only an unfinished file is resumed (a finished one is answered done): its size is not 0.
+        job.progress = Math.min(99, Math.floor(job.bytes / job.file.size * 100))
+        this.#emit(job, 'uploading')
+        return this.#pump()
       case 'done':
         return this.#end(job, { name: job.file.name, ok: true, ref: message.ref! })
       case 'error':
+        // The server no longer has the entry (it ended, or could not survive a restart): the file starts again.
+        if (job.resuming && message.code === 'unknown_entry') {
+          job.resuming = false
+          job.ref = undefined
+          job.sent = job.bytes = job.progress = 0
+          this.#emit(job, 'uploading')
+          return this.#send(this.#announcement(job))
+        }
         return this.#end(job, { name: job.file.name, ok: false, code: message.code!, message: message.message! })
     }
   }

@@ -45,6 +45,8 @@ export class Entry implements UploadEntry {
   holder: EntryHolder = 'uploads'
   /** Refused on arrival (validation): it never had a writer and takes no `maxEntries` slot. */
   refused = false
+  /** Told once, when the entry is discarded or consumed: what else lists it lets go of it too. */
+  onRelease: ((consumed: boolean) => void) | undefined
 
   readonly #config: ResolvedConfig
   /** The request carrying the entry's bytes now, if any: what `progress` is given. */
@@ -312,6 +314,7 @@ export class Entry implements UploadEntry {
   async discard (consumed = false): Promise<void> {
     if (this.released) return
     this.holder = 'released'
+    this.onRelease?.(consumed)
     if (this.status !== 'done' || this.#writer?.discard === undefined) return
     try {
       await this.#writer.discard(this.#state, { consumed })

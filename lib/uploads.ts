@@ -22,6 +22,8 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   readonly configs: ReadonlyMap<string, ResolvedConfig>
 
   readonly #entries: Entry[] = []
+  /** Entries another set holds, listed here too (see `include`). */
+  readonly #included = new Set<Entry>()
   /** Its request, until the set ends (its finished entries may wait long for their ref). */
   #request: FastifyRequest | undefined
   readonly #log: FastifyBaseLogger
@@ -66,6 +68,24 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
     this.#accepted.set(entry.uploadName, this.acceptedCount(entry.uploadName) + 1)
   }
 
+  /**
+   * Lists an entry another upload set holds (a resumable one a channel socket feeds): its
+   * events are heard here (`relay`), and it can be consumed or cancelled here, as one of
+   * ours. But its life is its own set's: not counted toward `maxEntries`, not cancelled
+   * when these uploads stop, nor discarded when they end. `forsake` takes it off the list.
+   */
+  include (entry: Entry): void {
+    this.#entries.push(entry)
+    this.#included.add(entry)
+  }
+
+  /** Tells this set's listeners of a change of an entry (progress, or its end). */
+  relay (entry: Entry): void {
+    const event = EVENTS[entry.status]
+    // An 'error' event without a listener would throw: nobody asked, nobody is told.
+    if (event !== 'error' || this.listenerCount('error') > 0) this.emit(event, entry)
+  }
+
   /** Entries of `uploadName` that passed validation so far. */
   acceptedCount (uploadName: string): number {
     return this.#accepted.get(uploadName) ?? 0
@@ -75,13 +95,12 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
   forsake (entry: Entry): void {
     const at = this.#entries.indexOf(entry)
     if (at !== -1) this.#entries.splice(at, 1)
+    this.#included.delete(entry)
   }
 
   #onReport (entry: Entry): void {
     if (entry.status === 'done' && this.#hold !== undefined) this.#hold.store.park(entry, this.#hold.owner, this)
-    const event = EVENTS[entry.status]
-    // An 'error' event without a listener would throw: nobody asked, nobody is told.
-    if (event !== 'error' || this.listenerCount('error') > 0) this.emit(event, entry)
+    this.relay(entry)
   }
 
   /**
@@ -142,7 +161,8 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
     if (this.#aborting === undefined) {
       this.#aborted = error
       this.#stop.abort(error)
-      this.#aborting = Promise.all(this.#entries.map((entry) => entry.cancel(error))).then(() => {})
+      const own = this.#entries.filter((entry) => !this.#included.has(entry))
+      this.#aborting = Promise.all(own.map((entry) => entry.cancel(error))).then(() => {})
     }
     // A later caller (shutdown) waits for the same cancellations to finish.
     return this.#aborting
@@ -156,7 +176,7 @@ export class Uploads extends EventEmitter implements RequestUploads, EntryHome {
     this.#request = undefined
     this.#ended ??= this.abort(reason).then(async () => {
       // Entries being consumed are their consumer's; parked ones wait for their ref.
-      const unclaimed = this.#entries.filter((e) => e.holder === 'uploads')
+      const unclaimed = this.#entries.filter((e) => e.holder === 'uploads' && !this.#included.has(e))
       await Promise.all(unclaimed.map((e) => e.discard()))
     })
     return this.#ended

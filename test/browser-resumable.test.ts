@@ -142,7 +142,7 @@ t.test('a large upload cancelled midway with its button: Uppy terminates it (DEL
   t.ok(stoppedAt >= 15 && stoppedAt < 100, `the bar stopped midway (${stoppedAt} %)`)
   t.equal(await page.locator(`${selector} .state`).textContent(), 'cancelled: cancelled by the client')
 
-  t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 files, 4 B echoed/)
+  t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 file, 4 B echoed/)
   t.same(await tableRows('section:has(#echo-form)'), [
     ['kept.txt', 'text/plain', '4', '1', sha256(small.buffer)],
     ['cancel-me.bin', '', '', '', 'cancelled: cancelled']
@@ -177,7 +177,7 @@ t.test('a reload midway, then the same file again: Uppy resumes at the server\'s
   await watchBars('#echo-form + ul')
   await dropFiles('#echo-form', [file])
   await page.click('#echo-form button[type="submit"]')
-  t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 files, 8\.4 MB echoed/)
+  t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 file, 8\.4 MB echoed/)
   const rows = await tableRows('section:has(#echo-form)')
   t.match(rows, [['resume.bin', 'application/octet-stream', file.buffer.length.toLocaleString('en'), /^\d+$/, sha256(file.buffer)]])
   const values = (await bars())['resume.bin']!

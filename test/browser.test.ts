@@ -93,7 +93,7 @@ t.test('a large upload cancelled midway with its button: the server closes its w
   t.ok(stoppedAt >= 5 && stoppedAt < 100, `the bar stopped midway (${stoppedAt} %)`)
   t.equal(await line.locator('.state').textContent(), 'cancelled: cancelled by the client')
 
-  t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 files, 14 B echoed/)
+  t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 file, 14 B echoed/)
   t.same(await tableRows('section:has(#echo-form)'), [['small.txt', 'text/plain', '14', '1', sha256(small.buffer)], ['big.bin', '', '', '', 'cancelled: cancelled']])
   const closed = await until('the server to close big.bin\'s writer', () => logs().find((line) => line.msg === 'echo writer: closed' && line.file === 'big.bin'))
   t.equal(closed.reason, 'cancel', 'the server\'s writer recorded cancel')

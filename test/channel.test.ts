@@ -7,7 +7,7 @@ import Fastify from 'fastify'
 import websocket from '@fastify/websocket'
 import chunkedUpload, { type UploadConfig, type UploadEntry } from '../lib/index.js'
 import { Recorder, bytes, checkLetGo, eventually, multipart, postJson, sha256, stillServes, strayFiles, tempFiles, tmpDirFor, type Faults } from './kit/index.js'
-import { ProtocolClient, SUBPROTOCOL, frame, startChannelApp, type ChannelApp } from './kit/channel.js'
+import { ProtocolClient, SUBPROTOCOL, SUBPROTOCOL_V2, frame, startChannelApp, type ChannelApp } from './kit/channel.js'
 import { fakeClock } from './kit/clock.js'
 
 interface Setup extends ChannelApp { recorder: Recorder, dir: string, ws: string }
@@ -336,46 +336,48 @@ t.test('cancel from the client: mid-upload (writer gets cancel), during announce
   await afterEach(t, s)
 })
 
-t.test('request.uploads on the socket: events, server-side cancel, consume with postpone', async (t) => {
-  const seen: string[] = []
-  const postponed: string[] = []
-  const s = await setup(t, { maxFileSize: 6000 }, {
-    route: {
-      preHandler: async (request: FastifyRequest & { ws?: boolean }) => {
-        if (request.ws !== true) return
-        const uploads = request.uploads
-        uploads.on('progress', (entry: UploadEntry) => seen.push(`progress ${entry.clientName} ${entry.progress}`))
-        uploads.on('error', (entry: UploadEntry) => seen.push(`error ${entry.clientName} ${entry.errors.join()}`))
-        uploads.on('cancel', (entry: UploadEntry) => seen.push(`cancel ${entry.clientName}`))
-        uploads.on('done', (entry: UploadEntry) => {
-          seen.push(`done ${entry.clientName}`)
-          uploads.consumeEntry(entry.ref, (meta: { sha256: string }) => ({ postpone: meta.sha256 })).then((hash) => postponed.push(hash), () => {})
-        })
-        uploads.on('progress', (entry: UploadEntry) => {
-          if (entry.clientName === 'stop.bin' && entry.bytesReceived >= 1000) request.uploads.cancel(entry.ref).catch(() => {})
-        })
+for (const protocol of [SUBPROTOCOL, SUBPROTOCOL_V2]) {
+  t.test(`request.uploads on the socket (${protocol}): events, server-side cancel, consume with postpone`, async (t) => {
+    const seen: string[] = []
+    const postponed: string[] = []
+    const s = await setup(t, { maxFileSize: 6000 }, {
+      route: {
+        preHandler: async (request: FastifyRequest & { ws?: boolean }) => {
+          if (request.ws !== true) return
+          const uploads = request.uploads
+          uploads.on('progress', (entry: UploadEntry) => seen.push(`progress ${entry.clientName} ${entry.progress}`))
+          uploads.on('error', (entry: UploadEntry) => seen.push(`error ${entry.clientName} ${entry.errors.join()}`))
+          uploads.on('cancel', (entry: UploadEntry) => seen.push(`cancel ${entry.clientName}`))
+          uploads.on('done', (entry: UploadEntry) => {
+            seen.push(`done ${entry.clientName}`)
+            uploads.consumeEntry(entry.ref, (meta: { sha256: string }) => ({ postpone: meta.sha256 })).then((hash) => postponed.push(hash), () => {})
+          })
+          uploads.on('progress', (entry: UploadEntry) => {
+            if (entry.clientName === 'stop.bin' && entry.bytesReceived >= 1000) request.uploads.cancel(entry.ref).catch(() => {})
+          })
+        }
       }
-    }
+    })
+    const client = await ProtocolClient.open(s.ws, [protocol])
+    const done = await client.upload(1, bytes(1500), { name: 'one.bin' })
+    client.announce(2, { size: 5000, name: 'stop.bin' })
+    const accepted = await client.accepted(2)
+    await client.send(2, bytes(5000), accepted)
+    t.match(await client.outcome(2), { type: 'error', code: 'cancelled' }, 'a server-side cancel reaches the client')
+    client.announce(3, { size: 7000, name: 'refused.bin' })
+    t.match(await client.outcome(3), { code: 'too_large' })
+    t.ok(await eventually(() => postponed.length === 1))
+    t.same(postponed, [sha256(bytes(1500))])
+    t.same(seen.slice(0, 3), ['progress one.bin 66', 'progress one.bin 99', 'done one.bin'])
+    t.ok(seen.includes('cancel stop.bin'))
+    t.ok(seen.includes('error refused.bin too_large'), 'a refused entry is an error event')
+    client.close()
+    const claimed = await postJson(`${s.url}/up`, { file: done.ref })
+    t.equal(claimed.status, 200, 'a postponed entry is still claimable by its ref after the socket closed')
+    t.same(s.recorder.reasons(), ['done', 'cancel'])
+    await afterEach(t, s)
   })
-  const client = await ProtocolClient.open(s.ws)
-  const done = await client.upload(1, bytes(1500), { name: 'one.bin' })
-  client.announce(2, { size: 5000, name: 'stop.bin' })
-  const accepted = await client.accepted(2)
-  await client.send(2, bytes(5000), accepted)
-  t.match(await client.outcome(2), { type: 'error', code: 'cancelled' }, 'a server-side cancel reaches the client')
-  client.announce(3, { size: 7000, name: 'refused.bin' })
-  t.match(await client.outcome(3), { code: 'too_large' })
-  t.ok(await eventually(() => postponed.length === 1))
-  t.same(postponed, [sha256(bytes(1500))])
-  t.same(seen.slice(0, 3), ['progress one.bin 66', 'progress one.bin 99', 'done one.bin'])
-  t.ok(seen.includes('cancel stop.bin'))
-  t.ok(seen.includes('error refused.bin too_large'), 'a refused entry is an error event')
-  client.close()
-  const claimed = await postJson(`${s.url}/up`, { file: done.ref })
-  t.equal(claimed.status, 200, 'a postponed entry is still claimable by its ref after the socket closed')
-  t.same(s.recorder.reasons(), ['done', 'cancel'])
-  await afterEach(t, s)
-})
+}
 
 t.test('socket killed mid-upload: every unfinished writer gets cancel promptly, finished entries wait for their ref', async (t) => {
   const s = await setup(t, { chunkSize: 10_000 }, { tmp: true })

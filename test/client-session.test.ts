@@ -47,6 +47,7 @@ class ScriptedSocket implements WebSocketLike {
   }
 
   drop (code: number, reason = ''): void {
+    this.readyState = 3
     this.onerror?.({} as never);
     (this.onclose as (event: { code: number, reason: string }) => void)({ code, reason })
   }
@@ -316,4 +317,135 @@ t.test('a file that cannot be read, or reads short: `cancel`, read_failed, and t
       { name: 'fine', ok: true, ref: 'ref-3' }
     ]
   })
+})
+
+/** A session that may open several sockets (reconnections): `sockets` in the order it opened them. */
+function reconnecting (files: Array<FileLike | FileItem>, options: Partial<ChannelSessionOptions> = {}): { sockets: ScriptedSocket[], run: Promise<Settled> } {
+  const sockets: ScriptedSocket[] = []
+  const run = new ChannelSession(files, {
+    uploadName: 'files',
+    concurrency: 3,
+    url: 'ws://127.0.0.1:1/upload/files/ws',
+    retryDelays: [0, 0],
+    openSocket: () => {
+      const socket = new ScriptedSocket()
+      sockets.push(socket)
+      return socket
+    },
+    ...options
+  }).run().then((results) => ({ results }), (error: unknown) => ({ error }))
+  return { sockets, run }
+}
+
+/** Lets the reconnection timer (set with a delay of 0 before this call) fire. */
+const nextTimer = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0))
+
+t.test('a dropped socket: the session opens another, resumes the accepted files from the server\'s offset, announces the others again', async (t) => {
+  const progress: string[] = []
+  const { sockets, run } = reconnecting([memoryFile('a', 12), memoryFile('b', 4, 1)], { concurrency: 2, onProgress: (file, p) => progress.push(`${file.name} ${p.bytes}`) })
+  const first = sockets[0]!
+  first.open()
+  first.deliver(accepted(1, 4, 8))
+  await settle()
+  t.same(first.frames().map((f) => f.offset), [0, 4, 8], 'a is sent')
+  first.deliver({ type: 'ack', id: 1, offset: 8, progress: 66 })
+  first.drop(1006)
+  await nextTimer()
+  t.equal(sockets.length, 2, 'a second socket')
+  const second = sockets[1]!
+  second.open()
+  t.same(second.sent.map((s) => 'message' in s ? s.message : s), [
+    { type: 'announce', id: 2, uploadName: 'files', name: 'b', size: 4, mimeType: 'application/octet-stream', lastModified: 1_700_000_000_000 },
+    { type: 'resume', id: 1, ref: 'ref-1' }
+  ], 'resume what was accepted, announce again what was not')
+  await settle()
+  t.same(second.frames(), [], 'no frame before the server says where it stands')
+  second.deliver({ type: 'resumed', id: 1, ref: 'ref-1', offset: 4, chunkSize: 4, window: 8 })
+  second.deliver(accepted(2, 4, 8))
+  await settle()
+  t.same(second.frames().map((f) => `${f.id}@${f.offset}`), ['1@4', '2@0', '1@8'], 'a from the offset the server holds, which may be less than it acknowledged')
+  second.deliver({ type: 'done', id: 1, ref: 'ref-1' })
+  second.deliver({ type: 'done', id: 2, ref: 'ref-2' })
+  t.same(await run, { results: [{ name: 'a', ok: true, ref: 'ref-1' }, { name: 'b', ok: true, ref: 'ref-2' }] })
+  t.ok(progress.includes('a 8') && progress.includes('a 4'), 'progress went on, back to the resumed offset')
+})
+
+t.test('a file the server no longer has starts again; one another client resumed fails', async (t) => {
+  const { sockets, run } = reconnecting([memoryFile('a', 4), memoryFile('b', 4)])
+  sockets[0]!.open()
+  sockets[0]!.deliver(accepted(1, 4, 8))
+  sockets[0]!.deliver(accepted(2, 4, 8))
+  await settle()
+  sockets[0]!.drop(1001, 'server shutting down')
+  await nextTimer()
+  const second = sockets[1]!
+  second.open()
+  second.take()
+  second.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'unknown_entry', message: 'gone' })
+  t.same(second.messages('announce').map((m) => m.id), [1], 'a is announced again')
+  second.deliver({ type: 'error', id: 2, ref: 'ref-2', code: 'resumed_elsewhere', message: 'elsewhere' })
+  second.deliver({ type: 'accepted', id: 1, ref: 'ref-1b', chunkSize: 4, window: 8 })
+  await settle()
+  t.same(second.frames().map((f) => f.offset), [0], 'from byte 0')
+  second.deliver({ type: 'done', id: 1, ref: 'ref-1b' })
+  t.same(await run, { results: [{ name: 'a', ok: true, ref: 'ref-1b' }, { name: 'b', ok: false, code: 'resumed_elsewhere', message: 'elsewhere' }] })
+})
+
+t.test('reconnection gives up: after its last delay, or at once on a final close code; an abort while it waits rejects', async (t) => {
+  const spent = reconnecting([memoryFile('a', 4)], { retryDelays: [0] })
+  spent.sockets[0]!.open()
+  spent.sockets[0]!.drop(1006)
+  await nextTimer()
+  spent.sockets[1]!.drop(1006)
+  t.same(await spent.run, { results: [{ name: 'a', ok: false, code: 'connection_closed', message: 'the upload channel closed (1006) after 1 attempts to reconnect' }] })
+  t.equal(spent.sockets.length, 2)
+
+  const final = reconnecting([memoryFile('a', 4)])
+  final.sockets[0]!.open()
+  final.sockets[0]!.drop(1008, 'window_exceeded')
+  t.same(await final.run, { results: [{ name: 'a', ok: false, code: 'connection_closed', message: 'the upload channel closed (1008: window_exceeded)' }] })
+  t.equal(final.sockets.length, 1, 'no second socket')
+
+  const controller = new AbortController()
+  const waiting = reconnecting([memoryFile('a', 4)], { retryDelays: [60_000], signal: controller.signal })
+  waiting.sockets[0]!.open()
+  waiting.sockets[0]!.deliver(accepted(1, 4, 8))
+  waiting.sockets[0]!.drop(1006)
+  controller.abort(new Error('stop'))
+  t.match(await waiting.run, { error: { message: 'stop' } })
+  t.equal(waiting.sockets.length, 1, 'the timer was cleared: no socket opened')
+  t.equal(waiting.sockets[0]!.messages('cancel').length, 0, 'nothing sent on a socket that is closed')
+})
+
+t.test('a read begun on a socket that dropped is not sent on the next one; events of the old socket are not heard', async (t) => {
+  let release!: () => void
+  const gate = new Promise<void>((resolve) => { release = resolve })
+  const slow: FileLike = {
+    name: 'slow',
+    size: 4,
+    type: '',
+    slice: (start, end) => ({ arrayBuffer: async () => { await gate; return new Uint8Array(end - start).buffer } })
+  }
+  const broken: FileLike = { ...slow, name: 'broken', slice: () => ({ arrayBuffer: async () => { await gate; throw new Error('unreadable') } }) }
+  const { sockets, run } = reconnecting([slow, broken])
+  const first = sockets[0]!
+  first.open()
+  first.deliver(accepted(1, 4, 8))
+  first.deliver(accepted(2, 4, 8))
+  first.drop(1006)
+  await nextTimer()
+  const second = sockets[1]!
+  second.open()
+  release()
+  await settle()
+  t.same(second.frames(), [], 'the read was for the old socket')
+  t.same(second.messages('cancel'), [], 'and so was the failed one: nothing is cancelled for it')
+  first.deliver({ type: 'done', id: 1, ref: 'ref-1' })
+  t.same(second.messages('resume'), [{ type: 'resume', id: 1, ref: 'ref-1' }, { type: 'resume', id: 2, ref: 'ref-2' }])
+  second.deliver({ type: 'resumed', id: 1, ref: 'ref-1', offset: 0, chunkSize: 4, window: 8 })
+  await settle()
+  t.same(second.frames().map((f) => f.offset), [0], 'read again and sent on the new socket')
+  second.deliver({ type: 'done', id: 1, ref: 'ref-1' })
+  second.deliver({ type: 'done', id: 2, ref: 'ref-2' })
+  t.same(await run, { results: [{ name: 'slow', ok: true, ref: 'ref-1' }, { name: 'broken', ok: true, ref: 'ref-2' }] })
 })

@@ -1,12 +1,14 @@
 // The demo app (`npm run demo`), run as a user runs it: `node examples/demo.js` in a
 // child process, spoken to over HTTP and over its WebSocket channels (with the client
-// library from dist/, as the page uses it). It loads the built package: build first.
+// library from dist/, as the page uses it), and its page in headless Chromium at a
+// phone's width. It loads the built package: build first.
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t from 'tap'
 import { WebSocket } from 'ws'
+import { openDemo, type TestFile } from './kit/browser.js'
 import { startDemo } from './kit/client-kit.js'
 import { eventually, strayFiles } from './kit/index.js'
 
@@ -275,4 +277,67 @@ t.test('the demo leaves no temp file behind and still answers', async (t) => {
   await response.text()
   t.ok(await eventually(async () => (await strayFiles(tmp)).length === 0), 'every temp file was removed')
   t.same(await strayFiles(tmp), [])
+})
+
+/** A phone's width, in CSS pixels. */
+const PHONE_WIDTH = 420
+
+t.test(`the page at a phone's width (${PHONE_WIDTH} px): names visible, nothing wider than its card, a refused file not shown as done`, async (t) => {
+  const { page, pageErrors, consoleErrors, chooseFiles, tableRows, waitForStatus } = await openDemo(t, 'demo-phone')
+  await page.setViewportSize({ width: PHONE_WIDTH, height: 900 })
+  const photo: TestFile = { name: 'a-rather-long-holiday-photo-name.png', mimeType: 'image/png', buffer: randomBytes(300_000) }
+  const refused: TestFile = { name: 'report.pdf', mimeType: 'application/pdf', buffer: randomBytes(1000) }
+  const note: TestFile = { name: 'notes.txt', mimeType: 'text/plain', buffer: Buffer.from('twenty bytes of text') }
+
+  // Over HTTP the request succeeds, so the client library says every file is done: the
+  // page must take the refusal from the handler's answer.
+  await page.check('input[name="transport"][value="http"]')
+  await chooseFiles('#files-form input[type="file"]', [photo, refused, note])
+  await page.click('#files-form button[type="submit"]')
+  t.equal(await waitForStatus('section:has(#files-form)', /stored/), '2 stored, 1 not.')
+  t.same((await tableRows('section:has(#files-form)')).map((row) => [row[0], row[3]]), [
+    [photo.name, sha256(photo.buffer)], [note.name, sha256(note.buffer)], [refused.name, 'not_accepted: type not accepted']
+  ])
+  const line = (name: string): ReturnType<typeof page.locator> => page.locator(`#files-form + ul li[data-name="${name}"]`)
+  t.equal(await line(refused.name).getAttribute('data-status'), 'failed', 'the refused file is failed, not done')
+  t.equal(await line(refused.name).locator('.state').textContent(), 'not_accepted: type not accepted')
+  t.not(await line(refused.name).locator('.percent').textContent(), '100 %', 'and not at 100 %')
+  t.equal(await line(refused.name).locator('progress').evaluate((bar) => (bar as unknown as { value: number }).value), 0, 'its bar is empty: nothing was stored')
+  const colorOf = async (name: string): Promise<string> => await line(name).locator('.state').evaluate((node) => (globalThis as any).getComputedStyle(node).color)
+  t.not(await colorOf(refused.name), await colorOf(note.name), 'nor in the colour of a done file')
+  for (const file of [photo, note]) t.equal(await line(file.name).getAttribute('data-status'), 'done', `${file.name}: done`)
+
+  // One file over the channel to the echo form: its summary counts one file.
+  await page.check('input[name="transport"][value="websocket"]')
+  await page.uncheck('#echo-form input[name="slow"]')
+  await chooseFiles('#echo-form input[type="file"]', [note])
+  await page.click('#echo-form button[type="submit"]')
+  t.match(await waitForStatus('section:has(#echo-form)', /echoed/), /^1 file, 20 B echoed/)
+
+  for (const file of [photo, refused, note]) {
+    const name = line(file.name).locator('.name')
+    t.ok(await name.isVisible(), `${file.name}: its name is visible`)
+    const box = (await name.boundingBox())!
+    t.ok(box.width >= 80, `${file.name}: with room to read it (${box.width} px)`)
+  }
+  // Every element of each card lies within the card, and the page does not scroll sideways.
+  const overflowing = await page.evaluate(() => {
+    const { document } = globalThis as any
+    const found: string[] = []
+    for (const card of document.querySelectorAll('section')) {
+      const outer = card.getBoundingClientRect()
+      for (const node of card.querySelectorAll('*')) {
+        const box = node.getBoundingClientRect()
+        if (box.width === 0 && box.height === 0) continue // not laid out (a hidden table)
+        if (box.left < outer.left - 0.5 || box.right > outer.right + 0.5) {
+          const where = [node.tagName.toLowerCase(), node.className, node.closest('li')?.dataset.name].filter(Boolean).join(' ')
+          found.push(`${where}: ${Math.round(box.left)}–${Math.round(box.right)} outside ${Math.round(outer.left)}–${Math.round(outer.right)}`)
+        }
+      }
+    }
+    return found
+  })
+  t.same(overflowing, [], 'nothing overflows its card')
+  t.ok(await page.evaluate(() => (globalThis as any).document.documentElement.scrollWidth <= (globalThis as any).innerWidth), 'no sideways scrolling')
+  t.same([...pageErrors, ...consoleErrors], [], 'the page raised no error')
 })

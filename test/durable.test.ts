@@ -109,7 +109,7 @@ t.test('app.close() keeps an unfinished upload; the next app on the same tmpDir 
   t.equal(rest.headers['upload-offset'], '3000')
   const consumed = await claim(second, id)
   t.same(consumed.json, [{ size: 3000, sha256: sha256(data) }], 'byte-identical')
-  t.same(journal.slice(4), ['restore 1000', 'close done'], 'restored once, closed once with done')
+  t.same(journal.slice(4), ['restore 1000', 'checkpoint 3000', 'close done'], 'restored once, closed once with done')
   t.same(await strayFiles(dir), [], 'nothing left once consumed')
 })
 
@@ -506,7 +506,7 @@ t.test('an upload whose lock (or record, under the lock) cannot be had when it i
   t.same(journal.slice(before), [], 'no writer call')
   t.equal((await head(second, id)).headers['upload-offset'], '3', 'a later request continues it: the lock was let go')
   t.equal((await patch(second, id, 3, bytes(3, 2))).status, 204)
-  t.same(journal.slice(-2), ['restore 3', 'close done'])
+  t.same(journal.slice(-3), ['restore 3', 'checkpoint 6', 'close done'])
 })
 
 t.test('a checkpoint that outlives writerTimeout fails the upload at once; its close follows when it settles', async (t) => {
@@ -667,7 +667,7 @@ t.test('a shutdown while the last bytes are with the writer: kept with every byt
   const second = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir)))
   const described = await head(second, id)
   t.same([described.headers['upload-offset'], described.headers['upload-length']], ['10', '10'], 'complete: a client has nothing more to send')
-  t.same(journal.slice(-2), ['restore 10', 'close done'], 'finished when restored')
+  t.same(journal.slice(-3), ['restore 10', 'checkpoint 10', 'close done'], 'finished when restored')
   t.same((await claim(second, id)).json, [{ size: 10, sha256: sha256(data) }])
   t.same(await strayFiles(dir), [])
 })
@@ -859,7 +859,7 @@ t.test('another holder asks for a restored upload, while it is restored and afte
   t.same(journal.slice(-2), ['restore 2', 'checkpoint 2 last'], 'asked once restored: it lets go')
   await again.release()
   t.equal((await patch(second, id, 2, bytes(4))).status, 204)
-  t.same(journal.slice(-2), ['restore 2', 'close done'])
+  t.same(journal.slice(-3), ['restore 2', 'checkpoint 6', 'close done'])
 })
 
 t.test('a HEAD is activity: the expiry it reports is saved in the record, so it holds after a restart too', async (t) => {

@@ -27,6 +27,11 @@ function formatSize (bytes) {
   return `${sizeFormat.format(bytes / 1_000_000)} MB`
 }
 
+/** "1 file", "2 files". */
+function count (n, noun) {
+  return `${n} ${noun}${n === 1 ? '' : 's'}`
+}
+
 function element (tag, className, text) {
   const node = document.createElement(tag)
   if (className !== undefined) node.className = className
@@ -51,6 +56,10 @@ const ERROR_TEXT = {
   cancelled: 'cancelled'
 }
 
+function errorText (code) {
+  return `${code}: ${ERROR_TEXT[code] ?? 'refused'}`
+}
+
 /** The failures the client saw (refused at announce, cancelled, lost): rows like the handler's errors. */
 function clientFailures (results) {
   return results.filter((result) => !result.ok).map((result) => ({ clientName: result.name, code: result.code }))
@@ -64,7 +73,7 @@ const views = {
     ]))
     const errors = [...response.errors, ...clientFailures(results)]
     for (const error of errors) {
-      rows.push(row('failed', [error.clientName ?? '(upload)', '', '', `${error.code}: ${ERROR_TEXT[error.code] ?? 'refused'}`]))
+      rows.push(row('failed', [error.clientName ?? '(upload)', '', '', errorText(error.code)]))
     }
     const note = response.note === '' || response.note === undefined ? '' : ` Note: “${response.note}”.`
     return { rows, summary: `${response.files.length} stored, ${errors.length} not.${note}` }
@@ -76,10 +85,10 @@ const views = {
       { text: file.sha256, className: 'hash' }
     ]))
     for (const error of clientFailures(results)) {
-      rows.push(row('failed', [error.clientName, '', '', '', `${error.code}: ${ERROR_TEXT[error.code] ?? 'refused'}`]))
+      rows.push(row('failed', [error.clientName, '', '', '', errorText(error.code)]))
     }
     const total = response.files.reduce((sum, file) => sum + file.total, 0)
-    return { rows, summary: `${response.files.length} files, ${formatSize(total)} echoed: see the chunks in the server log.` }
+    return { rows, summary: `${count(response.files.length, 'file')}, ${formatSize(total)} echoed: see the chunks in the server log.` }
   }
 }
 
@@ -122,6 +131,17 @@ function fileLine (file) {
       if (outcome.ok) return
       state.textContent = `${outcome.code}: ${outcome.message}`
       line.dataset.status = outcome.code === 'cancelled' ? 'cancelled' : 'failed'
+    },
+    /**
+     * Refused by the route although its bytes were sent: over HTTP the request succeeds
+     * (the client says `done`), and only the handler's answer lists the file's error.
+     * Nothing of it was stored, so the bar goes back to empty.
+     */
+    refuse (code) {
+      bar.value = 0
+      percent.textContent = '–'
+      state.textContent = errorText(code)
+      line.dataset.status = 'failed'
     }
   }
 }
@@ -172,6 +192,14 @@ async function submit (form) {
       return showError(status, { code: failed.code, message: failed.message })
     }
     if (result.status >= 400) return showError(status, result.response)
+    // The entries the route refused, by file name, each to one line the client saw succeed.
+    const sent = files.filter((file, i) => result.files[i].ok)
+    for (const error of result.response.errors ?? []) {
+      const index = sent.findIndex((file) => file.name === error.clientName)
+      if (index === -1) continue
+      lines.get(sent[index]).refuse(error.code)
+      sent.splice(index, 1)
+    }
     const { rows, summary } = views[form.id](result.response, result.files)
     table.tBodies[0].replaceChildren(...rows)
     table.hidden = rows.length === 0

@@ -16,12 +16,9 @@ export class LiveUploads {
     uploads.end(new PrematureCloseError()).finally(() => this.#live.delete(uploads))
   }
 
-  /** Stops every unfinished entry; `then` runs for each set once its entries stopped. */
-  async stop (reason: EntryFailure, then?: (uploads: Uploads) => void): Promise<void> {
-    await Promise.all([...this.#live].map(async (uploads) => {
-      await uploads.abort(reason)
-      then?.(uploads)
-    }))
+  /** Stops every unfinished entry. */
+  async stop (reason: EntryFailure): Promise<void> {
+    await Promise.all([...this.#live].map(async (uploads) => await uploads.abort(reason)))
   }
 
   /** Ends every set still open; resolves once their writers are closed and files gone. */

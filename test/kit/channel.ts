@@ -2,21 +2,23 @@
 // speaks PROTOCOL.md frame by frame (not the client library: tests of the server must
 // be able to send what a polite client never would).
 import websocket, { type WebsocketPluginOptions } from '@fastify/websocket'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import WebSocket from 'ws'
 import chunkedUpload, { type ChunkedUploadOptions } from '../../lib/index.js'
 import { Changes, listen, PATIENCE_MS, tmpDirFor } from './index.js'
 
 export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
+/** Version 2: entries outlive their socket (`resume`). */
+export const SUBPROTOCOL_V2 = 'fastify-chunked-upload.v2'
 
 export interface ChannelApp { app: FastifyInstance, url: string, wsUrl: string, port: number }
 
 /** The plugin with `channel: true`, registered before @fastify/websocket (so shutdown says 1001). */
 export async function startChannelApp (
-  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}, websocketOptions: WebsocketPluginOptions = {}
+  t: Test, routes: (app: FastifyInstance) => void, options: ChunkedUploadOptions = {}, websocketOptions: WebsocketPluginOptions = {}, fastifyOptions: FastifyServerOptions = {}
 ): Promise<ChannelApp> {
-  const app = Fastify()
+  const app = Fastify(fastifyOptions)
   // Each app its own tmpDir: the default store's directory is claimed by one at a time.
   const tmpDir = options.tmpDir ?? (options.store === undefined ? await tmpDirFor(t) : undefined)
   await app.register(chunkedUpload, { channel: true, ...options, tmpDir })
@@ -121,16 +123,17 @@ export class ProtocolClient {
   }
 
   /**
-   * Sends `data` as entry `id` in chunks of the accepted size, keeping at most `window`
-   * frames unacknowledged (the polite client). Resolves when every frame was sent.
+   * Sends `data` as entry `id` (from byte `from` on) in chunks of the accepted size, keeping
+   * at most `window` frames unacknowledged (the polite client). Resolves when every frame was sent.
    */
-  async send (id: number, data: Buffer, accepted: ServerMessage): Promise<void> {
+  async send (id: number, data: Buffer, accepted: ServerMessage, from = 0): Promise<void> {
     const { chunkSize, window } = accepted as unknown as { chunkSize: number, window: number }
-    let sent = 0
-    let offset = 0
+    // From a resumed offset: what came before counts as acknowledged.
+    let sent = Math.ceil(from / chunkSize)
+    let offset = from
     while (offset < data.length) {
       // Acks are coalesced: the last one's offset says how many frames are acknowledged.
-      const acked = Math.ceil(this.ackedOffset(id) / chunkSize)
+      const acked = Math.ceil(Math.max(from, this.ackedOffset(id)) / chunkSize)
       if (sent - acked >= window) {
         await this.until(() => this.ackedOffset(id) > acked * chunkSize || this.messages.some((m) => m.id === id && m.type === 'error'))
         if (this.messages.some((m) => m.id === id && m.type === 'error')) return
@@ -166,7 +169,7 @@ export class ProtocolClient {
 }
 
 /** Codes of refused messages: they leave the entry as it was. */
-const REFUSALS = new Set(['unknown_entry', 'bad_offset', 'bad_frame', 'bad_message', 'duplicate_id'])
+const REFUSALS = new Set(['unknown_entry', 'bad_offset', 'bad_frame', 'bad_message', 'duplicate_id', 'resumed_elsewhere'])
 export function isEnd (code: string): boolean {
   return !REFUSALS.has(code)
 }

@@ -5,17 +5,28 @@
 // bounded whatever the client sends or leaves unread: the socket stops being read while
 // `window` frames wait, while announces wait, while the instance's budget is spent, and
 // while answers wait unsent; past hard limits it is closed with a coded reason.
+//
+// Version 2 sockets make every accepted entry a resumable upload (the registry's, shared
+// with the resumable endpoint): the socket holds it while it feeds it, as a PATCH does,
+// and a socket that drops saves it and lets go, so another socket (after a restart too,
+// for writers that checkpoint and restore) can `resume` it from its offset.
+import type { FastifyRequest } from 'fastify'
 import * as Type from 'typebox/type'
 import { Check } from 'typebox/schema'
 import { mediaType, safeBasename, type ResolvedConfig } from '../../config.js'
 import type { ClientInfo, Entry } from '../../entry.js'
-import { ChunkTimeoutError, TooLargeError } from '../../errors.js'
+import { ChunkTimeoutError, StoreFailureError, TooLargeError, TooManyFilesError, asFailure, type EntryFailure } from '../../errors.js'
 import { Feed, type FeedEnd, type FeedSource } from '../../feed.js'
 import type { UploadEntry } from '../../../types/index.js'
 import type { Uploads } from '../../uploads.js'
 import { SilenceTimer } from '../../silence.js'
+import type { EndpointContext } from '../resumable/context.js'
+import { finishUpload, openUpload, terminateUpload, uploadOf } from '../resumable/lifecycle.js'
+import type { ResumableUpload } from '../resumable/upload.js'
 
-export const SUBPROTOCOL = 'fastify-chunked-upload.v1'
+export const SUBPROTOCOL_V1 = 'fastify-chunked-upload.v1'
+/** Version 2: entries outlive their socket and are resumed on another (PROTOCOL.md). */
+export const SUBPROTOCOL_V2 = 'fastify-chunked-upload.v2'
 /** uint32 entry id + uint64 offset, big-endian. */
 export const HEADER_BYTES = 12
 /** Control messages need room even when chunks are tiny. */
@@ -42,6 +53,13 @@ export const ANNOUNCE_LIMIT = 256
  * compression inflates its frames.
  */
 const READ_SLACK_BYTES = 64 * 1024
+/**
+ * Version 2: a held entry is saved (its writer's checkpoint, its record) once this many bytes
+ * went through its writer since the last save, so a crash costs its client at most this
+ * much sent again. A save takes about half a millisecond with the default store, a few
+ * with fsync: every 16 MiB, a percent of the time at memory speed.
+ */
+export const SAVE_EVERY_BYTES = 16 * 1024 * 1024
 /** The smallest chunk frame on the wire: a 6-byte WebSocket header, our header, one byte. */
 const READ_SLACK_FRAMES = Math.ceil(READ_SLACK_BYTES / (6 + HEADER_BYTES + 1))
 
@@ -112,9 +130,28 @@ export interface ChannelOptions {
   /** The largest message the route's channel accepts. */
   maxMessageBytes: number
   budget: ChannelBudget
+  /** Version 2: entries are resumable uploads of this route, for this owner. */
+  resumable?: ChannelResume | undefined
+}
+
+/** What a version 2 socket's entries need: the route's uploads, the upgrade request, its owner. */
+export interface ChannelResume {
+  context: EndpointContext
+  request: FastifyRequest
+  owner: string | undefined
 }
 
 const OPEN = 1
+/** The events of an upload set that end an entry, and all of them. */
+const ENDS = ['done', 'error', 'cancel'] as const
+const EVENTS = ['progress', ...ENDS] as const
+
+/** Why a version 2 entry could not start: its entry's failure, a limit, or a store that failed (logged here). */
+function failureOf (error: unknown, request: FastifyRequest): EntryFailure {
+  if (error instanceof Error && 'uploadCode' in error) return asFailure(error)
+  request.log.error({ err: error }, 'a channel entry could not be recorded in the upload store')
+  return new StoreFailureError({ cause: error })
+}
 const Id = Type.Integer({ minimum: 1, maximum: 0xffff_ffff })
 const AnnounceSchema = Type.Object({
   type: Type.Literal('announce'),
@@ -126,13 +163,18 @@ const AnnounceSchema = Type.Object({
   lastModified: Type.Optional(Type.Number())
 })
 const CancelSchema = Type.Object({ type: Type.Literal('cancel'), id: Id })
+const ResumeSchema = Type.Object({ type: Type.Literal('resume'), id: Id, ref: Type.String({ minLength: 1, maxLength: 256 }) })
 type Announce = Type.Static<typeof AnnounceSchema>
 
-/** An announce waiting for its turn: only what its entry needs. */
-interface PendingAnnounce {
-  readonly id: number
-  readonly uploadName: string
-  readonly info: ClientInfo
+/** An announce (or, version 2, a resume) waiting for its turn: only what its entry needs. */
+type PendingAnnounce =
+  | { readonly id: number, readonly uploadName: string, readonly info: ClientInfo, readonly ref?: undefined }
+  | { readonly id: number, readonly ref: string }
+
+/** A channel entry's name and type, as a resumable upload's metadata keeps them (for its restore). */
+function metadataOf (info: ClientInfo): string {
+  const base64 = (value: string): string => Buffer.from(value, 'utf8').toString('base64')
+  return `filename ${base64(info.clientName)},filetype ${base64(info.clientType)}`
 }
 
 /**
@@ -150,14 +192,24 @@ class Slot implements FeedSource {
   unacked = 0
   readonly feed: Feed
   readonly silence: SilenceTimer
+  /** Version 2: the resumable upload this slot feeds, held until `release`; `save` saves it. */
+  readonly held: Held | undefined
+  /** Version 2: a save under way (see SAVE_EVERY_BYTES): the next frame waits for it, and so does a last save. */
+  saving: Promise<void> | undefined
+  /** Bytes the writer had accepted at the last save. */
+  #savedAt: number
   /** The feed waits for the next frame. */
   #waiting = false
+  /** The feed is over. */
+  #closed = false
 
-  constructor (id: number, entry: Entry, silence: SilenceTimer, onWritten: (chunk: Buffer) => void) {
+  constructor (id: number, entry: Entry, silence: SilenceTimer, onWritten: (chunk: Buffer) => void, held?: Held & { onStop: (stop: () => void) => void }) {
     this.id = id
     this.entry = entry
     this.silence = silence
-    this.feed = new Feed(entry, { silence, onWritten })
+    this.held = held
+    this.expected = this.#savedAt = entry.bytesReceived
+    this.feed = new Feed(entry, { silence, onWritten, onStop: held?.onStop })
   }
 
   /** A frame for this entry. */
@@ -173,6 +225,17 @@ class Slot implements FeedSource {
 
   /** The next frame to the feed; with none queued, the entry's end (every announced byte written) or a wait. */
   resume (): void {
+    if (this.#closed) return
+    const { bytesReceived, clientSize } = this.entry
+    if (this.held !== undefined && bytesReceived - this.#savedAt >= SAVE_EVERY_BYTES && bytesReceived < clientSize!) {
+      this.#savedAt = bytesReceived
+      // A save that fails ends the entry: its report tells the client, and stops this feed.
+      this.saving = this.held.save().catch(() => {}).then(() => {
+        this.saving = undefined
+        this.resume()
+      })
+      return
+    }
     if (this.queue.length > 0) this.feed.data(this.queue[0]!)
     else if (this.entry.bytesReceived === this.entry.clientSize) this.feed.end('end')
     else this.#waiting = true
@@ -183,7 +246,15 @@ class Slot implements FeedSource {
 
   close (): void {
     this.#waiting = false
+    this.#closed = true
   }
+}
+
+/** A version 2 slot's hold on its resumable upload. */
+interface Held {
+  readonly upload: ResumableUpload
+  readonly release: () => void
+  readonly save: () => Promise<void>
 }
 
 export class Channel {
@@ -200,8 +271,12 @@ export class Channel {
   /** Ids announced but not yet answered, and those the client cancelled meanwhile. */
   readonly #announcing = new Set<number>()
   readonly #cancelAtStart = new Set<number>()
-  /** Finished entries by id, so a later `cancel` can discard them. */
+  /** Finished entries by id, so a later `cancel` can discard them (version 2: with their upload). */
   readonly #finished = new Map<number, Entry>()
+  readonly #finishedUploads = new Map<Entry, ResumableUpload>()
+  /** Version 2: what resumable entries need; entries accepted per upload name on this socket (`maxEntries`). */
+  readonly #resumable: ChannelResume | undefined
+  readonly #acceptedCount = new Map<string, number>()
   /** Frames and their bytes queued across all slots. */
   #queued = 0
   #queuedBytes = 0
@@ -224,13 +299,14 @@ export class Channel {
     this.#window = options.window
     this.#maxMessageBytes = options.maxMessageBytes
     this.#budget = options.budget
+    this.#resumable = options.resumable
     this.#ackEvery = Math.max(1, Math.floor(this.#window / 4))
     let timeout = 0
     for (const config of uploads.configs.values()) timeout = Math.max(timeout, config.chunkTimeout)
     this.#answersTimeout = timeout
     // Every end of an entry is answered to the client: the upload set's own events, heard
     // like any listener (the channel route has no handler of its own that listens too).
-    for (const event of ['done', 'error', 'cancel'] as const) uploads.on(event, this.#onEnd)
+    for (const event of ENDS) uploads.on(event, this.#onEnd)
     socket.on('message', (data, isBinary) => {
       if (this.#closing) return
       // ws's maxPayload is per server, and applies after inflation only up to it: the
@@ -243,6 +319,8 @@ export class Channel {
       this.#closing = true
       clearTimeout(this.#answersTimer)
       this.#budget.forget(this)
+      // Version 2: every entry this socket feeds is saved and let go, for another socket to resume.
+      for (const slot of this.#slots.values()) if (slot.held !== undefined) slot.feed.stop()
     })
   }
 
@@ -280,12 +358,13 @@ export class Channel {
     }
     if (Check(AnnounceSchema, message)) return this.#onAnnounce(message)
     if (Check(CancelSchema, message)) return this.#onCancel(message.id)
+    if (this.#resumable !== undefined && Check(ResumeSchema, message)) return this.#onAnnounce(message)
     // A readable id names the file the client got wrong (a name too long, a bad size…).
     const id = (message as { id?: unknown } | null)?.id
     this.#refuse('bad_message', 'Unknown or malformed message: see PROTOCOL.md', Check(Id, id) ? { id } : {})
   }
 
-  #onAnnounce (message: Announce): void {
+  #onAnnounce (message: Announce | Type.Static<typeof ResumeSchema>): void {
     const { id } = message
     if (this.#slots.has(id) || this.#announcing.has(id)) {
       return this.#refuse('duplicate_id', `Entry id ${id} is already in use on this socket`, { id })
@@ -296,11 +375,13 @@ export class Channel {
     this.#announcing.add(id)
     this.#finished.delete(id)
     // Only what the entry keeps: the raw name may be 4096 characters.
-    this.#announces.push({
-      id,
-      uploadName: message.uploadName,
-      info: { clientName: safeBasename(message.name), clientType: mediaType(message.mimeType), clientSize: message.size, clientLastModified: message.lastModified }
-    })
+    this.#announces.push(message.type === 'resume'
+      ? { id, ref: message.ref }
+      : {
+          id,
+          uploadName: message.uploadName,
+          info: { clientName: safeBasename(message.name), clientType: mediaType(message.mimeType), clientSize: message.size, clientLastModified: message.lastModified }
+        })
     this.#flow()
     if (!this.#starting) this.#startAll()
   }
@@ -315,7 +396,9 @@ export class Channel {
     this.#starting = false
   }
 
-  async #start ({ id, uploadName, info }: PendingAnnounce): Promise<void> {
+  async #start (pending: PendingAnnounce): Promise<void> {
+    if (pending.ref !== undefined) return await this.#resume(pending.id, pending.ref)
+    const { id, uploadName, info } = pending
     const config = this.#uploads.configs.get(uploadName)
     if (config === undefined) {
       this.#announcing.delete(id)
@@ -323,6 +406,7 @@ export class Channel {
       const names = [...this.#uploads.configs.keys()].join(', ')
       return this.#refuse('unknown_upload', `This route accepts uploads for ${names}`, { id })
     }
+    if (this.#resumable !== undefined) return await this.#open(id, config, info, this.#resumable)
     const entry = await this.#uploads.announce(config, info)
     try {
       await entry.start()
@@ -350,10 +434,143 @@ export class Channel {
     if (this.#cancelAtStart.delete(id)) entry.cancel()
   }
 
+  /**
+   * Version 2: a new entry is a resumable upload of the route, checked as any announce
+   * (maxEntries per socket, then accept, size, validate), its writer started and, when it
+   * can checkpoint, its record made. Then this socket holds it.
+   */
+  async #open (id: number, config: ResolvedConfig, info: ClientInfo, { context, request, owner }: ChannelResume): Promise<void> {
+    const accepted = this.#acceptedCount.get(config.uploadName) ?? 0
+    let upload: ResumableUpload
+    try {
+      if (accepted >= config.maxEntries) throw new TooManyFilesError(config.uploadName, config.maxEntries)
+      // Counted per socket above; the registry bounds the process (maxResumableUploads).
+      const slot = context.registry.reserve(owner, config, false, Infinity)
+      const shape = { length: info.clientSize, metadata: metadataOf(info), concat: undefined, concatHeader: undefined, hold: true }
+      // A refusal (accept, size, validate) is an error event on the socket's uploads, as in version 1.
+      upload = await openUpload(context, request, config, slot, info, shape, (home) => home.once('error', this.#relay))
+      upload.home.off('error', this.#relay)
+    } catch (error) {
+      this.#announcing.delete(id)
+      this.#cancelAtStart.delete(id)
+      return this.#sendError(id, failureOf(error, request))
+    }
+    this.#acceptedCount.set(config.uploadName, accepted + 1)
+    // Its client knows it from now on: kept, not cancelled, when the server shuts down.
+    upload.announced = true
+    await this.#hold(id, upload, 'accepted')
+  }
+
+  /**
+   * Version 2: an entry another socket (or this one, earlier) began, continued here from
+   * its offset: found in this process, or restored from the store after a restart, for
+   * the same owner and route only. Finished meanwhile, it is answered `done`.
+   */
+  async #resume (id: number, ref: string): Promise<void> {
+    const { context, request } = this.#resumable!
+    let upload: ResumableUpload
+    try {
+      upload = await uploadOf(context, request, ref)
+    } catch {
+      // Unknown, another owner's, ended (404, 410). A server shutting down (503) is closing
+      // this socket too: its client resumes on the next one, where the entry is kept.
+      this.#announcing.delete(id)
+      this.#cancelAtStart.delete(id)
+      return this.#refuse('unknown_entry', `No unfinished entry ${ref} of yours on this route: announce the file again`, { id, ref })
+    }
+    await this.#hold(id, upload, 'resumed')
+  }
+
+  /**
+   * This socket takes the upload (a socket holding it is asked to let go: it saves and
+   * releases), and feeds it the frames that follow, as a PATCH feeds its body.
+   */
+  async #hold (id: number, upload: ResumableUpload, answer: 'accepted' | 'resumed'): Promise<void> {
+    const { context, request } = this.#resumable!
+    const { release, onStop } = await upload.acquireToAppend()
+    this.#announcing.delete(id)
+    const cancelled = this.#cancelAtStart.delete(id)
+    const { entry, config } = upload
+    const listed = context.registry.find(upload.id) === upload
+    if (this.#closing || !listed || upload.complete) {
+      release()
+      // Finished by the socket that held it, while this one waited: answered as if it had finished here.
+      if (listed && upload.complete) return this.#done(id, upload)
+      if (!this.#closing) this.#refuse('unknown_entry', `Entry ${entry.ref} ended`, { id, ref: entry.ref })
+      return
+    }
+    entry.carriedBy(request)
+    const held = {
+      upload,
+      onStop,
+      release: () => {
+        entry.carriedBy(undefined)
+        release()
+      },
+      save: async () => await context.registry.save(upload)
+    }
+    // chunkTimeout counts from the answer, while the entry waits for the client.
+    const silence = new SilenceTimer(config.chunkTimeout, () => { this.#silent(slot) })
+    const slot: Slot = new Slot(id, entry, silence, (chunk) => { this.#written(slot, chunk) }, held)
+    this.#slots.set(id, slot)
+    this.#slotOf.set(entry, slot)
+    // Listed on the socket's request.uploads too: its events heard there, consumable or cancellable there.
+    this.#uploads.include(entry)
+    for (const event of EVENTS) upload.home.on(event, this.#relay)
+    for (const event of ENDS) upload.home.on(event, this.#onEnd)
+    // Consumed or discarded through the socket's uploads: its URL and its place among the limits go too.
+    entry.onRelease ??= (consumed) => context.registry.remove(upload, consumed ? 'consumed' : 'unclaimed')
+    const offset = answer === 'resumed' ? { offset: entry.bytesReceived } : {}
+    this.#send({ type: answer, id, ref: entry.ref, ...offset, chunkSize: config.chunkSize, window: this.#window })
+    slot.feed.run(slot).then((how) => this.#fedHeld(slot, how, config.chunkTimeout))
+    if (cancelled) terminateUpload(context, upload).catch(() => {})
+  }
+
+  /**
+   * How a held entry's feed ended. Its last byte finishes it; silence cancels it; a
+   * stop (another socket resumed it, this one dropped, shutdown) saves what the writer
+   * accepted before letting go. The hold is released in every case.
+   */
+  async #fedHeld (slot: Slot, how: FeedEnd, chunkTimeout: number): Promise<void> {
+    const { upload, release } = slot.held!
+    const { context } = this.#resumable!
+    slot.silence.stop()
+    // Writer calls never overlap: a save under way ends first.
+    await slot.saving
+    try {
+      if (how === 'end' && upload.ended === undefined) await finishUpload(context, upload)
+      else if (how === 'timeout') {
+        context.registry.remove(upload, 'failed')
+        await upload.entry.cancel(new ChunkTimeoutError(chunkTimeout))
+      } else if (how === 'stopped') await context.registry.save(upload)
+    } catch {
+      // The entry ended: its own report tells the client.
+    } finally {
+      release()
+    }
+    // Stopped and let go while the entry goes on (still listed, or kept for another
+    // holder): this socket no longer feeds it, and if still open hears it goes on
+    // elsewhere, unless the server is shutting down (the socket closes with 1001; its
+    // client resumes later). Any other end is the entry's, which its report tells.
+    if (how !== 'stopped' || this.#slotOf.get(upload.entry) !== slot || (upload.ended !== undefined && !upload.kept)) return
+    this.#removeSlot(slot)
+    if (!context.registry.shuttingDown) {
+      this.#send({ type: 'error', id: slot.id, ref: upload.id, code: 'resumed_elsewhere', error: 'FST_CHUNKED_UPLOAD_MOVED', message: 'Another socket resumed this entry: it goes on there' })
+    }
+  }
+
+  /** A finished version 2 entry, answered `done` (a later `cancel` discards it). */
+  #done (id: number, upload: ResumableUpload): void {
+    this.#finished.set(id, upload.entry)
+    this.#finishedUploads.set(upload.entry, upload)
+    this.#send({ type: 'done', id, ref: upload.id })
+  }
+
   #onCancel (id: number): void {
     const slot = this.#slots.get(id)
     if (slot !== undefined) {
-      slot.entry.cancel()
+      if (slot.held !== undefined) terminateUpload(this.#resumable!.context, slot.held.upload).catch(() => {})
+      else slot.entry.cancel()
       return
     }
     if (this.#announcing.has(id)) {
@@ -364,7 +581,10 @@ export class Channel {
     this.#finished.delete(id)
     // Claimed by a request, or expired: no longer this socket's.
     if (finished === undefined || finished.released) return this.#refuse('unknown_entry', `No entry ${id} on this socket`, { id })
-    this.#uploads.cancel(finished.ref).then(() => this.#sendFailure(id, finished, 'cancelled'))
+    const upload = this.#finishedUploads.get(finished)
+    this.#finishedUploads.delete(finished)
+    const discarded = upload === undefined ? this.#uploads.cancel(finished.ref) : terminateUpload(this.#resumable!.context, upload)
+    discarded.then(() => this.#sendFailure(id, finished, 'cancelled'))
   }
 
   #onFrame (frame: Buffer): void {
@@ -475,34 +695,58 @@ export class Channel {
     if (!this.#closing) this.#flow()
   }
 
+  /** An event of a held entry, told to the socket's request.uploads. */
+  readonly #relay = (entry: Entry): void => { this.#uploads.relay(entry) }
+
   /** The entry reached an end: tell the client, and forget its slot. */
   readonly #onEnd = (ended: UploadEntry): void => {
     const slot = this.#slotOf.get(ended)
     if (slot === undefined) return
     const { entry } = slot
+    this.#removeSlot(slot)
+    // Entries claimed or expired since are no longer this socket's to cancel.
+    for (const [id, finished] of this.#finished) {
+      if (!finished.released) continue
+      this.#finished.delete(id)
+      this.#finishedUploads.delete(finished)
+    }
+    if (entry.status === 'done') {
+      if (slot.held !== undefined) return this.#done(slot.id, slot.held.upload)
+      this.#finished.set(slot.id, entry)
+      this.#send({ type: 'done', id: slot.id, ref: entry.ref })
+    } else {
+      // A resumable entry that failed (its writer, too many bytes) is over for its URL too.
+      if (slot.held !== undefined) this.#resumable!.context.registry.remove(slot.held.upload, 'failed')
+      this.#sendFailure(slot.id, entry)
+    }
+  }
+
+  /** The socket no longer feeds the slot's entry: its feed stops, and its frames in the window are the client's again. */
+  #removeSlot (slot: Slot): void {
     slot.silence.stop()
     slot.feed.stop()
     this.#deferred.delete(slot)
     this.#slots.delete(slot.id)
-    this.#slotOf.delete(entry)
-    // Its frames in the window are the client's again once it hears the end.
+    this.#slotOf.delete(slot.entry)
+    if (slot.held !== undefined) {
+      const { home } = slot.held.upload
+      for (const event of EVENTS) home.off(event, this.#relay)
+      for (const event of ENDS) home.off(event, this.#onEnd)
+      // Let go unfinished (another socket goes on with it): no longer this socket's to list.
+      if (!slot.entry.ended) this.#uploads.forsake(slot.entry)
+    }
     this.#unacked -= slot.unacked
     let bytes = 0
     for (const chunk of slot.queue) bytes += chunk.length
     this.#dequeued(slot.queue.length, bytes)
     slot.queue.length = 0
-    if (entry.status === 'done') {
-      // Entries claimed or expired since are no longer this socket's to cancel.
-      for (const [id, finished] of this.#finished) if (finished.released) this.#finished.delete(id)
-      this.#finished.set(slot.id, entry)
-      this.#send({ type: 'done', id: slot.id, ref: entry.ref })
-    } else {
-      this.#sendFailure(slot.id, entry)
-    }
   }
 
   #sendFailure (id: number, entry: Entry, code = entry.failure!.uploadCode): void {
-    const failure = entry.failure
+    this.#sendError(id, entry.failure, code)
+  }
+
+  #sendError (id: number, failure: EntryFailure | undefined, code = failure!.uploadCode): void {
     const error = failure?.code ?? 'FST_CHUNKED_UPLOAD_CANCELLED'
     // The client can tell a server going away from a cancel, and stop announcing.
     if (error === 'FST_CHUNKED_UPLOAD_SHUTTING_DOWN') code = 'shutting_down'

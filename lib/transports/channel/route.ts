@@ -8,7 +8,7 @@ import { ChannelNeedsWebsocketError, ChannelOrderError, type EntryFailure } from
 import { Uploads } from '../../uploads.js'
 import { LiveUploads } from '../live-uploads.js'
 import { uploadsOf, type Services, type Transport, type UploadRoute } from '../transport.js'
-import { Channel, ChannelBudget, SUBPROTOCOL, maxMessageBytes, type ChannelSocket } from './channel.js'
+import { Channel, ChannelBudget, SUBPROTOCOL_V1, SUBPROTOCOL_V2, maxMessageBytes, type ChannelSocket } from './channel.js'
 
 /** A `ws` socket as the channel route's handler gets it. */
 interface WsSocket extends ChannelSocket {
@@ -44,10 +44,14 @@ export class ChannelTransport implements Transport {
     const path = this.#services.derived.derive(upload, this.#settings.channelSuffix, 'upload channel', new Map(configs))
     if (path === undefined) return
     if (!instance.hasDecorator('websocketServer')) throw new ChannelNeedsWebsocketError(where)
-    const { refs, settings } = this.#services
+    const { refs, settings, resumable } = this.#services
     const live = this.#live
     const sockets = this.#sockets
     const options = { window: settings.channelWindow, maxMessageBytes: maxMessageBytes(configs.values()), budget: this.#budget }
+    /** Version 2 entries are resumable uploads of the route, in the plugin's registry. */
+    const context = resumable.context(configs, where)
+    /** Each socket's owner, found once the route's hooks ran. */
+    const owners = new WeakMap<FastifyRequest, string | undefined>()
 
     function startChannelUploads (request: FastifyRequest, _reply: FastifyReply, done: () => void): void {
       request.uploads = new Uploads(configs, request, request.log)
@@ -55,15 +59,19 @@ export class ChannelTransport implements Transport {
     }
     // After the route's own hooks: the owner may depend on what they found (a session, a user).
     async function holdFinished (request: FastifyRequest): Promise<void> {
-      uploadsOf(request)!.holdFinished(refs, await settings.owner(request))
+      const owner = await settings.owner(request)
+      owners.set(request, owner)
+      uploadsOf(request)!.holdFinished(refs, owner)
     }
     function serveChannel (socket: WsSocket, request: FastifyRequest): void {
       const uploads = uploadsOf(request)!
-      if (socket.protocol !== SUBPROTOCOL) return socket.close(1002, `use subprotocol ${SUBPROTOCOL}`)
+      const version = socket.protocol === SUBPROTOCOL_V2 ? 2 : socket.protocol === SUBPROTOCOL_V1 ? 1 : undefined
+      if (version === undefined) return socket.close(1002, `use subprotocol ${SUBPROTOCOL_V2} (or ${SUBPROTOCOL_V1})`)
       live.add(uploads)
       sockets.set(uploads, socket)
+      const resume = version === 2 ? { context, request, owner: owners.get(request) } : undefined
       // The channel lives as long as the socket's listeners hold it.
-      new Channel(socket, uploads, options) // eslint-disable-line no-new
+      new Channel(socket, uploads, { ...options, resumable: resume }) // eslint-disable-line no-new
       socket.once('close', () => {
         sockets.delete(uploads)
         live.end(uploads)
@@ -80,9 +88,13 @@ export class ChannelTransport implements Transport {
     } as unknown as RouteOptions)
   }
 
-  /** Each socket hears why its entries stopped, then closes with 1001 (going away). */
+  /**
+   * Each socket hears why its entries stopped, then closes with 1001 (going away). Version 2
+   * entries are the registry's: each is saved and kept, or cancelled and told, first.
+   */
   async stop (reason: EntryFailure): Promise<void> {
-    await this.#live.stop(reason, (uploads) => this.#sockets.get(uploads)?.close(1001, 'server shutting down'))
+    await Promise.all([this.#live.stop(reason), this.#services.resumable.shutdown(reason)])
+    for (const socket of this.#sockets.values()) socket.close(1001, 'server shutting down')
   }
 
   async close (reason: EntryFailure): Promise<void> {

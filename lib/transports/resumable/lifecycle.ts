@@ -27,7 +27,11 @@ class UploadHome extends Uploads {
  * (410). One this process does not hold is continued from its record in the store.
  */
 export async function findUpload (context: EndpointContext, request: FastifyRequest): Promise<ResumableUpload> {
-  const id = (request.params as { id: string }).id
+  return await uploadOf(context, request, (request.params as { id: string }).id)
+}
+
+/** The upload `id`, for a request that names it (see findUpload): 404, 410 or 503 as findUpload throws them. */
+export async function uploadOf (context: EndpointContext, request: FastifyRequest, id: string): Promise<ResumableUpload> {
   const found = context.registry.find(id) ?? await continued(context, request, id)
   if (found === undefined) throw new UploadNotFoundError()
   if (typeof found === 'string') throw context.registry.whyGone(found)
@@ -134,14 +138,18 @@ export interface UploadShape {
 /**
  * Validates and starts an entry for a new upload in the slot reserved for it, and
  * registers the upload. On any failure the slot is given back and no writer stays open.
+ * `observe` gets the upload's set before its entry is announced.
  */
 export async function openUpload (
-  context: EndpointContext, request: FastifyRequest, config: ResolvedConfig, slot: Slot, info: Parameters<Uploads['announce']>[1], shape: UploadShape
+  context: EndpointContext, request: FastifyRequest, config: ResolvedConfig, slot: Slot, info: Parameters<Uploads['announce']>[1], shape: UploadShape,
+  observe?: (home: Uploads) => void
 ): Promise<ResumableUpload> {
   const { registry, settings } = context
   // The upload outlives its creating request: its set keeps no request, only a logger.
   const home = new UploadHome(new Map([[config.uploadName, config]]), undefined, request.log)
   if (shape.hold) home.holdFinished(settings.refs, slot.owner)
+  // Its events from the start (a refusal), for whoever carries it.
+  observe?.(home)
   let entry: Entry | undefined
   let upload: ResumableUpload | undefined
   try {
@@ -173,6 +181,7 @@ function newUpload (
   if (!entry.resumable) settings.notDurable(config)
   const upload = new ResumableUpload({
     entry,
+    home,
     config,
     owner: slot.owner,
     slot,
@@ -204,6 +213,12 @@ export function stagingConfig (context: EndpointContext, config: ResolvedConfig)
 
 /** The last byte arrived: the writer's `close('done')`. A writer that fails it ends the upload. */
 export async function finishUpload (context: EndpointContext, upload: ResumableUpload): Promise<void> {
+  try {
+    // A last checkpoint names every byte: what the finished entry keeps while it waits for its ref.
+    if (upload.durable) await upload.entry.checkpoint()
+  } catch {
+    throw context.registry.endedDuring(upload)
+  }
   // Its record goes first: a crash after the close must not bring back a finished upload.
   await context.registry.dropRecord(upload)
   try {

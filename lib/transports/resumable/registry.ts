@@ -45,6 +45,9 @@ export class ResumableRegistry {
     this.#log = log
   }
 
+  /** Whether the plugin is shutting down (no upload is created or continued here any more). */
+  get shuttingDown (): boolean { return this.#shutDown !== undefined }
+
   /**
    * Takes a slot for a new upload, synchronously (before its creation awaits anything),
    * or throws: 503 past maxUploads; 413 past `cap` uploads of this owner for this upload

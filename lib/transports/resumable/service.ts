@@ -27,6 +27,7 @@ export class ResumableService {
   readonly #log: FastifyBaseLogger
   /** Upload configs already said to be unable to continue after a restart. */
   readonly #notDurable = new Set<string>()
+  #shutdown: Promise<void> | undefined
 
   constructor (options: ResumableServiceOptions) {
     this.#options = options
@@ -65,7 +66,9 @@ export class ResumableService {
    * Shutdown: no new upload; what writes to one stops; unfinished durable uploads are saved
    * and kept for the next process, others cancelled.
    */
-  async shutdown (reason: EntryFailure): Promise<void> {
-    await this.registry.shutdown(reason)
+  shutdown (reason: EntryFailure): Promise<void> {
+    // Once: the plugin and the channel (which waits for it before closing its sockets) share it.
+    this.#shutdown ??= this.registry.shutdown(reason)
+    return this.#shutdown
   }
 }

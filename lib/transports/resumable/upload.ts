@@ -8,6 +8,7 @@
 import type { Readable } from 'node:stream'
 import type { ResolvedConfig } from '../../config.js'
 import type { Entry } from '../../entry.js'
+import type { Uploads } from '../../uploads.js'
 import type { EntryFailure } from '../../errors.js'
 import type { HeldLock, Store, UploadRecord } from '../../stores/store.js'
 import { Feed, StreamSource, type FeedTarget } from '../../feed.js'
@@ -27,6 +28,8 @@ interface Holder { stop: (() => void) | undefined, released: Promise<void> }
 
 export interface UploadInit {
   entry: Entry
+  /** The upload set its entry reports to: its events (progress, done, error, cancel) are heard there. */
+  home: Uploads
   config: ResolvedConfig
   owner: string | undefined
   length: number | undefined
@@ -57,6 +60,7 @@ export function lockTimeout (config: ResolvedConfig): number {
 
 export class ResumableUpload {
   readonly entry: Entry
+  readonly home: Uploads
   readonly config: ResolvedConfig
   readonly owner: string | undefined
   readonly metadata: string | undefined
@@ -96,6 +100,7 @@ export class ResumableUpload {
 
   constructor (init: UploadInit) {
     this.entry = init.entry
+    this.home = init.home
     this.config = init.config
     this.owner = init.owner
     this.length = init.length
