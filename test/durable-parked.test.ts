@@ -3,12 +3,13 @@
 // tmpDir (or store) consumes it when its URL is posted to the route, once, for its owner
 // only, and leaves nothing behind; unclaimed, it is swept at entryTtl. A route's own writer
 // keeps its meta across the restart (its files are logged and left, not removed); a meta
-// that is not JSON keeps the entry in its process only. In one process nothing changes,
-// but that the store holds a record while the entry waits. Real sockets and files; time
-// is a fake clock where it is the subject. Restarts of a real process are restart.test.ts.
+// that is not JSON keeps the entry in its process only. A version 2 channel entry is
+// kept as a tus upload is. In one process nothing changes but that the store holds a
+// record while the entry waits. Real sockets and files; time is a fake clock where it is
+// the subject. Restarts of a real process are restart.test.ts.
 import { readFile } from 'node:fs/promises'
 import { Writable } from 'node:stream'
-import type { FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyRequest } from 'fastify'
 import Fastify from 'fastify'
 import t, { type Test } from 'tap'
 import chunkedUpload, {
@@ -19,6 +20,7 @@ import { Entry } from '../lib/entry.js'
 import { keptRecord } from '../lib/kept-entry.js'
 import { RefStore } from '../lib/refs.js'
 import { SWEEP_INTERVAL } from '../lib/sweep.js'
+import { ProtocolClient, SUBPROTOCOL, SUBPROTOCOL_V2, startChannelApp } from './kit/channel.js'
 import { fakeClock } from './kit/clock.js'
 import { bytes, eventually, filesDir, listen, postJson, sha256, strayFiles, tempFiles, tmpDirFor } from './kit/index.js'
 import { tusUpload } from './kit/restart.js'
@@ -118,6 +120,27 @@ t.test('a tus upload finished by tus-js-client waits across app.close(): the nex
   }, 'consumed as it would have been before the restart')
   t.same(await strayFiles(dir), [], 'its temp file and its record are gone')
   t.match(await consume(second, url), { status: 400, json: { code: UNKNOWN_REF } }, 'once')
+})
+
+t.test('a finished entry of a version 2 channel socket waits across app.close() too; one of a version 1 socket does not', async (t) => {
+  const dir = await tmpDirFor(t)
+  const routes = (app: FastifyInstance): void => {
+    app.post('/up', { allowUpload: { file: { accept: 'any', maxFileSize: 1_000_000 } } }, async (request) => {
+      return await request.uploads.consume('file', async (meta: TmpFileMeta, entry) => ({ size: meta.size, sha256: sha256(await readFile(meta.path)), clientName: entry.clientName }))
+    })
+  }
+  const first = await startChannelApp(t, routes, { tmpDir: dir })
+  const data = bytes(50_000, 18)
+  const v2 = await ProtocolClient.open(`${first.wsUrl}/up/ws`, [SUBPROTOCOL_V2])
+  const kept = await v2.upload(1, data, { name: 'kept.bin' })
+  const v1 = await ProtocolClient.open(`${first.wsUrl}/up/ws`, [SUBPROTOCOL])
+  const notKept = await v1.upload(1, bytes(100, 19))
+  t.match([kept, notKept], [{ type: 'done' }, { type: 'done' }])
+  await first.app.close()
+  const second = await startChannelApp(t, routes, { tmpDir: dir })
+  t.same(await postJson(`${second.url}/up`, { file: kept.ref }), { status: 200, json: [{ size: data.length, sha256: sha256(data), clientName: 'kept.bin' }] })
+  t.match(await postJson(`${second.url}/up`, { file: notKept.ref }), { status: 400, json: { code: UNKNOWN_REF } })
+  t.same(await strayFiles(dir), [])
 })
 
 t.test('a kept entry claimed by a request that does not consume it is removed when the request ends', async (t) => {
