@@ -83,7 +83,7 @@ function idOf (url: string): string {
 
 /** The parked entries a FileStore keeps in a tmpDir, as files. */
 async function parkedFiles (dir: string): Promise<string[]> {
-  return (await strayFiles(dir)).filter((path) => path.includes('fcu-store-parked-'))
+  return (await strayFiles(dir)).filter((path) => /fcu-store-parked-.*\.json$/.test(path))
 }
 
 /** The parked entries a store keeps, by ref. */

@@ -176,7 +176,8 @@ t.test('kill -9 while a finished upload waits for its URL to be posted: the rest
   const data = bytes(MiB + 123, 6)
   // The plugin's own writer (POST /plain): the plugin removes its file once consumed.
   const url = await tusUpload(data, { endpoint: `${server.url}/plain/tus`, protocol: 'tus-v1', chunkSize: CHUNK }).done
-  await until('the finished upload kept in the store', async () => (await filesInStore(server.tmpDir)).some((name) => name.startsWith('fcu-store-parked-')))
+  // Its record written (renamed into place: a temp file beside it is not yet a record).
+  await until('the finished upload kept in the store', async () => (await filesInStore(server.tmpDir)).some((name) => /^fcu-store-parked-.*\.json$/.test(name)))
   t.same(await server.stop('SIGKILL'), { code: null, signal: 'SIGKILL' }, 'the first server was killed')
   t.equal((await filesInStore(server.tmpDir)).filter((name) => name.startsWith('upload-')).length, 1, 'its temp file outlived it')
 
