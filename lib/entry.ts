@@ -73,6 +73,7 @@ export class Entry implements UploadEntry {
   /** What every init and writeChunk call gets: one object per entry, not one per chunk. */
   readonly #writerCall: WriterCall = { signal: this.#abort.signal }
   #onWatchdog: (() => void) | undefined
+  #lastSnapshot: WriterSnapshot | undefined
 
   /**
    * `request`: the one that announced the entry (its writer factory runs during it).
@@ -151,6 +152,13 @@ export class Entry implements UploadEntry {
   }
 
   /**
+   * The snapshot of the last checkpoint that succeeded, if any: once the entry is
+   * finished, what its stored bytes can be found (or cleaned up) by in another process,
+   * if it counts all of them (`offset === bytesReceived`).
+   */
+  get lastSnapshot (): WriterSnapshot | undefined { return this.#lastSnapshot }
+
+  /**
    * Makes what the writer holds durable (its `checkpoint`), between writer calls: the
    * snapshot counts every byte of a settled `writeChunk`. `last`: no call follows in this
    * process (shutdown). A writer that throws, or whose snapshot does not count those
@@ -176,6 +184,7 @@ export class Entry implements UploadEntry {
       throw this.#endAs('failed', this.#writerFailure(error))
     }
     this.#busy = undefined
+    this.#lastSnapshot = snapshot
     // Cancelled while it ran (the upload expired, say): the cancel's close comes now.
     await this.#honourCancel()
     return snapshot

@@ -9,9 +9,10 @@ import type { ChunkedUploadOptions, UploadWriter, WriterFactory } from '../types
 import { resolveAllowUpload, validatePluginOptions, type ResolvedConfig } from './config.js'
 import { DerivedRoutes, carriedFrom, checkDerived, constraintsKey, hookList, nameOf, routerMatching } from './derived-routes.js'
 import { AlreadyRegisteredError, HookOrderError, ShuttingDownError, TooManyFilesError, UnknownRefError } from './errors.js'
+import { claimKept, keptEntry, putBack } from './kept-entry.js'
 import { RefStore } from './refs.js'
 import { FileStore } from './stores/file.js'
-import type { UploadRecord } from './stores/store.js'
+import type { ParkedEntry, UploadRecord } from './stores/store.js'
 import { Sweeper } from './sweep.js'
 import type { Uploads } from './uploads.js'
 import { TmpFileBudget, TmpFileWriter } from './writers/tmp-file.js'
@@ -52,8 +53,8 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   /** Every upload config, by key: what a store's records name. */
   const configs = new Map<string, ResolvedConfig>()
   const sweeper = new Sweeper({ store, configs, defaultWriter, tmpFiles, log: fastify.log })
-  /** Finished channel and resumable entries waiting for their ref. */
-  const refs = new RefStore(settings.entryTtl)
+  /** Finished channel and resumable entries waiting for their ref (those of durable uploads kept in the store too). */
+  const refs = new RefStore(settings.entryTtl, { store, log: fastify.log })
   /**
    * Routes whose last preParsing hook takes the body: another plugin's onRoute hook
    * running after ours must not have put one of its own after it (checked once ready).
@@ -100,14 +101,33 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
         throw new TooManyFilesError(uploadName, config.maxEntries)
       }
       owner ??= await settings.owner(request)
-      // All or none: a bad ref leaves the good ones claimable.
-      const seen = new Set<string>()
-      for (const ref of submitted) {
-        if (seen.has(ref) || !refs.claimable(ref, owner, config)) throw new UnknownRefError(JSON.stringify(ref), uploadName)
-        seen.add(ref)
+      const unknown = (ref: string): Error => new UnknownRefError(JSON.stringify(ref), uploadName)
+      const repeated = submitted.find((ref, at) => submitted.indexOf(ref) !== at)
+      if (repeated !== undefined) throw unknown(repeated)
+      // A ref this process does not hold may be kept in the store by an earlier one (a
+      // restart); one it holds and keeps there is taken from the store too, so that of
+      // two processes sharing the store only one hands it out. All or none: a bad ref
+      // leaves the good ones claimable, those taken from the store put back.
+      const inStore: string[] = []
+      for (const ref of submitted) if (!refs.holds(ref) || await refs.kept(ref)) inStore.push(ref)
+      const claimed = await claimKept(store, inStore, owner, config.key, letGoKept)
+      if ('missing' in claimed) throw unknown(claimed.missing)
+      const kept = new Map(claimed.records.map((record) => [record.ref, record]))
+      // Checked once the store answered: an entry held here may have expired meanwhile.
+      const bad = submitted.find((ref) => refs.holds(ref) ? !refs.claimable(ref, owner, config) : !kept.has(ref))
+      if (bad !== undefined) {
+        await putBack(store, claimed.records)
+        throw unknown(bad)
       }
-      for (const ref of submitted) uploads.adopt(refs.claim(ref))
+      for (const ref of submitted) {
+        // Held here, the live entry goes (its writer's discard runs); otherwise one made of its record.
+        uploads.adopt(refs.holds(ref) ? refs.claim(ref) : await keptEntry(kept.get(ref)!, config, request, letGoKept))
+      }
     }
+  }
+  /** A kept entry let go in this process (consumed, dropped, or expired): cleaned up from its snapshot (see Sweeper.abandonParked). */
+  async function letGoKept (record: ParkedEntry): Promise<void> {
+    await sweeper.abandonParked(record)
   }
   /** The ref a submitted value names: as a transport reads it (an upload URL, say), else the value itself. */
   function refOf (submitted: string): string {
@@ -164,7 +184,7 @@ const chunkedUpload: FastifyPluginAsync<ChunkedUploadOptions> = async function c
   // onClose: every request is over; wait until their writers are closed and files gone.
   fastify.addHook('onClose', async () => {
     await Promise.all(transports.map(async (transport) => await transport.close?.(shuttingDown)))
-    await refs.discardAll()
+    await refs.close()
     await closeOwnStore()
   })
 }

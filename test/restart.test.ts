@@ -6,8 +6,8 @@
 // byte. The writer log (one JSON line per writer call, across processes) shows one logical
 // upload: restored in the new process, closed exactly once, with 'done'. Also: SIGTERM
 // while an upload waits between PATCHes (a new Upload with its URL resumes it), kill -9
-// during a checkpoint (the upload resumes from the one before), a second
-// process on the same tmpDir is refused, and a damaged record, or one whose bytes were
+// during a checkpoint (the upload resumes from the one before), a finished upload waiting
+// for its URL to be posted outlives kill -9, a second process on the same tmpDir is refused, and a damaged record, or one whose bytes were
 // lost, is reported and dropped.
 import { existsSync } from 'node:fs'
 import { readdir, truncate, writeFile } from 'node:fs/promises'
@@ -169,6 +169,24 @@ for (const protocol of PROTOCOLS) {
     await checkResumed(t, { server, run: resumed, data, path }, durable, 0)
   })
 }
+
+t.test('kill -9 while a finished upload waits for its URL to be posted: the restarted server consumes it, byte for byte, and leaves nothing', async (t) => {
+  const server = new RestartingServer(t, await tmpDirFor(t), join(await tmpDirFor(t), 'writer.log'))
+  await server.start()
+  const data = bytes(MiB + 123, 6)
+  // The plugin's own writer (POST /plain): the plugin removes its file once consumed.
+  const url = await tusUpload(data, { endpoint: `${server.url}/plain/tus`, protocol: 'tus-v1', chunkSize: CHUNK }).done
+  // Its record written (renamed into place: a temp file beside it is not yet a record).
+  await until('the finished upload kept in the store', async () => (await filesInStore(server.tmpDir)).some((name) => /^fcu-store-parked-.*\.json$/.test(name)))
+  t.same(await server.stop('SIGKILL'), { code: null, signal: 'SIGKILL' }, 'the first server was killed')
+  t.equal((await filesInStore(server.tmpDir)).filter((name) => name.startsWith('upload-')).length, 1, 'its temp file outlived it')
+
+  await server.start()
+  t.same(await server.consume(url, '/plain'), { status: 200, json: { sha256: sha256(data), size: data.length } }, 'consumed by the restarted server')
+  t.match(await server.consume(url, '/plain'), { status: 400, json: { code: 'FST_CHUNKED_UPLOAD_UNKNOWN_REF' } }, 'once')
+  t.ok(await eventually(async () => (await filesInStore(server.tmpDir)).length === 0), 'nothing left in the store but its claim')
+  t.same(await server.stop('SIGTERM'), { code: 0, signal: null })
+})
 
 t.test('a second process on the same tmpDir is refused with FST_CHUNKED_UPLOAD_STORE_IN_USE; the first still serves', async (t) => {
   const logs = await tmpDirFor(t)

@@ -56,7 +56,7 @@ t.test('partials staged in memory concatenate, in order and twice over, into the
   const url = await app.listen({ port: 0, host: '127.0.0.1' })
   t.teardown(async () => {
     await registry.shutdown(new ShuttingDownError())
-    await refs.discardAll()
+    await refs.close()
     await app.close()
   })
   const parts = [bytes(2500, 1), bytes(1, 2), bytes(4000, 3)]

@@ -91,9 +91,7 @@ export class FileStore implements Store {
   }
 
   async uploads (): Promise<UploadRecord[]> {
-    const names = (await readdir(this.dir)).filter((name) => name.startsWith(UPLOAD) && name.endsWith(RECORD_END))
-    const records = await Promise.all(names.map(async (name) => await this.#serial(name, async () => await this.#read(name, decodeUpload))))
-    return records.filter((record) => record !== undefined)
+    return await this.#all(UPLOAD, decodeUpload)
   }
 
   async deleteUpload (id: string): Promise<boolean> {
@@ -103,6 +101,10 @@ export class FileStore implements Store {
 
   async lock (id: string, onStopRequested: () => void, timeout: number): Promise<HeldLock> {
     return await this.#locks.lock(id, onStopRequested, timeout)
+  }
+
+  async parked (): Promise<ParkedEntry[]> {
+    return await this.#all(PARKED, decodeParked)
   }
 
   async park (entry: ParkedEntry): Promise<void> {
@@ -149,6 +151,13 @@ export class FileStore implements Store {
     this.#closed = true
     await rm(join(this.dir, CLAIM), { force: true })
     claimedHere.delete(this.dir)
+  }
+
+  /** Every file of one kind (`prefix`) read back, but for damaged ones (set aside). */
+  async #all<T> (prefix: string, decode: (text: string) => T): Promise<T[]> {
+    const names = (await readdir(this.dir)).filter((name) => name.startsWith(prefix) && name.endsWith(RECORD_END))
+    const items = await Promise.all(names.map(async (name) => await this.#serial(name, async () => await this.#read(name, decode))))
+    return items.filter((item) => item !== undefined)
   }
 
   /** Runs `fn` once every earlier operation on the same file settled. */

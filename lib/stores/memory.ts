@@ -40,6 +40,10 @@ export class MemoryStore implements Store {
     return await this.#locks.lock(id, onStopRequested, timeout)
   }
 
+  async parked (): Promise<ParkedEntry[]> {
+    return [...this.#parked.values()].map(decodeParked)
+  }
+
   async park (entry: ParkedEntry): Promise<void> {
     this.#parked.set(entry.ref, JSON.stringify(entry))
   }

@@ -37,16 +37,25 @@ export interface UploadRecord {
 /** What an update may change: the rest of a record is fixed at creation. */
 export type UploadChange = Partial<Pick<UploadRecord, 'offset' | 'length' | 'snapshot' | 'expiresAt'>>
 
-/** A finished entry waiting for a request to claim it by its ref. */
+/**
+ * A finished entry waiting for a request to claim it by its ref: what a consumer gets in
+ * another process (the entry's meta and what its client said of the file), and what
+ * cleaning up after it needs (its config and its writer's snapshot).
+ */
 export interface ParkedEntry {
   ref: string
   owner: string | undefined
+  /** The upload config it was checked against (ResolvedConfig.key). */
   configKey: string
   /** The writer's meta: what a consumer gets. */
   meta: JsonValue
   /** What the writer needs to read or discard the stored bytes. */
   snapshot: JsonValue
   expiresAt: number
+  clientName: string
+  clientType: string
+  clientSize: number | undefined
+  clientLastModified: number | undefined
 }
 
 /** A held upload lock. */
@@ -89,6 +98,8 @@ export interface Store {
    * served in order, each asking the holder before it to stop.
    */
   lock: (id: string, onStopRequested: () => void, timeout: number) => Promise<HeldLock>
+  /** Every parked entry (copies): what the plugin checks its files against at start. */
+  parked: () => Promise<ParkedEntry[]>
   /** Parks a finished entry; parking its ref again replaces it. */
   park: (entry: ParkedEntry) => Promise<void>
   /** Takes a parked entry, for the same owner and config only; once: a second claim gets undefined. */
@@ -105,7 +116,7 @@ export interface Store {
 }
 
 /** What an object must have to be used as a store (the `store` option is checked against it). */
-export const STORE_METHODS = ['createUpload', 'getUpload', 'updateUpload', 'uploads', 'deleteUpload', 'lock', 'park', 'claim', 'forget', 'sweep', 'close'] as const
+export const STORE_METHODS = ['createUpload', 'getUpload', 'updateUpload', 'uploads', 'deleteUpload', 'lock', 'parked', 'park', 'claim', 'forget', 'sweep', 'close'] as const
 
 /** A record read back, checked field by field; throws on anything else (a damaged record). */
 export function decodeUpload (text: string): UploadRecord {
@@ -133,7 +144,11 @@ export function decodeParked (text: string): ParkedEntry {
     configKey: field(value, 'configKey', isString),
     meta: field(value, 'meta', isJson),
     snapshot: field(value, 'snapshot', isJson),
-    expiresAt: field(value, 'expiresAt', isCount)
+    expiresAt: field(value, 'expiresAt', isCount),
+    clientName: field(value, 'clientName', isString),
+    clientType: field(value, 'clientType', isString),
+    clientSize: optional(value, 'clientSize', isCount),
+    clientLastModified: optional(value, 'clientLastModified', isFiniteNumber)
   }
 }
 
@@ -169,5 +184,6 @@ function optional<T> (value: Record<string, unknown>, name: string, is: (v: unkn
 
 function isString (v: unknown): v is string { return typeof v === 'string' }
 function isCount (v: unknown): v is number { return Number.isSafeInteger(v) && (v as number) >= 0 }
+function isFiniteNumber (v: unknown): v is number { return Number.isFinite(v) }
 /** Anything JSON.parse gave, but for a missing field. */
 function isJson (v: unknown): v is JsonValue { return v !== undefined }

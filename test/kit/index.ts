@@ -11,7 +11,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import chunkedUpload, { MemoryWriter, TmpFileWriter, type ChunkedUploadOptions, type CloseReason, type UploadWriter, type WriterFactory } from '../../lib/index.js'
-import { decodeUpload } from '../../lib/stores/store.js'
+import { decodeParked, decodeUpload } from '../../lib/stores/store.js'
 
 /** Everything one writer instance saw. */
 export interface WriterRecord {
@@ -232,17 +232,18 @@ export async function strayFiles (dir: string): Promise<string[]> {
 }
 
 /**
- * What is left in a tmpDir but unfinished resumable uploads kept for the next run (a
- * shutdown keeps them): their records in the store's directory, and the files they name.
+ * What is left in a tmpDir but resumable uploads kept for the next run (a shutdown keeps
+ * unfinished ones, and finished ones waiting for their ref): their records in the store's
+ * directory, and the files they name.
  */
 export async function leftBehind (dir: string): Promise<string[]> {
   const stray = await strayFiles(dir)
   const kept = new Set<string>()
-  for (const name of stray.filter((path) => /\/fcu-store-upload-.*\.json$/.test(path))) {
+  for (const name of stray.filter((path) => /\/fcu-store-(upload|parked)-.*\.json$/.test(path))) {
     const text = await readFile(join(dir, name), 'utf8').catch(() => undefined)
     if (text === undefined) continue
     kept.add(name)
-    const { path } = decodeUpload(text).snapshot as { path?: string }
+    const { path } = (name.includes('fcu-store-parked-') ? decodeParked(text) : decodeUpload(text)).snapshot as { path?: string }
     if (path !== undefined) kept.add(relative(dir, path))
   }
   return stray.filter((path) => !kept.has(path))

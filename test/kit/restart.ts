@@ -149,9 +149,9 @@ export class RestartingServer {
     await this.#up
   }
 
-  /** Submits a finished upload's URL to the route, which consumes it: its SHA-256 and size. */
-  async consume (uploadUrl: string): Promise<{ status: number, json: any }> {
-    return await postJson(`${this.url}/upload`, { file: uploadUrl })
+  /** Submits a finished upload's URL to the route (POST /upload, or `route`), which consumes it: its SHA-256 and size. */
+  async consume (uploadUrl: string, route = '/upload'): Promise<{ status: number, json: any }> {
+    return await postJson(`${this.url}${route}`, { file: uploadUrl })
   }
 }
 
@@ -214,6 +214,8 @@ export interface TusRunOptions {
   /** Awaited before every request: the server being up (RestartingServer.up). */
   before?: () => Promise<void>
   uploadUrl?: string
+  /** Sent with every request (an owner's, say). */
+  headers?: Record<string, string>
   /** A bound that only ends a run that would hang. */
   ms?: number
 }
@@ -244,6 +246,7 @@ export function tusUpload (data: Buffer, options: TusRunOptions): TusRun {
       chunkSize: options.chunkSize,
       protocol: options.protocol,
       retryDelays: [0, 0, 0, 0, 0],
+      headers: options.headers ?? {},
       metadata: { filename: 'movie.bin', filetype: 'application/octet-stream' },
       onBeforeRequest: async (req: tus.HttpRequest) => {
         await options.before?.()

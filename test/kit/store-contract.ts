@@ -34,8 +34,12 @@ export function parked (ref: string, overrides: Partial<ParkedEntry> = {}): Park
     owner: 'alice',
     configKey: 'POST /up file',
     meta: { bytes: 1000, sha256: 'abc' },
-    snapshot: { path: `/tmp/${ref}` },
+    snapshot: { path: `/tmp/${ref}`, offset: 1000 },
     expiresAt: 61_000,
+    clientName: 'a.bin',
+    clientType: 'application/octet-stream',
+    clientSize: 1000,
+    clientLastModified: 1_700_000_000_000,
     ...overrides
   }
 }
@@ -281,6 +285,37 @@ export function storeContract (t: Test, name: string, factory: StoreFactory): vo
       t.equal(await store.claim('nope', 'alice', entry.configKey), undefined, 'an unknown ref is nothing')
       t.same(await store.claim('r1', 'alice', entry.configKey), entry, 'to its owner, as parked')
       t.equal(await store.claim('r1', 'alice', entry.configKey), undefined, 'a second claim gets nothing')
+    })
+
+    t.test('a parked entry reads back as it was: what its client said of the file included; undefined fields stay undefined', async (t) => {
+      const store = await open(t)
+      const bare = parked('r1', { owner: undefined, clientSize: undefined, clientLastModified: undefined, meta: null, clientName: '', clientType: '' })
+      await store.park(bare)
+      const back = await store.claim('r1', undefined, bare.configKey)
+      t.same(back, bare)
+      t.equal(back?.clientSize, undefined)
+      t.equal(back?.clientLastModified, undefined)
+      const negative = parked('r2', { clientLastModified: -1.5 })
+      await store.park(negative)
+      t.same(await store.claim('r2', 'alice', negative.configKey), negative, 'a last-modified time is any number a client sent')
+    })
+
+    t.test('parked() lists every parked entry, as copies; claimed, forgotten and swept ones no more', async (t) => {
+      const store = await open(t)
+      t.same(await store.parked(), [], 'none yet')
+      await store.park(parked('p1'))
+      await store.park(parked('p2', { expiresAt: 100 }))
+      await store.park(parked('p3'))
+      await store.createUpload(upload('u1'))
+      const listed = await store.parked()
+      t.same(listed.sort((a, b) => a.ref.localeCompare(b.ref)), [parked('p1'), parked('p2', { expiresAt: 100 }), parked('p3')], 'parked entries only, not records')
+      listed[0]!.expiresAt = 1;
+      (listed[0]!.snapshot as { path: string }).path = 'changed'
+      t.same((await store.parked()).find((p) => p.ref === 'p1'), parked('p1'), 'a copy')
+      await store.claim('p1', 'alice', 'POST /up file')
+      await store.forget('p3')
+      await store.sweep(100)
+      t.same(await store.parked(), [])
     })
 
     t.test('an entry parked without an owner goes only to a request without one', async (t) => {
