@@ -1011,7 +1011,7 @@ t.test('concatenation: a partial may be used twice in one final', async (t) => {
   await s.finish(t)
 })
 
-t.test('shutdown: an unfinished upload is cancelled, a finished unclaimed one and a staged partial are removed', async (t) => {
+t.test('shutdown: an unfinished upload and a finished unclaimed one are kept for the next process, a staged partial is removed', async (t) => {
   const s = await setupResumable(t, {}, { tmp: true })
   const unfinished = await s.create({ ...TUS, 'upload-length': 1000 })
   await patch(s, unfinished, 0, bytes(500))

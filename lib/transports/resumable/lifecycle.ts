@@ -228,6 +228,8 @@ export async function finishUpload (context: EndpointContext, upload: ResumableU
   }
   // A finished upload waits for its ref (refs' entryTtl); a partial one for its final upload.
   if (upload.concat !== 'partial') upload.stopTimers()
+  // Kept in the store before its client hears it finished: a crash after the answer keeps it.
+  await context.settings.refs.kept(upload.id)
 }
 
 /** An upload whose creation (`request`) failed: it ends now, with its writer. */
