@@ -7,30 +7,14 @@ import { Writable } from 'node:stream'
 import t, { type Test } from 'tap'
 import Fastify from 'fastify'
 import chunkedUpload, {
-  FileStore, MemoryStore, MemoryWriter, TmpFileWriter, type ChunkedUploadOptions, type Store, type TmpFileMeta, type UploadWriter, type WriterFactory
+  FileStore, MemoryStore, MemoryWriter, TmpFileWriter, type ChunkedUploadOptions, type Store, type TmpFileMeta, type WriterFactory
 } from '../lib/index.js'
 import { SWEEP_INTERVAL, Sweeper } from '../lib/sweep.js'
 import { resolveAllowUpload } from '../lib/config.js'
 import { fakeClock } from './kit/clock.js'
 import { bytes, eventually, filesDir, leftBehind, listen, sha256, strayFiles, tempFiles, tmpDirFor, until } from './kit/index.js'
 import { PARTIAL, TUS, ietf, open, patchHeaders, send, type Reply } from './kit/resumable.js'
-
-/** The temp-file writer, each call journaled as a line (`init`, `restore 1000`, `checkpoint 1000`, `close done`). */
-function journaled (journal: string[], filesIn: string, changes: Partial<UploadWriter> = {}): WriterFactory {
-  const writer: UploadWriter = {
-    ...TmpFileWriter,
-    init: async (options, call) => { journal.push('init'); return await TmpFileWriter.init(options, call) },
-    restore: async (snapshot, options, call) => { journal.push(`restore ${snapshot.offset}`); return await TmpFileWriter.restore!(snapshot, options, call) },
-    checkpoint: async (state, info) => {
-      const snapshot = await TmpFileWriter.checkpoint!(state, info)
-      journal.push(`checkpoint ${snapshot.offset}${info?.last === true ? ' last' : ''}`)
-      return snapshot
-    },
-    close: async (state, reason) => { journal.push(`close ${typeof reason === 'string' ? reason : 'error'}`); return await TmpFileWriter.close(state, reason) },
-    ...changes
-  }
-  return () => [writer, { dir: filesIn }]
-}
+import { journaled } from './kit/journal.js'
 
 interface Server { app: ReturnType<typeof Fastify>, url: string, endpoint: string, logs: Array<Record<string, any>> }
 

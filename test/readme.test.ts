@@ -6,7 +6,7 @@
 // tus-js-client, and Chromium for the blocks that are a page's script. What the README
 // says the example does is what is asserted. The blocks that are not programs are listed
 // with the reason.
-import { spawn, type ChildProcess } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { createHash, randomBytes } from 'node:crypto'
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -19,7 +19,8 @@ import t, { type Test } from 'tap'
 import * as tus from 'tus-js-client'
 import { WebSocket } from 'ws'
 import chunkedUpload from '../lib/index.js'
-import { Changes, eventually, PATIENCE_MS, strayFiles } from './kit/index.js'
+import { eventually, PATIENCE_MS, strayFiles } from './kit/index.js'
+import { watched } from './kit/client-kit.js'
 import { CHROMIUM } from './kit/system-packages.js'
 
 /** The client library as the package exports it (dist/client/index.js), as a user imports it. */
@@ -102,13 +103,6 @@ interface Server {
 /** tap's TypeScript loader, for the examples written in TypeScript (Node 20 does not strip types). */
 const TS_LOADER = process.execArgv.filter((arg) => arg.includes('@tapjs/typescript'))
 
-async function stop (child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  child.kill('SIGTERM')
-  await exited
-}
-
 /**
  * Runs an example file with `node` in a fresh directory (its cwd and TMPDIR, removed at
  * teardown) on a free port, and waits for Fastify's "Server listening" line.
@@ -118,23 +112,9 @@ async function startExample (t: Test, file: string, env: Record<string, string> 
   t.teardown(() => rm(cwd, { recursive: true, force: true }))
   const tmp = join(cwd, 'tmp')
   await mkdir(tmp)
-  const child = spawn(process.execPath, [...(file.endsWith('.ts') ? TS_LOADER : []), join(EXAMPLES, file)], {
-    cwd, env: { ...process.env, TMPDIR: tmp, PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe']
-  })
-  t.teardown(() => stop(child))
-  const changes = new Changes()
-  let stdout = ''
-  let stderr = ''
-  child.stdout!.setEncoding('utf8').on('data', (text: string) => {
-    stdout += text
-    changes.changed()
-  })
-  child.stderr!.setEncoding('utf8').on('data', (text: string) => { stderr += text })
-  child.once('exit', () => changes.changed())
-  const logs = (): Array<Record<string, any>> => stdout.split('\n').slice(0, -1).filter((line) => line.startsWith('{')).map((line) => JSON.parse(line))
-  const until = async <T>(what: string, fn: () => T | undefined | false): Promise<T> => await changes.until(what, fn)
+  const { child, logs, stderr, until } = watched(t, [...(file.endsWith('.ts') ? TS_LOADER : []), join(EXAMPLES, file)], { cwd, env: { TMPDIR: tmp, PORT: '0', ...env } })
   const url = await until(`${file} to listen`, () => {
-    if (child.exitCode !== null) throw new Error(`${file} exited (${child.exitCode}): ${stderr}`)
+    if (child.exitCode !== null) throw new Error(`${file} exited (${child.exitCode}): ${stderr()}`)
     for (const line of logs()) {
       const listening = /^Server listening at (http:\/\/127\.0\.0\.1:\d+)$/.exec(line.msg ?? '')
       if (listening !== null) return listening[1]

@@ -136,7 +136,7 @@ export function discardingRecorder (recorder: Recorder): { factory: () => [Recor
 }
 
 /** A line of the demo's JSON log. */
-export interface LogLine { msg?: string, url?: string, file?: string, size?: number, delay?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
+export interface LogLine { [key: string]: any, msg?: string, url?: string, file?: string, size?: number, delay?: number, total?: number, chunks?: number, reason?: string, req?: { method?: string, url?: string } }
 export interface Demo {
   url: string
   logs: () => LogLine[]
@@ -153,16 +153,20 @@ async function stop (child: ChildProcess): Promise<void> {
   clearTimeout(timer)
 }
 
-/**
- * The demo as a user runs it (`node examples/demo.js`, which loads the built package
- * from dist/) on a free 127.0.0.1 port, with `tmp` as its temp directory; its JSON log
- * is readable as it goes. Stopped at teardown.
- */
-export async function startDemo (t: Test, tmp: string): Promise<Demo> {
-  const child = spawn(process.execPath, ['examples/demo.js'], {
-    env: { ...process.env, PORT: '0', HOST: '127.0.0.1', TMPDIR: tmp },
-    stdio: ['ignore', 'pipe', 'pipe']
-  })
+/** A node process a test started, its JSON log lines readable as they come. */
+export interface Watched {
+  child: ChildProcess
+  /** Its stdout's JSON lines so far (whole lines only: a line may come in two pieces). */
+  logs: () => LogLine[]
+  /** Its stderr so far. */
+  stderr: () => string
+  /** Resolves once `fn` returns something, checked at every output and at its exit. */
+  until: <T>(what: string, fn: () => T | undefined | false) => Promise<T>
+}
+
+/** Starts `node <args>` with `options`, watched as it prints (`Watched`), and stopped at teardown. */
+export function watched (t: Test, args: string[], options: { cwd?: string, env: Record<string, string> }): Watched {
+  const child = spawn(process.execPath, args, { cwd: options.cwd, env: { ...process.env, ...options.env }, stdio: ['ignore', 'pipe', 'pipe'] })
   t.teardown(() => stop(child))
   const changes = new Changes()
   let stdout = ''
@@ -173,11 +177,23 @@ export async function startDemo (t: Test, tmp: string): Promise<Demo> {
   })
   child.stderr!.setEncoding('utf8').on('data', (text: string) => { stderr += text })
   child.once('exit', () => changes.changed())
-  // Whole lines only: a line may come in two pieces.
-  const logs = (): LogLine[] => stdout.split('\n').slice(0, -1).filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine)
-  const until = async <T>(what: string, fn: () => T | undefined | false): Promise<T> => await changes.until(what, fn)
+  return {
+    child,
+    logs: () => stdout.split('\n').slice(0, -1).filter((line) => line.startsWith('{')).map((line) => JSON.parse(line) as LogLine),
+    stderr: () => stderr,
+    until: async (what, fn) => await changes.until(what, fn)
+  }
+}
+
+/**
+ * The demo as a user runs it (`node examples/demo.js`, which loads the built package
+ * from dist/) on a free 127.0.0.1 port, with `tmp` as its temp directory; its JSON log
+ * is readable as it goes. Stopped at teardown.
+ */
+export async function startDemo (t: Test, tmp: string): Promise<Demo> {
+  const { child, logs, stderr, until } = watched(t, ['examples/demo.js'], { env: { PORT: '0', HOST: '127.0.0.1', TMPDIR: tmp } })
   const url = await until('the demo to print its URL', () => {
-    if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}): ${stderr}`)
+    if (child.exitCode !== null) throw new Error(`the demo exited (${child.exitCode}): ${stderr()}`)
     return logs().find((line) => line.url !== undefined)?.url
   })
   return { url, logs, until }
