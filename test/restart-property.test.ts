@@ -5,10 +5,16 @@
 // durable (the start of the PATCH that was cut), the upload completes as one logical
 // upload (no new creation) and byte-identical, its writer was restored once in each
 // restarted process and closed exactly once, with 'done', and nothing is left in the store.
+// The same for the channel, through the client library, which reconnects on its own: it
+// resumes from the last save (at the entry's start and every SAVE_EVERY_BYTES).
 import { deepStrictEqual, equal, ok } from 'node:assert/strict'
+import { File } from 'node:buffer'
 import { join } from 'node:path'
 import fc from 'fast-check'
 import t from 'tap'
+import WebSocket from 'ws'
+import { upload, type WebSocketConstructor } from '../client/index.js'
+import { SAVE_EVERY_BYTES } from '../lib/transports/channel/channel.js'
 import { bytes, eventually, sha256, tmpDirFor } from './kit/index.js'
 import { propertyRun } from './kit/property.js'
 import { RestartingServer, filesInStore, historyOf, readWriterLog, tusUpload, type Protocol } from './kit/restart.js'
@@ -86,4 +92,61 @@ t.test('uploads killed at random bytes resume from their durable offset, byte-id
     deepStrictEqual(await filesInStore(server.tmpDir), [], 'nothing left after the server stopped')
   }), { seed, numRuns: examples.length + numRuns, examples, endOnFailure: true })
   t.equal(draws, examples.length + numRuns, `${examples.length} fixed and ${numRuns} random draws, each killed and restarted one to three times`)
+})
+
+interface ChannelDraw {
+  size: number
+  seed: number
+  kills: number[]
+}
+
+t.test('channel uploads (the client library) killed at random bytes resume from their last save, byte-identical, closed once, nothing left', async (t) => {
+  const { seed, numRuns } = propertyRun(t, 2)
+  const draw: fc.Arbitrary<ChannelDraw> = fc.record({
+    // Small ones, and ones past the first periodic save.
+    size: fc.oneof(fc.integer({ min: 1, max: 1_500_000 }), fc.integer({ min: SAVE_EVERY_BYTES + 1, max: SAVE_EVERY_BYTES + 8_000_000 })),
+    seed: fc.integer({ min: 1, max: 100_000 }),
+    kills: fc.array(fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }), { minLength: 1, maxLength: 2 })
+  })
+  const examples: Array<[ChannelDraw]> = [[{ size: SAVE_EVERY_BYTES + 3_000_000, seed: 3, kills: [0.1, 0.97] }]]
+
+  let draws = 0
+  await fc.assert(fc.asyncProperty(draw, async ({ size, seed: dataSeed, kills }) => {
+    draws++
+    const data = bytes(size, dataSeed)
+    const holds = kills.map((at) => Math.floor(at * size)).sort((a, b) => a - b)
+    const holdEnv = (i: number): Record<string, string> => holds[i] === undefined ? {} : { HOLD_AFTER: String(holds[i]) }
+    const server = new RestartingServer(t, await tmpDirFor(t), join(await tmpDirFor(t), 'writer.log'))
+    await server.start(holdEnv(0))
+    const uploading = upload(`${server.url}/upload`, [new File([data], 'movie.bin')], {
+      uploadName: 'file',
+      WebSocket: WebSocket as unknown as WebSocketConstructor,
+      submit: true,
+      retryDelays: Array.from({ length: 200 }, () => 300)
+    })
+    uploading.catch(() => {}) // awaited below
+
+    const durables: number[] = []
+    for (const [i, hold] of holds.entries()) {
+      await server.current!.line('held ')
+      deepStrictEqual(await server.stop('SIGKILL'), { code: null, signal: 'SIGKILL' })
+      // Saved at its creation and every SAVE_EVERY_BYTES (whole chunks of 64 KiB): what a crash keeps.
+      durables.push(Math.floor(hold / SAVE_EVERY_BYTES) * SAVE_EVERY_BYTES)
+      await server.start(holdEnv(i + 1))
+    }
+    const result = await uploading
+    deepStrictEqual(result.response, { sha256: sha256(data), size }, 'consumed byte for byte')
+
+    const log = readWriterLog(server.writerLog)
+    const paths = [...new Set(log.map((line) => line.path))]
+    equal(paths.length, 1, `one logical upload, not ${paths.length}`)
+    const history = historyOf(log, paths[0]!, server.runs.map((r) => r.pid))
+    const last = server.runs.length - 1
+    deepStrictEqual(history.filter((e) => e.startsWith('close')), [`close:done@${last}`], `one close, 'done': ${history.join(' ')}`)
+    deepStrictEqual(history.filter((e) => e.startsWith('restore')), durables.map((durable, i) => `restore:${durable}@${i + 1}`),
+      `restored once in each restarted process, from its last save: ${history.join(' ')}`)
+    ok(await eventually(async () => (await filesInStore(server.tmpDir)).length === 0), 'nothing left in the store but its claim')
+    deepStrictEqual(await server.stop('SIGTERM'), { code: 0, signal: null })
+  }), { seed, numRuns: examples.length + numRuns, examples, endOnFailure: true })
+  t.equal(draws, examples.length + numRuns, `${examples.length} fixed and ${numRuns} random draws, each killed and restarted once or twice`)
 })
