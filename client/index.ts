@@ -118,6 +118,8 @@ export interface UploadOptions {
 /** The socket opened, was refused, or dropped: codes of files that never finished. */
 const CONNECTION_FAILED = 'connection_failed'
 const CONNECTION_CLOSED = 'connection_closed'
+/** How long a socket opened only to cancel entries (an abort while reconnecting) waits for their answers. */
+const CANCEL_PATIENCE_MS = 10_000
 /** The server sent something that is not a message of PROTOCOL.md. */
 const PROTOCOL_ERROR = 'protocol_error'
 /** Bytes per piece of a file read for an HTTP body. */
@@ -189,15 +191,19 @@ interface Job {
   /** The frame buffer, reused for every chunk: the WebSocket copies what it sends. */
   frame: Uint8Array | undefined
   reading: boolean
-  /** A resume was sent on a new socket; no frame until its answer. */
+  /** A resume was sent; no frame until its answer. */
   resuming: boolean
+  /** Counts the job's restarts (a drop, a resume): a read begun before one is not sent after it. */
+  generation: number
+  /** Resumes the server asked to try again (`try_again`), in a row. */
+  retries: number
   progress: number
   bytes: number
   result: FileResult | undefined
 }
 
 function newJob (file: FileLike, signal: AbortSignal | undefined): Job {
-  return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, pending: [], frame: undefined, reading: false, resuming: false, progress: 0, bytes: 0, result: undefined }
+  return { file, signal, id: 0, ref: undefined, chunkSize: 0, sent: 0, pending: [], frame: undefined, reading: false, resuming: false, generation: 0, retries: 0, progress: 0, bytes: 0, result: undefined }
 }
 
 function statusOf (result: FileResult): UploadStatus {
@@ -227,7 +233,7 @@ function chunkFrame (job: Job, offset: number, data: ArrayBuffer): Uint8Array {
 interface ServerMessage {
   type?: string
   id?: number
-  ref?: string
+  ref?: string | undefined
   chunkSize?: number
   window?: number
   offset?: number
@@ -312,11 +318,11 @@ export class ChannelSession {
   #opened = false
   #finished = false
   #socket: WebSocketLike | undefined
-  /** Sockets opened so far: a read begun on one socket is not sent on the next. */
-  #connection = 0
-  /** Reconnection attempts since the last socket that opened; the timer of the next one. */
+  /** Reconnection attempts since the server last showed progress; the timer of the next one. */
   #attempts = 0
   #retryTimer: ReturnType<typeof setTimeout> | undefined
+  /** Resumes waiting to be sent again (`try_again`). */
+  readonly #resumeTimers = new Set<ReturnType<typeof setTimeout>>()
   /** How `run()`'s promise settles; set when it starts. */
   #settle: { resolve: (results: FileResult[]) => void, reject: (reason: unknown) => void } | undefined
 
@@ -340,6 +346,11 @@ export class ChannelSession {
       this.#aborts.on(job.signal, () => this.#cancel(job))
     }
     const { signal } = this.#options
+    // Aborted already: nothing is sent at all.
+    if (signal?.aborted === true) {
+      this.#aborts.clear()
+      return this.#settle!.reject(signal.reason)
+    }
     this.#aborts.on(signal, () => this.#abortAll(signal!.reason))
     if (this.#settled()) {
       this.#aborts.clear()
@@ -350,7 +361,6 @@ export class ChannelSession {
 
   #connect (): void {
     this.#retryTimer = undefined
-    this.#connection++
     const socket = this.#socket = this.#options.openSocket()
     socket.binaryType = 'arraybuffer'
     // Events of a socket this session already left behind are not heard.
@@ -378,21 +388,46 @@ export class ChannelSession {
     this.#finished = true
     this.#aborts.clear()
     clearTimeout(this.#retryTimer)
+    for (const timer of this.#resumeTimers) clearTimeout(timer)
     this.#socket!.close(1000)
   }
 
   #onOpen (): void {
     this.#opened = true
-    this.#attempts = 0
     // A new socket after a drop: files it had accepted are resumed, the others announced again.
     for (const job of this.#live.values()) {
       if (job.ref === undefined) this.#send(this.#announcement(job))
-      else {
-        job.resuming = true
-        this.#send(JSON.stringify({ type: 'resume', id: job.id, ref: job.ref }))
-      }
+      else this.#resume(job)
     }
     this.#announceMore()
+  }
+
+  /** Asks the server where the file's entry stands; no frame of it goes out until the answer. */
+  #resume (job: Job): void {
+    job.resuming = true
+    job.generation++
+    this.#inflight -= job.pending.length
+    job.pending.length = 0
+    job.reading = false
+    this.#send(JSON.stringify({ type: 'resume', id: job.id, ref: job.ref }))
+  }
+
+  /** A resume the server asked to try again: sent after the next of `retryDelays`, or the file fails once they are spent. */
+  #resumeLater (job: Job, message: string): void {
+    const delays = this.#options.retryDelays ?? []
+    if (job.retries === delays.length) return this.#end(job, { name: job.file.name, ok: false, code: 'try_again', message })
+    const generation = job.generation
+    const timer = setTimeout(() => {
+      this.#resumeTimers.delete(timer)
+      // Still waiting, on the same socket: a drop meanwhile resumes it anyway.
+      if (job.result === undefined && generation === job.generation) this.#resume(job)
+    }, delays[job.retries++])
+    this.#resumeTimers.add(timer)
+  }
+
+  /** The server showed progress: the reconnection budget is whole again. */
+  #progressed (): void {
+    this.#attempts = 0
   }
 
   #onMessage (data: unknown): void {
@@ -428,6 +463,7 @@ export class ChannelSession {
   #dropped (): void {
     this.#inflight = 0
     for (const job of this.#live.values()) {
+      job.generation++
       job.pending.length = 0
       job.reading = false
       job.sent = job.bytes
@@ -443,11 +479,45 @@ export class ChannelSession {
   /** Cancels everything in flight, discards the finished entries, and rejects. */
   #abortAll (reason: unknown): void {
     if (this.#finished) return
-    for (const job of this.#jobs) {
-      if (job.id !== 0 && (job.result === undefined || job.result.ok)) this.#send(JSON.stringify({ type: 'cancel', id: job.id }))
-    }
+    const started = this.#jobs.filter((job) => job.id !== 0 && (job.result === undefined || job.result.ok))
+    if (this.#socket!.readyState === 1) for (const job of started) this.#send(JSON.stringify({ type: 'cancel', id: job.id }))
+    else this.#cancelElsewhere(started.filter((job) => job.ref !== undefined))
     this.#finish()
     this.#settle!.reject(reason)
+  }
+
+  /**
+   * Cancels the entries of `jobs` on a socket of their own, while the session's is down
+   * (it dropped, and a new one is not open yet): each is resumed, then cancelled. Best
+   * effort, in the background: the socket closes once each has its answer, or after
+   * CANCEL_PATIENCE_MS; entries it cannot reach expire on the server (`resumableExpiry`).
+   */
+  #cancelElsewhere (jobs: Job[]): void {
+    if (jobs.length === 0) return
+    const socket = this.#options.openSocket()
+    const ids = new Set(jobs.map((job) => job.id))
+    const timer = setTimeout(() => socket.close(1000), CANCEL_PATIENCE_MS)
+    // In Node, this alone does not keep the process alive.
+    ;(timer as { unref?: () => void }).unref?.()
+    socket.onopen = () => {
+      for (const job of jobs) {
+        socket.send(JSON.stringify({ type: 'resume', id: job.id, ref: job.ref }))
+        socket.send(JSON.stringify({ type: 'cancel', id: job.id }))
+      }
+    }
+    socket.onmessage = (event: { data: unknown }) => {
+      let message: ServerMessage
+      try {
+        message = Object(JSON.parse(event.data as string)) as ServerMessage
+      } catch {
+        return socket.close(1000)
+      }
+      // Each entry's last answer: cancelled, or unknown (it had ended).
+      if (message.type === 'error' && (message.code === 'cancelled' || message.code === 'unknown_entry')) ids.delete(message.id!)
+      if (ids.size === 0) socket.close(1000)
+    }
+    socket.onerror = () => {}
+    socket.onclose = () => clearTimeout(timer)
   }
 
   #emit (job: Job, status: UploadStatus): void {
@@ -535,17 +605,17 @@ export class ChannelSession {
 
   /** Reads the bytes `start`–`stop` of the file and sends them as one frame (its window slot is taken). */
   #sendChunk (job: Job, start: number, stop: number): void {
-    const connection = this.#connection
+    const generation = job.generation
     job.file.slice(start, stop).arrayBuffer().then((data) => {
       if (data.byteLength !== stop - start) throw new Error(`read ${data.byteLength} bytes at ${start} instead of ${stop - start}: the file changed`)
-      // Read for a socket that dropped meanwhile: the next one sends from where the server stands.
-      if (connection !== this.#connection) return
+      // Read before a drop or a resume: what follows is sent from where the server stands.
+      if (generation !== job.generation) return
       job.reading = false
       if (job.result !== undefined || this.#finished) return
       this.#send(chunkFrame(job, start, data))
       this.#pump()
     }).catch((error: unknown) => {
-      if (connection !== this.#connection) return
+      if (generation !== job.generation) return
       job.reading = false
       if (job.result !== undefined || this.#finished) return
       this.#send(JSON.stringify({ type: 'cancel', id: job.id }))
@@ -561,12 +631,14 @@ export class ChannelSession {
     if (job === undefined) return // a file this client cancelled or gave up on
     switch (message.type) {
       case 'accepted':
+        this.#progressed()
         job.ref = message.ref
         job.chunkSize = message.chunkSize!
         this.#window = message.window!
         this.#emit(job, 'uploading')
         return this.#pump()
       case 'ack':
+        this.#progressed()
         // One ack may cover several frames: every frame that ends at or before its offset.
         while (job.pending.length > 0 && job.pending[0]! <= message.offset!) {
           job.pending.shift()
@@ -577,8 +649,10 @@ export class ChannelSession {
         this.#emit(job, 'uploading')
         return this.#pump()
       case 'resumed':
+        this.#progressed()
         // Where the server stands: what it holds durably, which may be less than it acknowledged.
         job.resuming = false
+        job.retries = 0
         job.chunkSize = message.chunkSize!
         this.#window = message.window!
         job.sent = job.bytes = message.offset!
@@ -597,6 +671,10 @@ export class ChannelSession {
           this.#emit(job, 'uploading')
           return this.#send(this.#announcement(job))
         }
+        // The entry is there but cannot be resumed now (the server is full, another holds it): again, after the next delay.
+        if (job.resuming && message.code === 'try_again') return this.#resumeLater(job, message.message!)
+        // Silence on an open socket (the client asleep, say): the server saved the entry and let go; it goes on.
+        if (message.code === 'chunk_timeout' && message.ref !== undefined && job.ref === message.ref) return this.#resume(job)
         return this.#end(job, { name: job.file.name, ok: false, code: message.code!, message: message.message! })
     }
   }

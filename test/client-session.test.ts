@@ -413,8 +413,59 @@ t.test('reconnection gives up: after its last delay, or at once on a final close
   waiting.sockets[0]!.drop(1006)
   controller.abort(new Error('stop'))
   t.match(await waiting.run, { error: { message: 'stop' } })
-  t.equal(waiting.sockets.length, 1, 'the timer was cleared: no socket opened')
   t.equal(waiting.sockets[0]!.messages('cancel').length, 0, 'nothing sent on a socket that is closed')
+  // The reconnection timer was cleared; a socket of its own cancels the entry on the server.
+  t.equal(waiting.sockets.length, 2)
+  const cancelling = waiting.sockets[1]!
+  cancelling.open()
+  t.same(cancelling.sent.map((s) => 'message' in s ? s.message : s), [{ type: 'resume', id: 1, ref: 'ref-1' }, { type: 'cancel', id: 1 }], 'resumed, then cancelled')
+  cancelling.deliver({ type: 'resumed', id: 1, ref: 'ref-1', offset: 0, chunkSize: 4, window: 8 })
+  t.equal(cancelling.closedWith, undefined, 'open until the cancel is answered')
+  cancelling.deliver({ type: 'error', id: 1, code: 'cancelled', message: 'cancelled' })
+  t.equal(cancelling.closedWith, 1000, 'then closed')
+
+  // Garbage on that socket, or no answer: it closes all the same (after CANCEL_PATIENCE_MS).
+  const garbled = reconnecting([memoryFile('a', 4)], { retryDelays: [60_000], signal: AbortSignal.abort(new Error('at once')) })
+  t.match(await garbled.run, { error: { message: 'at once' } }, 'aborted before it ran: it rejects at once, no socket')
+  t.equal(garbled.sockets.length, 0)
+  const other = new AbortController()
+  const noisy = reconnecting([memoryFile('a', 4)], { retryDelays: [60_000], signal: other.signal })
+  noisy.sockets[0]!.open()
+  noisy.sockets[0]!.deliver(accepted(1, 4, 8))
+  noisy.sockets[0]!.drop(1006)
+  other.abort(new Error('stop'))
+  await noisy.run
+  noisy.sockets[1]!.open()
+  noisy.sockets[1]!.deliver('not json')
+  t.equal(noisy.sockets[1]!.closedWith, 1000, 'a message it cannot read closes it')
+})
+
+t.test('resume answers: try_again is tried again after the next delay (then the file fails); chunk_timeout resumes at once', async (t) => {
+  const { sockets, run } = reconnecting([memoryFile('a', 8), memoryFile('b', 8)], { retryDelays: [0] })
+  const first = sockets[0]!
+  first.open()
+  first.deliver(accepted(1, 4, 8))
+  first.deliver(accepted(2, 4, 8))
+  await settle()
+  first.drop(1006)
+  await nextTimer()
+  const second = sockets[1]!
+  second.open()
+  second.take()
+  second.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'try_again', message: 'full' })
+  await nextTimer()
+  t.same(second.messages('resume'), [{ type: 'resume', id: 1, ref: 'ref-1' }], 'asked again after the delay')
+  second.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'try_again', message: 'still full' })
+  second.deliver({ type: 'resumed', id: 2, ref: 'ref-2', offset: 4, chunkSize: 4, window: 8 })
+  await settle()
+  t.same(second.frames().map((f) => `${f.id}@${f.offset}`), ['2@4'])
+  second.take()
+  // Silent too long (the machine slept): the server saved b and let go; the client resumes it.
+  second.deliver({ type: 'error', id: 2, ref: 'ref-2', code: 'chunk_timeout', message: 'saved' })
+  t.same(second.messages('resume'), [{ type: 'resume', id: 2, ref: 'ref-2' }])
+  second.deliver({ type: 'resumed', id: 2, ref: 'ref-2', offset: 8, chunkSize: 4, window: 8 })
+  second.deliver({ type: 'done', id: 2, ref: 'ref-2' })
+  t.same(await run, { results: [{ name: 'a', ok: false, code: 'try_again', message: 'still full' }, { name: 'b', ok: true, ref: 'ref-2' }] })
 })
 
 t.test('a read begun on a socket that dropped is not sent on the next one; events of the old socket are not heard', async (t) => {

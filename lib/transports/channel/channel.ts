@@ -267,7 +267,7 @@ export class Channel {
   readonly #slotOf = new Map<UploadEntry, Slot>()
   /** Announces waiting to be started, in order: `maxEntries` counts them in order. */
   readonly #announces: PendingAnnounce[] = []
-  #starting = false
+  #startingAll = false
   /** Ids announced but not yet answered, and those the client cancelled meanwhile. */
   readonly #announcing = new Set<number>()
   readonly #cancelAtStart = new Set<number>()
@@ -277,6 +277,10 @@ export class Channel {
   /** Version 2: what resumable entries need; entries accepted per upload name on this socket (`maxEntries`). */
   readonly #resumable: ChannelResume | undefined
   readonly #acceptedCount = new Map<string, number>()
+  /** Version 2: the upload sets of entries whose writer is starting (see `shutDown`). */
+  readonly #starting = new Set<Uploads>()
+  /** Settles once the announces and resumes under way are started (see `idle`). */
+  #started: Promise<void> = Promise.resolve()
   /** Frames and their bytes queued across all slots. */
   #queued = 0
   #queuedBytes = 0
@@ -383,17 +387,22 @@ export class Channel {
           info: { clientName: safeBasename(message.name), clientType: mediaType(message.mimeType), clientSize: message.size, clientLastModified: message.lastModified }
         })
     this.#flow()
-    if (!this.#starting) this.#startAll()
+    if (!this.#startingAll) this.#started = this.#startAll()
   }
 
   /** Starts the announced entries one at a time, in order. */
   async #startAll (): Promise<void> {
-    this.#starting = true
+    this.#startingAll = true
     while (this.#announces.length > 0) {
       await this.#start(this.#announces.shift()!)
       this.#flow()
     }
-    this.#starting = false
+    this.#startingAll = false
+  }
+
+  /** Resolves once no announce or resume of this socket is being started (its writer's init, a restore). */
+  async idle (): Promise<void> {
+    await this.#started
   }
 
   async #start (pending: PendingAnnounce): Promise<void> {
@@ -442,18 +451,27 @@ export class Channel {
   async #open (id: number, config: ResolvedConfig, info: ClientInfo, { context, request, owner }: ChannelResume): Promise<void> {
     const accepted = this.#acceptedCount.get(config.uploadName) ?? 0
     let upload: ResumableUpload
+    const opening: { home?: Uploads } = {}
     try {
       if (accepted >= config.maxEntries) throw new TooManyFilesError(config.uploadName, config.maxEntries)
-      // Counted per socket above; the registry bounds the process (maxResumableUploads).
-      const slot = context.registry.reserve(owner, config, false, Infinity)
+      // Counted per socket above, and, as over tus, per owner: entries outlive their socket.
+      // The registry bounds the process (maxResumableUploads).
+      const slot = context.registry.reserve(owner, config, false, config.maxEntries)
       const shape = { length: info.clientSize, metadata: metadataOf(info), concat: undefined, concatHeader: undefined, hold: true }
-      // A refusal (accept, size, validate) is an error event on the socket's uploads, as in version 1.
-      upload = await openUpload(context, request, config, slot, info, shape, (home) => home.once('error', this.#relay))
+      upload = await openUpload(context, request, config, slot, info, shape, (home) => {
+        // A refusal (accept, size, validate) is an error event on the socket's uploads, as in version 1.
+        home.once('error', this.#relay)
+        // Starting: a shutdown stops it (its writer's init is told), and waits for it.
+        opening.home = home
+        this.#starting.add(home)
+      })
       upload.home.off('error', this.#relay)
     } catch (error) {
       this.#announcing.delete(id)
       this.#cancelAtStart.delete(id)
       return this.#sendError(id, failureOf(error, request))
+    } finally {
+      if (opening.home !== undefined) this.#starting.delete(opening.home)
     }
     this.#acceptedCount.set(config.uploadName, accepted + 1)
     // Its client knows it from now on: kept, not cancelled, when the server shuts down.
@@ -471,14 +489,29 @@ export class Channel {
     let upload: ResumableUpload
     try {
       upload = await uploadOf(context, request, ref)
-    } catch {
-      // Unknown, another owner's, ended (404, 410). A server shutting down (503) is closing
-      // this socket too: its client resumes on the next one, where the entry is kept.
+    } catch (error) {
       this.#announcing.delete(id)
       this.#cancelAtStart.delete(id)
-      return this.#refuse('unknown_entry', `No unfinished entry ${ref} of yours on this route: announce the file again`, { id, ref })
+      const code = (error as { code?: unknown }).code
+      if (code === 'FST_CHUNKED_UPLOAD_NOT_FOUND' || code === 'FST_CHUNKED_UPLOAD_GONE') return this.#refuse('unknown_entry', `No unfinished entry ${ref} of yours on this route: announce the file again`, { id, ref })
+      return this.#tryAgain(id, ref, (error as Error).message)
+    }
+    // A tus upload of the route whose length is not known yet, or part of a concatenation, is not the channel's to go on with.
+    if (upload.length === undefined || upload.concat !== undefined) {
+      this.#announcing.delete(id)
+      this.#cancelAtStart.delete(id)
+      return this.#refuse('unknown_entry', `Upload ${ref} cannot be continued over the channel`, { id, ref })
     }
     await this.#hold(id, upload, 'resumed')
+  }
+
+  /**
+   * The entry exists but cannot be resumed here now: the process holds its most uploads,
+   * another server holds it, or the store failed (`message`). Nothing is answered while the
+   * server shuts down: this socket closes (1001), and its client resumes on the next one.
+   */
+  #tryAgain (id: number, ref: string, message: string): void {
+    if (!this.#resumable!.context.registry.shuttingDown) this.#refuse('try_again', message, { id, ref })
   }
 
   /**
@@ -494,10 +527,15 @@ export class Channel {
     const listed = context.registry.find(upload.id) === upload
     if (this.#closing || !listed || upload.complete) {
       release()
+      // A new entry whose client never heard its ref: nobody could resume it.
+      if (answer === 'accepted' && listed) return await terminateUpload(context, upload)
+      if (this.#closing) return
       // Finished by the socket that held it, while this one waited: answered as if it had finished here.
-      if (listed && upload.complete) return this.#done(id, upload)
-      if (!this.#closing) this.#refuse('unknown_entry', `Entry ${entry.ref} ended`, { id, ref: entry.ref })
-      return
+      if (listed && !cancelled) return this.#done(id, upload)
+      if (listed) return await this.#discard(id, upload)
+      // Let go meanwhile, not ended: to another server, or to the next process at shutdown.
+      if (upload.kept) return this.#tryAgain(id, entry.ref, 'The entry is being continued elsewhere')
+      return this.#refuse('unknown_entry', `Entry ${entry.ref} ended`, { id, ref: entry.ref })
     }
     entry.carriedBy(request)
     const held = {
@@ -527,8 +565,8 @@ export class Channel {
   }
 
   /**
-   * How a held entry's feed ended. Its last byte finishes it; silence cancels it; a
-   * stop (another socket resumed it, this one dropped, shutdown) saves what the writer
+   * How a held entry's feed ended. Its last byte finishes it; silence (chunkTimeout), or
+   * a stop (another socket resumed it, this one dropped, shutdown), saves what the writer
    * accepted before letting go. The hold is released in every case.
    */
   async #fedHeld (slot: Slot, how: FeedEnd, chunkTimeout: number): Promise<void> {
@@ -539,10 +577,7 @@ export class Channel {
     await slot.saving
     try {
       if (how === 'end' && upload.ended === undefined) await finishUpload(context, upload)
-      else if (how === 'timeout') {
-        context.registry.remove(upload, 'failed')
-        await upload.entry.cancel(new ChunkTimeoutError(chunkTimeout))
-      } else if (how === 'stopped') await context.registry.save(upload)
+      else if (how === 'stopped' || how === 'timeout') await context.registry.save(upload)
     } catch {
       // The entry ended: its own report tells the client.
     } finally {
@@ -552,9 +587,12 @@ export class Channel {
     // holder): this socket no longer feeds it, and if still open hears it goes on
     // elsewhere, unless the server is shutting down (the socket closes with 1001; its
     // client resumes later). Any other end is the entry's, which its report tells.
-    if (how !== 'stopped' || this.#slotOf.get(upload.entry) !== slot || (upload.ended !== undefined && !upload.kept)) return
+    if ((how !== 'stopped' && how !== 'timeout') || this.#slotOf.get(upload.entry) !== slot || (upload.ended !== undefined && !upload.kept)) return
     this.#removeSlot(slot)
-    if (!context.registry.shuttingDown) {
+    if (how === 'timeout') {
+      // A silent client (asleep, say) does not lose what it sent: it resumes the entry when it can.
+      this.#send({ type: 'error', id: slot.id, ref: upload.id, code: 'chunk_timeout', error: 'FST_CHUNKED_UPLOAD_CHUNK_TIMEOUT', message: `No bytes arrived for ${chunkTimeout} ms: the entry was saved and let go; resume it to go on` })
+    } else if (!context.registry.shuttingDown) {
       this.#send({ type: 'error', id: slot.id, ref: upload.id, code: 'resumed_elsewhere', error: 'FST_CHUNKED_UPLOAD_MOVED', message: 'Another socket resumed this entry: it goes on there' })
     }
   }
@@ -564,6 +602,8 @@ export class Channel {
    * now, told why (`shutting_down`); the others are saved as the socket closes, and kept.
    */
   async shutDown (reason: EntryFailure): Promise<void> {
+    // Whose writer is starting: stopped (its init told), and answered shutting_down.
+    for (const home of this.#starting) home.abort(reason).catch(() => {})
     const ending = [...this.#slots.values()].filter((slot) => slot.held !== undefined && !slot.held.upload.durable)
     await Promise.all(ending.map(async ({ held }) => {
       this.#resumable!.context.registry.remove(held!.upload, 'shut down')
@@ -571,8 +611,15 @@ export class Channel {
     }))
   }
 
+  /** A finished version 2 entry the client cancelled: discarded, and answered `cancelled`. */
+  async #discard (id: number, upload: ResumableUpload): Promise<void> {
+    await terminateUpload(this.#resumable!.context, upload)
+    this.#sendFailure(id, upload.entry, 'cancelled')
+  }
+
   /** A finished version 2 entry, answered `done` (a later `cancel` discards it). */
   #done (id: number, upload: ResumableUpload): void {
+    this.#forgetReleased()
     this.#finished.set(id, upload.entry)
     this.#finishedUploads.set(upload.entry, upload)
     this.#send({ type: 'done', id, ref: upload.id })
@@ -595,8 +642,8 @@ export class Channel {
     if (finished === undefined || finished.released) return this.#refuse('unknown_entry', `No entry ${id} on this socket`, { id })
     const upload = this.#finishedUploads.get(finished)
     this.#finishedUploads.delete(finished)
-    const discarded = upload === undefined ? this.#uploads.cancel(finished.ref) : terminateUpload(this.#resumable!.context, upload)
-    discarded.then(() => this.#sendFailure(id, finished, 'cancelled'))
+    if (upload !== undefined) this.#discard(id, upload).catch(() => {})
+    else this.#uploads.cancel(finished.ref).then(() => this.#sendFailure(id, finished, 'cancelled'))
   }
 
   #onFrame (frame: Buffer): void {
@@ -670,6 +717,8 @@ export class Channel {
 
   /** A frame went through its write: out of the queue, and acknowledged (coalesced: one ack covers every byte up to its offset). */
   #written (slot: Slot, chunk: Buffer): void {
+    // Bytes are activity: a resumable entry does not expire while a socket feeds it.
+    slot.held?.upload.touch()
     slot.queue.shift()
     slot.unacked++
     this.#unacked++
@@ -716,20 +765,24 @@ export class Channel {
     if (slot === undefined) return
     const { entry } = slot
     this.#removeSlot(slot)
-    // Entries claimed or expired since are no longer this socket's to cancel.
-    for (const [id, finished] of this.#finished) {
-      if (!finished.released) continue
-      this.#finished.delete(id)
-      this.#finishedUploads.delete(finished)
-    }
+    this.#forgetReleased()
     if (entry.status === 'done') {
       if (slot.held !== undefined) return this.#done(slot.id, slot.held.upload)
       this.#finished.set(slot.id, entry)
       this.#send({ type: 'done', id: slot.id, ref: entry.ref })
     } else {
       // A resumable entry that failed (its writer, too many bytes) is over for its URL too.
-      if (slot.held !== undefined) this.#resumable!.context.registry.remove(slot.held.upload, 'failed')
+      if (slot.held !== undefined) this.#resumable!.context.registry.remove(slot.held.upload, entry.status === 'cancelled' ? 'terminated' : 'failed')
       this.#sendFailure(slot.id, entry)
+    }
+  }
+
+  /** Finished entries claimed or expired since are no longer this socket's to cancel. */
+  #forgetReleased (): void {
+    for (const [id, finished] of this.#finished) {
+      if (!finished.released) continue
+      this.#finished.delete(id)
+      this.#finishedUploads.delete(finished)
     }
   }
 

@@ -25,6 +25,10 @@ export class ChannelTransport implements Transport {
   /** Channel sockets open, closed with 1001 at shutdown, and their channels. */
   readonly #sockets = new Map<Uploads, WsSocket>()
   readonly #channels = new Map<Uploads, Channel>()
+  /** The plugin is shutting down: a socket upgraded from now on is closed at once. */
+  #stopping = false
+  /** Closed sockets' channels still starting a writer (`Channel.idle`). */
+  readonly #starting = new Set<Promise<void>>()
 
   constructor (fastify: FastifyInstance, services: Services) {
     this.#services = services
@@ -49,6 +53,8 @@ export class ChannelTransport implements Transport {
     const live = this.#live
     const sockets = this.#sockets
     const channels = this.#channels
+    const stopping = (): boolean => this.#stopping
+    const starting = this.#starting
     const options = { window: settings.channelWindow, maxMessageBytes: maxMessageBytes(configs.values()), budget: this.#budget }
     /** Version 2 entries are resumable uploads of the route, in the plugin's registry. */
     const context = resumable.context(configs, where)
@@ -69,14 +75,21 @@ export class ChannelTransport implements Transport {
       const uploads = uploadsOf(request)!
       const version = socket.protocol === SUBPROTOCOL_V2 ? 2 : socket.protocol === SUBPROTOCOL_V1 ? 1 : undefined
       if (version === undefined) return socket.close(1002, `use subprotocol ${SUBPROTOCOL_V2} (or ${SUBPROTOCOL_V1})`)
+      // Upgraded after the shutdown began: the server would wait for it to close.
+      if (stopping()) return socket.close(1001, 'server shutting down')
       live.add(uploads)
       sockets.set(uploads, socket)
       const resume = version === 2 ? { context, request, owner: owners.get(request) } : undefined
-      channels.set(uploads, new Channel(socket, uploads, { ...options, resumable: resume }))
+      const channel = new Channel(socket, uploads, { ...options, resumable: resume })
+      channels.set(uploads, channel)
       socket.once('close', () => {
         sockets.delete(uploads)
         channels.delete(uploads)
         live.end(uploads)
+        // Writers it was starting start (or fail) after the socket is gone: shutdown waits for them.
+        const idle = channel.idle()
+        starting.add(idle)
+        idle.finally(() => starting.delete(idle)).catch(() => {})
       })
     }
 
@@ -96,11 +109,13 @@ export class ChannelTransport implements Transport {
    * socket closes, and kept (see ResumableRegistry.shutdown).
    */
   async stop (reason: EntryFailure): Promise<void> {
+    this.#stopping = true
     await Promise.all([this.#live.stop(reason), ...[...this.#channels.values()].map(async (channel) => await channel.shutDown(reason))])
     for (const socket of this.#sockets.values()) socket.close(1001, 'server shutting down')
   }
 
+  /** Every writer a channel opened is closed, and none is still starting. */
   async close (reason: EntryFailure): Promise<void> {
-    await this.#live.close(reason)
+    await Promise.all([this.#live.close(reason), ...this.#starting, ...[...this.#channels.values()].map(async (channel) => await channel.idle())])
   }
 }

@@ -83,8 +83,15 @@ async function restoreUpload (context: EndpointContext, request: FastifyRequest,
   }
   const partial = record.concat === 'partial'
   const config = partial ? stagingConfig(context, routeConfig) : routeConfig
-  // Not counted against maxEntries again: it was when it was created.
-  const slot = registry.reserve(record.owner, config, partial, Infinity)
+  let slot: Slot
+  try {
+    // Not counted against maxEntries again: it was when it was created.
+    slot = registry.reserve(record.owner, config, partial, Infinity)
+  } catch (error) {
+    // The process is full, or shutting down: the record stays, for a later request (or process).
+    await lock.release()
+    throw error
+  }
   const home = new UploadHome(new Map([[config.uploadName, config]]), undefined, request.log)
   if (!partial) home.holdFinished(settings.refs, slot.owner)
   const info = { ...fileOf(record.metadata === undefined ? undefined : metadataHeader({ 'upload-metadata': record.metadata })), clientSize: record.length, ref: record.id }

@@ -287,12 +287,20 @@ export class ResumableUpload {
 
   /**
    * `acquire` for an append, whose stop is known only once its feed starts: `onStop`
-   * (AppendOptions) registers it; asked to stop before then, the holder does nothing.
+   * (AppendOptions) registers it. Asked to stop before then, the holder stops as soon
+   * as it registers it: a newer request never waits for a holder that has not begun.
    */
   async acquireToAppend (): Promise<{ release: () => void, onStop: (stop: () => void) => void }> {
-    let stop: () => void = () => {}
+    let asked = false
+    let stop: () => void = () => { asked = true }
     const release = await this.acquire(() => stop())
-    return { release, onStop: (fn) => { stop = fn } }
+    return {
+      release,
+      onStop: (fn) => {
+        stop = fn
+        if (asked) fn()
+      }
+    }
   }
 }
 
