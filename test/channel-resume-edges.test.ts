@@ -282,3 +282,12 @@ t.test('a socket upgraded while the server shuts down is closed at once with 100
   await app.close()
   t.same(await late.closed, { code: 1001, reason: 'server shutting down' })
 })
+
+t.test('a tus upload of the route whose length is deferred cannot be resumed over the channel', async (t) => {
+  const server = await serve(t, {}, undefined, { resumable: true })
+  const created = await fetch(`${server.url}/up/tus`, { method: 'POST', headers: { 'tus-resumable': '1.0.0', 'upload-defer-length': '1' } })
+  t.equal(created.status, 201)
+  const id = String(created.headers.get('location')).split('/').pop()!
+  const client = await v2(server)
+  t.match(await resume(client, 1, id), { type: 'error', code: 'unknown_entry', message: /cannot be continued over the channel/ })
+})

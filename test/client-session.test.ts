@@ -500,3 +500,35 @@ t.test('a read begun on a socket that dropped is not sent on the next one; event
   second.deliver({ type: 'done', id: 2, ref: 'ref-2' })
   t.same(await run, { results: [{ name: 'slow', ok: true, ref: 'ref-1' }, { name: 'broken', ok: true, ref: 'ref-2' }] })
 })
+
+t.test('try_again without retryDelays fails the file at once; an abort while a resume waits to be tried again clears its timer; a cancel answered unknown_entry closes the cancelling socket too', async (t) => {
+  // A session made without retryDelays (no reconnection): try_again is final.
+  const plain = session([memoryFile('a', 4)])
+  plain.socket.open()
+  plain.socket.deliver(accepted(1, 4, 8))
+  await settle()
+  plain.socket.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'chunk_timeout', message: 'saved' })
+  plain.socket.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'try_again', message: 'full' })
+  t.same(await plain.run, { results: [{ name: 'a', ok: false, code: 'try_again', message: 'full' }] })
+
+  const controller = new AbortController()
+  const waiting = reconnecting([memoryFile('a', 4), memoryFile('b', 4)], { retryDelays: [60_000], signal: controller.signal })
+  const socket = waiting.sockets[0]!
+  socket.open()
+  socket.deliver(accepted(1, 4, 8))
+  socket.deliver(accepted(2, 4, 8))
+  await settle()
+  socket.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'chunk_timeout', message: 'saved' })
+  socket.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'try_again', message: 'full' })
+  socket.drop(1006)
+  controller.abort(new Error('stop'))
+  t.match(await waiting.run, { error: { message: 'stop' } })
+  const cancelling = waiting.sockets[1]!
+  cancelling.open()
+  t.same(cancelling.messages('cancel').map((m) => m.id), [1, 2])
+  cancelling.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'unknown_entry', message: 'ended' })
+  t.equal(cancelling.closedWith, undefined, 'one answer still due')
+  cancelling.deliver({ type: 'error', id: 2, code: 'cancelled', message: 'cancelled' })
+  t.equal(cancelling.closedWith, 1000)
+  t.equal(waiting.sockets.length, 2, 'the resume waiting to be tried again was not: its timer was cleared')
+})
