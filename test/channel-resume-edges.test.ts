@@ -9,7 +9,7 @@ import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
 import chunkedUpload, { TmpFileWriter, type ChunkedUploadOptions, type TmpFileMeta, type WriterFactory } from '../lib/index.js'
 import { ProtocolClient, SUBPROTOCOL, SUBPROTOCOL_V2, startChannelApp, type ChannelApp, type ServerMessage } from './kit/channel.js'
-import { bytes, filesDir, listen, sha256, tmpDirFor, until } from './kit/index.js'
+import { bytes, filesDir, listen, sha256, strayFiles, tmpDirFor, until } from './kit/index.js'
 import { fakeClock } from './kit/clock.js'
 import { journaled } from './kit/journal.js'
 
@@ -41,6 +41,11 @@ async function started (client: ProtocolClient, id: number, data: Buffer, upTo: 
   await client.send(id, data.subarray(0, upTo), accepted)
   await client.until(() => client.ackedOffset(id) === upTo)
   return accepted
+}
+
+async function claim (server: Server, ref: string): Promise<{ status: number }> {
+  const answer = await fetch(`${server.url}/up`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: ref }) })
+  return { status: answer.status }
 }
 
 /** Resolves once the server read every message the client sent so far. */
@@ -290,4 +295,69 @@ t.test('a tus upload of the route whose length is deferred cannot be resumed ove
   const id = String(created.headers.get('location')).split('/').pop()!
   const client = await v2(server)
   t.match(await resume(client, 1, id), { type: 'error', code: 'unknown_entry', message: /cannot be continued over the channel/ })
+})
+
+t.test('a resume that waits while the shutdown keeps the entry gets no answer (its socket closes with 1001); the next process resumes it', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  let writing: ReturnType<typeof gate> | undefined
+  const writer = journaled(journal, filesDir(dir), {
+    writeChunk: async (chunk, state) => {
+      const held = writing
+      if (held !== undefined) { writing = undefined; held.arrive(); await held.wait }
+      return await TmpFileWriter.writeChunk(chunk, state)
+    }
+  })
+  const server = await serve(t, { tmpDir: dir }, writer)
+  const a = await v2(server)
+  const accepted = await started(a, 1, bytes(40_000), 20_000)
+  writing = gate()
+  const held = writing
+  a.chunk(1, 20_000, bytes(10_000))
+  await held.reached
+  // b's resume waits for a, whose write is held; then the shutdown lets the entry go, kept.
+  const b = await v2(server)
+  const from = b.messages.length
+  b.json({ type: 'resume', id: 1, ref: accepted.ref })
+  await heard(b)
+  const closing = server.app.close()
+  held.open()
+  await closing
+  t.equal((await b.closed).code, 1001)
+  t.same(b.messages.slice(from).filter((m) => m.id === 1), [], 'no answer: the client resumes on the next server')
+  const next = await serve(t, { tmpDir: dir }, writer)
+  t.match(await resume(await v2(next), 1, accepted.ref), { type: 'resumed', offset: 30_000 }, 'kept with every byte its writer took')
+})
+
+t.test('a resume and a cancel of a finished entry discard it; an announce whose socket closes before it is accepted leaves nothing', async (t) => {
+  const dir = await tmpDirFor(t)
+  const journal: string[] = []
+  let starting: ReturnType<typeof gate> | undefined
+  const server = await serve(t, { tmpDir: dir }, journaled(journal, filesDir(dir), {
+    init: async (options, call) => {
+      const held = starting
+      if (held !== undefined) { starting = undefined; held.arrive(); await held.wait }
+      journal.push('init')
+      return await TmpFileWriter.init(options as never, call)
+    }
+  }))
+  const client = await v2(server)
+  const done = await client.upload(1, bytes(5_000))
+  t.equal(done.type, 'done')
+  const other = await v2(server)
+  other.json({ type: 'resume', id: 3, ref: done.ref })
+  other.json({ type: 'cancel', id: 3 })
+  t.match(await other.waitFor((m) => m.id === 3), { type: 'error', code: 'cancelled' })
+  t.equal((await claim(server, done.ref)).status, 400, 'discarded')
+
+  starting = gate()
+  const held = starting
+  const gone = await v2(server)
+  gone.announce(1, { size: 5_000 })
+  await held.reached
+  gone.socket.terminate()
+  await until('the server saw the socket close', () => server.app.websocketServer.clients.size === 2)
+  held.open()
+  await until('its writer cancelled', () => journal.filter((line) => line === 'close cancel').length === 1)
+  t.same(await strayFiles(dir), [], 'nobody knew its ref: it is gone')
 })

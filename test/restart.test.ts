@@ -151,10 +151,15 @@ for (const protocol of PROTOCOLS) {
     const server = new RestartingServer(t, await tmpDirFor(t), join(await tmpDirFor(t), 'writer.log'))
     await server.start()
     const data = bytes(2 * MiB, 4)
-    const first = tusUpload(data, { endpoint: server.endpoint, protocol, chunkSize: CHUNK })
+    // Once two PATCHes are acknowledged, the next request waits until the upload is aborted: it stops there.
+    let aborted!: () => void
+    const stopped = new Promise<void>((resolve) => { aborted = resolve })
+    const held: { run?: TusRun } = {}
+    const first = held.run = tusUpload(data, { endpoint: server.endpoint, protocol, chunkSize: CHUNK, before: async () => { if ((held.run?.acked.length ?? 0) >= 2) await stopped } })
     first.done.catch(() => {}) // aborted below
     await until('two PATCHes acknowledged', () => first.acked.length >= 2)
     await first.upload.abort()
+    aborted()
     const url = first.upload.url!
     // A HEAD pre-empts a PATCH the abort may have cut and answers once it let go: the upload is idle.
     const head = await fetch(url, { method: 'HEAD', headers: headHeaders(protocol) })
