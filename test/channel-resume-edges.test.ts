@@ -7,7 +7,7 @@ import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import t, { type Test } from 'tap'
 import type { FastifyInstance } from 'fastify'
-import chunkedUpload, { TmpFileWriter, type ChunkedUploadOptions, type TmpFileMeta, type WriterFactory } from '../lib/index.js'
+import chunkedUpload, { MemoryStore, TmpFileWriter, type HeldLock, type ChunkedUploadOptions, type TmpFileMeta, type WriterFactory } from '../lib/index.js'
 import { ProtocolClient, SUBPROTOCOL, SUBPROTOCOL_V2, startChannelApp, type ChannelApp, type ServerMessage } from './kit/channel.js'
 import { bytes, filesDir, listen, sha256, strayFiles, tmpDirFor, until } from './kit/index.js'
 import { fakeClock } from './kit/clock.js'
@@ -46,6 +46,17 @@ async function started (client: ProtocolClient, id: number, data: Buffer, upTo: 
 async function claim (server: Server, ref: string): Promise<{ status: number }> {
   const answer = await fetch(`${server.url}/up`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: ref }) })
   return { status: answer.status }
+}
+
+/** A MemoryStore that counts the times a lock's holder was asked to let go. */
+class AskingStore extends MemoryStore {
+  asked = 0
+  override async lock (id: string, onStopRequested: () => void, timeout: number): Promise<HeldLock> {
+    return await super.lock(id, () => {
+      this.asked++
+      onStopRequested()
+    }, timeout)
+  }
 }
 
 /** Resolves once the server read every message the client sent so far. */
@@ -360,4 +371,36 @@ t.test('a resume and a cancel of a finished entry discard it; an announce whose 
   held.open()
   await until('its writer cancelled', () => journal.filter((line) => line === 'close cancel').length === 1)
   t.same(await strayFiles(dir), [], 'nobody knew its ref: it is gone')
+})
+
+t.test('two apps on one store: a resume waiting on the first app while the second takes the entry over is told try_again', async (t) => {
+  const dir = await tmpDirFor(t)
+  const store = new AskingStore()
+  let writing: ReturnType<typeof gate> | undefined
+  const writer = journaled([], dir, {
+    writeChunk: async (chunk, state) => {
+      const held = writing
+      if (held !== undefined) { writing = undefined; held.arrive(); await held.wait }
+      return await TmpFileWriter.writeChunk(chunk, state)
+    }
+  })
+  const first = await serve(t, { store, tmpDir: dir }, writer)
+  const second = await serve(t, { store, tmpDir: dir }, writer)
+  const a = await v2(first)
+  const accepted = await started(a, 1, bytes(40_000), 20_000)
+  writing = gate()
+  const held = writing
+  a.chunk(1, 20_000, bytes(10_000))
+  await held.reached
+  // On the first app, b waits for a (its write is held); on the second, c asks for the entry too.
+  const b = await v2(first)
+  const fromB = b.messages.length
+  b.json({ type: 'resume', id: 1, ref: accepted.ref })
+  await heard(b)
+  const c = await v2(second)
+  const taken = resume(c, 1, accepted.ref)
+  await until('the first app asked to let go', () => store.asked > 0)
+  held.open()
+  t.match(await taken, { type: 'resumed', offset: 30_000 }, 'the second app has it')
+  t.match(await b.waitFor((m) => m.id === 1, undefined, fromB), { type: 'error', code: 'try_again', ref: accepted.ref }, 'b is told to try again: the entry goes on elsewhere')
 })

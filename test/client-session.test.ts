@@ -5,6 +5,7 @@
 // from memory through promises only, so `settle()` (one turn of the event loop) lets
 // every read the session started finish and its frames go out.
 import t from 'tap'
+import { fakeClock } from './kit/clock.js'
 import { ChannelSession, type ChannelSessionOptions, type FileItem, type FileLike, type Progress, type WebSocketLike } from '../client/index.js'
 
 /** What the session sent: a JSON message, or a chunk frame (decoded header). */
@@ -531,4 +532,23 @@ t.test('try_again without retryDelays fails the file at once; an abort while a r
   cancelling.deliver({ type: 'error', id: 2, code: 'cancelled', message: 'cancelled' })
   t.equal(cancelling.closedWith, 1000)
   t.equal(waiting.sockets.length, 2, 'the resume waiting to be tried again was not: its timer was cleared')
+})
+
+t.test('the socket that cancels while the session reconnects closes after CANCEL_PATIENCE_MS without answers, and ignores its own drop', async (t) => {
+  const clock = fakeClock(t)
+  const controller = new AbortController()
+  const waiting = reconnecting([memoryFile('a', 4)], { retryDelays: [60_000], signal: controller.signal })
+  waiting.sockets[0]!.open()
+  waiting.sockets[0]!.deliver(accepted(1, 4, 8))
+  waiting.sockets[0]!.drop(1006)
+  controller.abort(new Error('stop'))
+  await waiting.run
+  const silent = waiting.sockets[1]!
+  silent.open()
+  await clock.tickAsync(9_999)
+  t.equal(silent.closedWith, undefined, 'still waiting for the answer')
+  await clock.tickAsync(1)
+  t.equal(silent.closedWith, 1000, 'closed once its patience ran out')
+  silent.drop(1006)
+  t.equal(waiting.sockets.length, 2, 'its close opens nothing')
 })
