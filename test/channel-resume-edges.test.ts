@@ -2,50 +2,19 @@
 // resumes at once; resumes during a shutdown, in a full process; an abort while the
 // client reconnects; one owner's entries across sockets; writers starting at shutdown;
 // a client gone silent. Real sockets, writers held at gates.
-import { readFile } from 'node:fs/promises'
 import websocket from '@fastify/websocket'
 import Fastify from 'fastify'
 import t, { type Test } from 'tap'
-import type { FastifyInstance } from 'fastify'
-import chunkedUpload, { MemoryStore, TmpFileWriter, type HeldLock, type ChunkedUploadOptions, type TmpFileMeta, type WriterFactory } from '../lib/index.js'
-import { ProtocolClient, SUBPROTOCOL, SUBPROTOCOL_V2, startChannelApp, type ChannelApp, type ServerMessage } from './kit/channel.js'
-import { bytes, filesDir, listen, sha256, strayFiles, tmpDirFor, until } from './kit/index.js'
+import chunkedUpload, { MemoryStore, TmpFileWriter, type HeldLock, type ChunkedUploadOptions, type WriterFactory } from '../lib/index.js'
+import { ProtocolClient, SUBPROTOCOL, SUBPROTOCOL_V2, type ServerMessage } from './kit/channel.js'
+import { claim, gate, heard, heldWrites, resume, serve as serveApp, started, v2, type Server } from './kit/channel-v2.js'
+import { bytes, filesDir, listen, strayFiles, tmpDirFor, until } from './kit/index.js'
 import { fakeClock } from './kit/clock.js'
 import { journaled } from './kit/journal.js'
 
-interface Server extends ChannelApp { ws: string }
-
+/** The kit's app, with room for several entries per socket. */
 async function serve (t: Test, options: ChunkedUploadOptions, writer?: WriterFactory, file: Record<string, unknown> = {}): Promise<Server> {
-  const routes = (app: FastifyInstance): void => {
-    app.post('/up', { allowUpload: { file: { accept: 'any', maxFileSize: 1_000_000, chunkSize: 10_000, maxEntries: 10, ...(writer === undefined ? {} : { writer }), ...file } } }, async (request) => {
-      return await request.uploads.consume('file', async (meta: TmpFileMeta) => ({ size: meta.size, sha256: sha256(await readFile(meta.path)) }))
-    })
-  }
-  const app = await startChannelApp(t, routes, options)
-  return { ...app, ws: `${app.wsUrl}/up/ws` }
-}
-
-async function v2 (server: Server): Promise<ProtocolClient> {
-  return await ProtocolClient.open(server.ws, [SUBPROTOCOL_V2])
-}
-
-async function resume (client: ProtocolClient, id: number, ref: string, ms?: number): Promise<ServerMessage> {
-  const from = client.messages.length
-  client.json({ type: 'resume', id, ref })
-  return await client.waitFor((m) => m.id === id && ['resumed', 'done', 'error'].includes(m.type), ms, from)
-}
-
-async function started (client: ProtocolClient, id: number, data: Buffer, upTo: number): Promise<ServerMessage> {
-  client.announce(id, { size: data.length })
-  const accepted = await client.accepted(id)
-  await client.send(id, data.subarray(0, upTo), accepted)
-  await client.until(() => client.ackedOffset(id) === upTo)
-  return accepted
-}
-
-async function claim (server: Server, ref: string): Promise<{ status: number }> {
-  const answer = await fetch(`${server.url}/up`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ file: ref }) })
-  return { status: answer.status }
+  return await serveApp(t, options, writer, { maxEntries: 10, ...file })
 }
 
 /** A MemoryStore that counts the times a lock's holder was asked to let go. */
@@ -57,21 +26,6 @@ class AskingStore extends MemoryStore {
       onStopRequested()
     }, timeout)
   }
-}
-
-/** Resolves once the server read every message the client sent so far. */
-async function heard (client: ProtocolClient): Promise<void> {
-  const from = client.messages.length
-  client.json({ type: 'heard?' })
-  await client.waitFor((m) => m.type === 'error' && m.code === 'bad_message' && m.id === undefined, undefined, from)
-}
-
-function gate (): { wait: Promise<void>, open: () => void, reached: Promise<void>, arrive: () => void } {
-  let open!: () => void
-  let arrive!: () => void
-  const wait = new Promise<void>((resolve) => { open = resolve })
-  const reached = new Promise<void>((resolve) => { arrive = resolve })
-  return { wait, open, reached, arrive }
 }
 
 t.test('an entry a socket is feeding does not expire: bytes keep it alive, as a PATCH does (resumableExpiry)', async (t) => {
@@ -128,14 +82,7 @@ t.test('two sockets resume an entry a third one holds: the later resume takes it
 t.test('a resume while the server shuts down is not told unknown_entry: the entry is kept for the next process', async (t) => {
   const dir = await tmpDirFor(t)
   const journal: string[] = []
-  let writing: ReturnType<typeof gate> | undefined
-  const writer = journaled(journal, filesDir(dir), {
-    writeChunk: async (chunk, state) => {
-      const held = writing
-      if (held !== undefined) { writing = undefined; held.arrive(); await held.wait }
-      return await TmpFileWriter.writeChunk(chunk, state)
-    }
-  })
+  const { writer, hold } = heldWrites(journal, filesDir(dir))
   const server = await serve(t, { tmpDir: dir }, writer)
   const data = bytes(40_000)
   // y: dropped by its socket, saved, waiting for a resume.
@@ -147,8 +94,7 @@ t.test('a resume while the server shuts down is not told unknown_entry: the entr
   const other = await v2(server)
   other.announce(1, { size: 40_000 })
   await other.accepted(1)
-  writing = gate()
-  const held = writing
+  const held = hold()
   other.chunk(1, 0, bytes(10_000))
   await held.reached
   const client = await v2(server)
@@ -311,19 +257,11 @@ t.test('a tus upload of the route whose length is deferred cannot be resumed ove
 t.test('a resume that waits while the shutdown keeps the entry gets no answer (its socket closes with 1001); the next process resumes it', async (t) => {
   const dir = await tmpDirFor(t)
   const journal: string[] = []
-  let writing: ReturnType<typeof gate> | undefined
-  const writer = journaled(journal, filesDir(dir), {
-    writeChunk: async (chunk, state) => {
-      const held = writing
-      if (held !== undefined) { writing = undefined; held.arrive(); await held.wait }
-      return await TmpFileWriter.writeChunk(chunk, state)
-    }
-  })
+  const { writer, hold } = heldWrites(journal, filesDir(dir))
   const server = await serve(t, { tmpDir: dir }, writer)
   const a = await v2(server)
   const accepted = await started(a, 1, bytes(40_000), 20_000)
-  writing = gate()
-  const held = writing
+  const held = hold()
   a.chunk(1, 20_000, bytes(10_000))
   await held.reached
   // b's resume waits for a, whose write is held; then the shutdown lets the entry go, kept.
@@ -376,20 +314,12 @@ t.test('a resume and a cancel of a finished entry discard it; an announce whose 
 t.test('two apps on one store: a resume waiting on the first app while the second takes the entry over is told try_again', async (t) => {
   const dir = await tmpDirFor(t)
   const store = new AskingStore()
-  let writing: ReturnType<typeof gate> | undefined
-  const writer = journaled([], dir, {
-    writeChunk: async (chunk, state) => {
-      const held = writing
-      if (held !== undefined) { writing = undefined; held.arrive(); await held.wait }
-      return await TmpFileWriter.writeChunk(chunk, state)
-    }
-  })
+  const { writer, hold } = heldWrites([], dir)
   const first = await serve(t, { store, tmpDir: dir }, writer)
   const second = await serve(t, { store, tmpDir: dir }, writer)
   const a = await v2(first)
   const accepted = await started(a, 1, bytes(40_000), 20_000)
-  writing = gate()
-  const held = writing
+  const held = hold()
   a.chunk(1, 20_000, bytes(10_000))
   await held.reached
   // On the first app, b waits for a (its write is held); on the second, c asks for the entry too.

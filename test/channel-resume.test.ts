@@ -2,60 +2,19 @@
 // that shuts down, another socket or another app that takes the entry over: the client
 // resumes it by its ref from the offset the server holds, and the writer still gets one
 // close. Real sockets, real files; restarts of a real process are restart-channel.test.ts.
-import { readFile } from 'node:fs/promises'
-import { Writable } from 'node:stream'
-import t, { type Test } from 'tap'
-import type { FastifyInstance } from 'fastify'
-import { MemoryStore, TmpFileWriter, type ChunkedUploadOptions, type TmpFileMeta, type WriterFactory } from '../lib/index.js'
+import t from 'tap'
+import { MemoryStore, TmpFileWriter, type TmpFileMeta } from '../lib/index.js'
 import { SAVE_EVERY_BYTES } from '../lib/transports/channel/channel.js'
-import { ProtocolClient, SUBPROTOCOL_V2, startChannelApp, type ChannelApp, type ServerMessage } from './kit/channel.js'
-import { bytes, filesDir, postJson, sha256, strayFiles, tmpDirFor, until } from './kit/index.js'
+import { ProtocolClient, SUBPROTOCOL_V2, startChannelApp } from './kit/channel.js'
+import { claim, gate, heard, resume, serve, started, v2 } from './kit/channel-v2.js'
+import { bytes, filesDir, sha256, strayFiles, tmpDirFor, until } from './kit/index.js'
 import { journaled } from './kit/journal.js'
-
-interface Server extends ChannelApp { ws: string, logs: Array<Record<string, any>> }
-
-/** POST /up with upload name `file` (any type, 1 MB) and its channel; the handler answers each file's size and SHA-256. */
-async function serve (t: Test, options: ChunkedUploadOptions, writer?: WriterFactory, file: Record<string, unknown> = {}): Promise<Server> {
-  const logs: Array<Record<string, any>> = []
-  const stream = new Writable({ write (line, _encoding, done) { logs.push(JSON.parse(String(line))); done() } })
-  const routes = (app: FastifyInstance): void => {
-    app.post('/up', { allowUpload: { file: { accept: 'any', maxFileSize: 1_000_000, chunkSize: 10_000, ...(writer === undefined ? {} : { writer }), ...file } } }, async (request) => {
-      return await request.uploads.consume('file', async (meta: TmpFileMeta) => ({ size: meta.size, sha256: sha256(await readFile(meta.path)) }))
-    })
-  }
-  const app = await startChannelApp(t, routes, options, {}, { logger: { level: 'info', stream } })
-  return { ...app, ws: `${app.wsUrl}/up/ws`, logs }
-}
-
-async function v2 (server: Server, headers: Record<string, string> = {}): Promise<ProtocolClient> {
-  return await ProtocolClient.open(server.ws, [SUBPROTOCOL_V2], headers)
-}
-
-/** The answer to a resume: `resumed`, `done` or `error`. */
-async function resume (client: ProtocolClient, id: number, ref: string): Promise<ServerMessage> {
-  const from = client.messages.length
-  client.json({ type: 'resume', id, ref })
-  return await client.waitFor((m) => m.id === id && ['resumed', 'done', 'error'].includes(m.type), undefined, from)
-}
-
-/** Announces `data` and sends its first `upTo` bytes, acknowledged: the accepted answer. */
-async function started (client: ProtocolClient, id: number, data: Buffer, upTo: number): Promise<ServerMessage> {
-  client.announce(id, { size: data.length })
-  const accepted = await client.accepted(id)
-  await client.send(id, data.subarray(0, upTo), accepted)
-  await client.until(() => client.ackedOffset(id) === upTo)
-  return accepted
-}
 
 /** A store whose disk is full: no record can be made. */
 class FullStore extends MemoryStore {
   override async createUpload (): Promise<void> {
     throw new Error('disk full')
   }
-}
-
-async function claim (server: Server, ref: string, headers: Record<string, string> = {}): Promise<{ status: number, json: any }> {
-  return await postJson(`${server.url}/up`, { file: ref }, headers)
 }
 
 t.test('a socket that drops mid-upload: another socket resumes the entry from the offset the writer holds, and the writer gets one close', async (t) => {
@@ -242,22 +201,6 @@ t.test('version 1 is unchanged: resume is not one of its messages', async (t) =>
   client.json({ type: 'resume', id: 1, ref: 'x' })
   t.match(await client.waitFor((m) => m.type === 'error'), { code: 'bad_message', id: 1 })
 })
-
-/** Resolves once the server read every message the client sent so far (a message it refuses at once comes back after them). */
-async function heard (client: ProtocolClient): Promise<void> {
-  const from = client.messages.length
-  client.json({ type: 'heard?' })
-  await client.waitFor((m) => m.type === 'error' && m.code === 'bad_message' && m.id === undefined, undefined, from)
-}
-
-/** A gate a writer call waits at until the test opens it. */
-function gate (): { wait: Promise<void>, open: () => void, reached: Promise<void>, arrive: () => void } {
-  let open!: () => void
-  let arrive!: () => void
-  const wait = new Promise<void>((resolve) => { open = resolve })
-  const reached = new Promise<void>((resolve) => { arrive = resolve })
-  return { wait, open, reached, arrive }
-}
 
 t.test('a resume waits for the socket holding the entry: finished meanwhile it is done; ended meanwhile it is unknown; a socket gone meanwhile takes nothing', async (t) => {
   const dir = await tmpDirFor(t)
