@@ -338,10 +338,9 @@ function reconnecting (files: Array<FileLike | FileItem>, options: Partial<Chann
   return { sockets, run }
 }
 
-/** Lets the reconnection timer (set with a delay of 0 before this call) fire. */
-const nextTimer = (): Promise<void> => new Promise((resolve) => setTimeout(resolve, 0))
-
 t.test('a dropped socket: the session opens another, resumes the accepted files from the server\'s offset, announces the others again', async (t) => {
+  // The reconnection timers run when the test says: `clock.tickAsync(0)` fires those due now.
+  const clock = fakeClock(t)
   const progress: string[] = []
   const { sockets, run } = reconnecting([memoryFile('a', 12), memoryFile('b', 4, 1)], { concurrency: 2, onProgress: (file, p) => progress.push(`${file.name} ${p.bytes}`) })
   const first = sockets[0]!
@@ -351,7 +350,7 @@ t.test('a dropped socket: the session opens another, resumes the accepted files 
   t.same(first.frames().map((f) => f.offset), [0, 4, 8], 'a is sent')
   first.deliver({ type: 'ack', id: 1, offset: 8, progress: 66 })
   first.drop(1006)
-  await nextTimer()
+  await clock.tickAsync(0)
   t.equal(sockets.length, 2, 'a second socket')
   const second = sockets[1]!
   second.open()
@@ -372,13 +371,15 @@ t.test('a dropped socket: the session opens another, resumes the accepted files 
 })
 
 t.test('a file the server no longer has starts again; one another client resumed fails', async (t) => {
+  // The reconnection timers run when the test says: `clock.tickAsync(0)` fires those due now.
+  const clock = fakeClock(t)
   const { sockets, run } = reconnecting([memoryFile('a', 4), memoryFile('b', 4)])
   sockets[0]!.open()
   sockets[0]!.deliver(accepted(1, 4, 8))
   sockets[0]!.deliver(accepted(2, 4, 8))
   await settle()
   sockets[0]!.drop(1001, 'server shutting down')
-  await nextTimer()
+  await clock.tickAsync(0)
   const second = sockets[1]!
   second.open()
   second.take()
@@ -393,10 +394,12 @@ t.test('a file the server no longer has starts again; one another client resumed
 })
 
 t.test('reconnection gives up: after its last delay, or at once on a final close code; an abort while it waits rejects', async (t) => {
+  // The reconnection timers run when the test says: `clock.tickAsync(0)` fires those due now.
+  const clock = fakeClock(t)
   const spent = reconnecting([memoryFile('a', 4)], { retryDelays: [0] })
   spent.sockets[0]!.open()
   spent.sockets[0]!.drop(1006)
-  await nextTimer()
+  await clock.tickAsync(0)
   spent.sockets[1]!.drop(1006)
   t.same(await spent.run, { results: [{ name: 'a', ok: false, code: 'connection_closed', message: 'the upload channel closed (1006) after 1 attempts to reconnect' }] })
   t.equal(spent.sockets.length, 2)
@@ -442,6 +445,8 @@ t.test('reconnection gives up: after its last delay, or at once on a final close
 })
 
 t.test('resume answers: try_again is tried again after the next delay (then the file fails); chunk_timeout resumes at once', async (t) => {
+  // The reconnection timers run when the test says: `clock.tickAsync(0)` fires those due now.
+  const clock = fakeClock(t)
   const { sockets, run } = reconnecting([memoryFile('a', 8), memoryFile('b', 8)], { retryDelays: [0] })
   const first = sockets[0]!
   first.open()
@@ -449,12 +454,12 @@ t.test('resume answers: try_again is tried again after the next delay (then the 
   first.deliver(accepted(2, 4, 8))
   await settle()
   first.drop(1006)
-  await nextTimer()
+  await clock.tickAsync(0)
   const second = sockets[1]!
   second.open()
   second.take()
   second.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'try_again', message: 'full' })
-  await nextTimer()
+  await clock.tickAsync(0)
   t.same(second.messages('resume'), [{ type: 'resume', id: 1, ref: 'ref-1' }], 'asked again after the delay')
   second.deliver({ type: 'error', id: 1, ref: 'ref-1', code: 'try_again', message: 'still full' })
   second.deliver({ type: 'resumed', id: 2, ref: 'ref-2', offset: 4, chunkSize: 4, window: 8 })
@@ -470,6 +475,8 @@ t.test('resume answers: try_again is tried again after the next delay (then the 
 })
 
 t.test('a read begun on a socket that dropped is not sent on the next one; events of the old socket are not heard', async (t) => {
+  // The reconnection timers run when the test says: `clock.tickAsync(0)` fires those due now.
+  const clock = fakeClock(t)
   let release!: () => void
   const gate = new Promise<void>((resolve) => { release = resolve })
   const slow: FileLike = {
@@ -485,7 +492,7 @@ t.test('a read begun on a socket that dropped is not sent on the next one; event
   first.deliver(accepted(1, 4, 8))
   first.deliver(accepted(2, 4, 8))
   first.drop(1006)
-  await nextTimer()
+  await clock.tickAsync(0)
   const second = sockets[1]!
   second.open()
   release()
